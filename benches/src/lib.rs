@@ -1,0 +1,1 @@
+//! Criterion benchmarks of the broker hot path live in `benches/`.

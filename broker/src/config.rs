@@ -1,0 +1,838 @@
+//! The broker's configuration: the Users server's `config.json`, plus the broker's own
+//! `broker` object, plus `BROKER_...` environment overrides.
+//!
+//! One file serves both servers, so the reader is deliberately lenient about what is not ours
+//! (unknown top-level and `websocket` keys are ignored) and strict about what is: every value we
+//! read is typed, and a wrong one fails start-up with one line that names the key, and the
+//! environment variable when the value came from one.
+//!
+//! The file is read with a JSON5 reader, so the Users example config (trailing commas inside
+//! arrays) and files with `//` comments load as they are.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The configuration compiled into the binary: port 8080 on all interfaces, approving only
+/// browser pages served from this machine.
+pub const EMBEDDED_DEFAULT: &str = r#"{
+    // The broker's embedded default: local origins only, anchored at both ends.
+    "websocket": {
+        "port": 8080,
+        "approvedSocketDomains": [
+            "^(https?://)?(localhost|127\\.0\\.0\\.1|\\[::1\\])(:\\d+)?$",
+        ],
+    },
+}"#;
+
+/// A configuration problem, worded for the operator who has to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: line {line}, column {column}: not valid JSON: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{key}{from}: {message}")]
+    Invalid {
+        key: String,
+        from: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            from: String::new(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// Where this configuration came from (a path, or "embedded default"); not read from files.
+    #[serde(skip)]
+    pub source: String,
+    #[serde(default)]
+    pub websocket: WebsocketConfig,
+    /// `ssl` and friends sit at the top level in the Users config.
+    #[serde(default)]
+    pub ssl: bool,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub ssl_key: Option<PathBuf>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub ssl_cert: Option<PathBuf>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub ssl_root: Option<PathBuf>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub ssl_intermediate: Option<PathBuf>,
+    #[serde(default)]
+    pub broker: BrokerConfig,
+}
+
+/// The `websocket` object of the Users config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebsocketConfig {
+    /// Address to bind; the original server bound every interface.
+    #[serde(default = "default_host")]
+    pub host: IpAddr,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Regular expressions matched against the `Origin` header with JavaScript
+    /// `String.match` semantics (see [`crate::origin`]).
+    #[serde(default)]
+    pub approved_socket_domains: Vec<String>,
+    /// The key that trusted publishers present in the `users-api-key` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_api_key: Option<String>,
+}
+
+impl Default for WebsocketConfig {
+    fn default() -> Self {
+        WebsocketConfig {
+            host: default_host(),
+            port: default_port(),
+            approved_socket_domains: Vec::new(),
+            socket_api_key: None,
+        }
+    }
+}
+
+/// Who receives an event that names a `username`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliverUserEvents {
+    /// That user's connections and the publishers (the broker's default).
+    #[default]
+    Owner,
+    /// Every connection, as the original server did.
+    All,
+}
+
+/// The broker's own settings: the `broker` object, which the Users server ignores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BrokerConfig {
+    pub deliver_user_events: DeliverUserEvents,
+    /// HMAC-SHA256 secret for user tokens; without it, every connection is anonymous and a
+    /// presented token is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    /// Shards of the connection registry; 0 means one per core.
+    pub shards: usize,
+    /// This instance's name in connection ids, logs and metrics; random when empty.
+    pub instance_id: String,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+    pub ops: OpsConfig,
+    pub admin: AdminConfig,
+    pub cluster: ClusterConfig,
+    pub limits: Limits,
+    /// Seconds over which a draining instance closes its clients (spread, not all at once).
+    pub drain_window: f64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            deliver_user_events: DeliverUserEvents::Owner,
+            jwt_secret: None,
+            shards: 0,
+            instance_id: String::new(),
+            log_format: LogFormat::Text,
+            ops: OpsConfig::default(),
+            admin: AdminConfig::default(),
+            cluster: ClusterConfig::default(),
+            limits: Limits::default(),
+            drain_window: 5.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The operations listener: metrics, health, admin API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OpsConfig {
+    pub host: IpAddr,
+    pub port: u16,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 9090,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AdminConfig {
+    /// Bearer token for the admin API; without one the admin API is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ClusterConfig {
+    /// NATS server URL(s), comma separated; empty means standalone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats: Option<String>,
+    /// Subject prefix shared by the instances of one deployment.
+    pub subject: String,
+}
+
+/// Limits, each with a safe default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Limits {
+    /// Open connections at most (clients and publishers).
+    pub max_connections: usize,
+    /// Open connections per remote address at most; 0 turns the check off.
+    pub max_connections_per_address: usize,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Seconds a client has to complete its HTTP upgrade request.
+    pub handshake_timeout: f64,
+    /// Bytes in one message from an ordinary client at most.
+    pub max_message_size: usize,
+    /// Bytes in one message (or publish body) from a publisher at most.
+    pub max_publisher_message_size: usize,
+    /// Frames waiting for one connection at most; past it the connection is dropped.
+    pub send_queue: usize,
+    /// Bad messages tolerated per `error_window` seconds before closing with 1008.
+    pub error_budget: u32,
+    pub error_window: f64,
+    /// Messages per second one client may send (0: no limit); publishers are not limited.
+    pub messages_per_second: u32,
+    /// Seconds between server pings.
+    pub ping_interval: f64,
+    /// Seconds without any frame from a client before it is dropped.
+    pub idle_timeout: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 100_000,
+            max_connections_per_address: 0,
+            trusted_proxies: Vec::new(),
+            handshake_timeout: 10.0,
+            max_message_size: 64 * 1024,
+            max_publisher_message_size: 1024 * 1024,
+            send_queue: 1024,
+            error_budget: 20,
+            error_window: 10.0,
+            messages_per_second: 0,
+            ping_interval: 30.0,
+            idle_timeout: 75.0,
+        }
+    }
+}
+
+fn default_host() -> IpAddr {
+    IpAddr::from([0, 0, 0, 0])
+}
+
+fn default_port() -> u16 {
+    8080
+}
+
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    Ok(s.filter(|s| !s.is_empty()).map(PathBuf::from))
+}
+
+/// How an environment variable's text becomes a JSON value.
+#[derive(Clone, Copy)]
+enum EnvKind {
+    /// Taken verbatim as a string.
+    Text,
+    /// Parsed as JSON5 (numbers, booleans, arrays).
+    Json,
+}
+
+/// Every environment override: variable, config key path, how to read it.
+const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
+    ("BROKER_HOST", "websocket.host", EnvKind::Text),
+    ("BROKER_PORT", "websocket.port", EnvKind::Json),
+    (
+        "BROKER_APPROVED_SOCKET_DOMAINS",
+        "websocket.approvedSocketDomains",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_SOCKET_API_KEY",
+        "websocket.socketApiKey",
+        EnvKind::Text,
+    ),
+    ("BROKER_SSL", "ssl", EnvKind::Json),
+    ("BROKER_SSL_KEY", "sslKey", EnvKind::Text),
+    ("BROKER_SSL_CERT", "sslCert", EnvKind::Text),
+    ("BROKER_SSL_ROOT", "sslRoot", EnvKind::Text),
+    ("BROKER_SSL_INTERMEDIATE", "sslIntermediate", EnvKind::Text),
+    (
+        "BROKER_DELIVER_USER_EVENTS",
+        "broker.deliverUserEvents",
+        EnvKind::Text,
+    ),
+    ("BROKER_JWT_SECRET", "broker.jwtSecret", EnvKind::Text),
+    ("BROKER_SHARDS", "broker.shards", EnvKind::Json),
+    ("BROKER_INSTANCE_ID", "broker.instanceId", EnvKind::Text),
+    ("BROKER_LOG_FORMAT", "broker.logFormat", EnvKind::Text),
+    ("BROKER_DRAIN_WINDOW", "broker.drainWindow", EnvKind::Json),
+    ("BROKER_OPS_HOST", "broker.ops.host", EnvKind::Text),
+    ("BROKER_OPS_PORT", "broker.ops.port", EnvKind::Json),
+    ("BROKER_ADMIN_TOKEN", "broker.admin.token", EnvKind::Text),
+    ("BROKER_CLUSTER_NATS", "broker.cluster.nats", EnvKind::Text),
+    (
+        "BROKER_CLUSTER_SUBJECT",
+        "broker.cluster.subject",
+        EnvKind::Text,
+    ),
+    (
+        "BROKER_MAX_CONNECTIONS",
+        "broker.limits.maxConnections",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_MAX_CONNECTIONS_PER_ADDRESS",
+        "broker.limits.maxConnectionsPerAddress",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_TRUSTED_PROXIES",
+        "broker.limits.trustedProxies",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_HANDSHAKE_TIMEOUT",
+        "broker.limits.handshakeTimeout",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_MAX_MESSAGE_SIZE",
+        "broker.limits.maxMessageSize",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_MAX_PUBLISHER_MESSAGE_SIZE",
+        "broker.limits.maxPublisherMessageSize",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_SEND_QUEUE",
+        "broker.limits.sendQueue",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_ERROR_BUDGET",
+        "broker.limits.errorBudget",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_ERROR_WINDOW",
+        "broker.limits.errorWindow",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_MESSAGES_PER_SECOND",
+        "broker.limits.messagesPerSecond",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_PING_INTERVAL",
+        "broker.limits.pingInterval",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_IDLE_TIMEOUT",
+        "broker.limits.idleTimeout",
+        EnvKind::Json,
+    ),
+];
+
+/// The environment variables the broker reads, with the key each one overrides.
+pub fn env_overrides() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ENV_OVERRIDES.iter().map(|(var, key, _)| (*var, *key))
+}
+
+impl Config {
+    /// The embedded default with no environment applied.
+    pub fn embedded_default() -> Config {
+        Self::from_json_str(EMBEDDED_DEFAULT, "embedded default")
+            .expect("the embedded default configuration is valid")
+    }
+
+    /// Loads the file at `path` (or the embedded default), then applies `BROKER_...`
+    /// variables from the process environment, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (text, name) = match path {
+            Some(p) => {
+                let name = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    file: name.clone(),
+                    source,
+                })?;
+                (text, name)
+            }
+            None => (EMBEDDED_DEFAULT.to_string(), "embedded default".to_string()),
+        };
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("BROKER_"))
+            .collect();
+        Self::from_parts(&text, &name, &env)
+    }
+
+    /// Parses configuration text without consulting the environment (used by tests and tools).
+    pub fn from_json_str(text: &str, name: &str) -> Result<Config, ConfigError> {
+        Self::from_parts(text, name, &[])
+    }
+
+    /// Parses `text`, applies the given `BROKER_...` pairs, and validates.
+    pub fn from_parts(
+        text: &str,
+        name: &str,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut root = parse_json5(text, name)?;
+        if !root.is_object() {
+            return Err(ConfigError::Parse {
+                file: name.to_string(),
+                message: "the top level must be a JSON object".into(),
+            });
+        }
+        let mut from_env = Vec::new();
+        for (var, value) in env {
+            let Some((_, key, kind)) = ENV_OVERRIDES.iter().find(|(v, _, _)| v == var) else {
+                continue;
+            };
+            let json = match kind {
+                EnvKind::Text => Value::String(value.clone()),
+                EnvKind::Json => {
+                    json5::from_str::<Value>(value).map_err(|e| ConfigError::Invalid {
+                        key: key.to_string(),
+                        from: format!(" (from {var})"),
+                        message: format!("{value:?} is not a valid value: {e}"),
+                    })?
+                }
+            };
+            set_path(&mut root, key, json);
+            from_env.push((var.as_str(), *key));
+        }
+        let mut config = Self::from_value(root, name, &from_env)?;
+        config.source = name.to_string();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_value(
+        root: Value,
+        name: &str,
+        from_env: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        let mut unknown = BTreeSet::new();
+        let mut on_unknown = |path: serde_ignored::Path<'_>| {
+            let p = path.to_string();
+            if p.starts_with("broker.") {
+                unknown.insert(p);
+            }
+        };
+        let de = serde_ignored::Deserializer::new(root, &mut on_unknown);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let from = from_env
+                .iter()
+                .find(|(_, k)| *k == key)
+                .map(|(v, _)| format!(" (from {v})"))
+                .unwrap_or_default();
+            ConfigError::Invalid {
+                key: format!("{name}: {key}"),
+                from,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        for key in unknown {
+            tracing::warn!(
+                file = name,
+                key,
+                "unknown key in the broker object, ignored"
+            );
+        }
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: ranges, files, patterns.
+    fn validate(&self) -> Result<(), ConfigError> {
+        crate::origin::OriginPolicy::new(&self.websocket.approved_socket_domains)
+            .map_err(|e| ConfigError::invalid("websocket.approvedSocketDomains", e.to_string()))?;
+        if let Some(key) = &self.websocket.socket_api_key {
+            if key.is_empty() {
+                return Err(ConfigError::invalid(
+                    "websocket.socketApiKey",
+                    "must not be empty (leave it out to have no publishers)",
+                ));
+            }
+        }
+        let l = &self.broker.limits;
+        positive_secs("broker.limits.handshakeTimeout", l.handshake_timeout)?;
+        positive_secs("broker.limits.errorWindow", l.error_window)?;
+        positive_secs("broker.limits.pingInterval", l.ping_interval)?;
+        positive_secs("broker.limits.idleTimeout", l.idle_timeout)?;
+        if !(l.drain_window_ok(self.broker.drain_window)) {
+            return Err(ConfigError::invalid(
+                "broker.drainWindow",
+                "must be a number of seconds, 0 or more",
+            ));
+        }
+        for (key, v) in [
+            ("broker.limits.maxConnections", l.max_connections),
+            ("broker.limits.maxMessageSize", l.max_message_size),
+            (
+                "broker.limits.maxPublisherMessageSize",
+                l.max_publisher_message_size,
+            ),
+            ("broker.limits.sendQueue", l.send_queue),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if l.idle_timeout <= l.ping_interval {
+            return Err(ConfigError::invalid(
+                "broker.limits.idleTimeout",
+                format!(
+                    "must be longer than broker.limits.pingInterval ({}s), or every client is dropped between pings",
+                    l.ping_interval
+                ),
+            ));
+        }
+        if self.broker.shards > 1 << 16 {
+            return Err(ConfigError::invalid("broker.shards", "at most 65536"));
+        }
+        if let Some(secret) = &self.broker.jwt_secret {
+            if secret.len() < 16 {
+                return Err(ConfigError::invalid(
+                    "broker.jwtSecret",
+                    "must be at least 16 bytes long",
+                ));
+            }
+        }
+        if let Some(token) = &self.broker.admin.token {
+            if token.len() < 16 {
+                return Err(ConfigError::invalid(
+                    "broker.admin.token",
+                    "must be at least 16 characters long",
+                ));
+            }
+        }
+        if self.ssl {
+            for (key, v) in [("sslKey", &self.ssl_key), ("sslCert", &self.ssl_cert)] {
+                match v {
+                    None => return Err(ConfigError::invalid(key, "is required when ssl is true")),
+                    Some(p) if !p.is_file() => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!("{}: no such file", p.display()),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (key, v) in [
+                ("sslRoot", &self.ssl_root),
+                ("sslIntermediate", &self.ssl_intermediate),
+            ] {
+                if let Some(p) = v {
+                    if !p.is_file() {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!("{}: no such file", p.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Registry shards: the configured count, or one per core, rounded up to a power of two
+    /// (the registry's hashing needs one).
+    pub fn shard_count(&self) -> usize {
+        let n = if self.broker.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.broker.shards
+        };
+        n.max(2).next_power_of_two()
+    }
+
+    /// The effective configuration as pretty JSON with secrets masked (for `check-config`).
+    pub fn to_display_json(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        for path in [
+            "websocket.socketApiKey",
+            "broker.jwtSecret",
+            "broker.admin.token",
+        ] {
+            if get_path(&v, path).is_some() {
+                set_path(&mut v, path, Value::String("********".into()));
+            }
+        }
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    }
+}
+
+impl Limits {
+    fn drain_window_ok(&self, w: f64) -> bool {
+        w.is_finite() && w >= 0.0
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.handshake_timeout)
+    }
+    pub fn error_window(&self) -> Duration {
+        Duration::from_secs_f64(self.error_window)
+    }
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.ping_interval)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.idle_timeout)
+    }
+}
+
+fn positive_secs(key: &str, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("{v} is not a positive number of seconds"),
+        ))
+    }
+}
+
+fn parse_json5(text: &str, name: &str) -> Result<Value, ConfigError> {
+    json5::from_str::<Value>(text).map_err(|e| {
+        let (line, column) = e.position().map_or((0, 0), |p| (p.line + 1, p.column + 1));
+        let message = e.to_string();
+        // json5 appends its own position; keep only the description.
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .to_string();
+        ConfigError::Syntax {
+            file: name.to_string(),
+            line,
+            column,
+            message,
+        }
+    })
+}
+
+fn get_path<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(root, |v, k| v.get(k))
+}
+
+/// Sets `a.b.c` in `root`, creating objects on the way (replacing non-objects).
+fn set_path(root: &mut Value, path: &str, value: Value) {
+    let mut cur = root;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        let Value::Object(map) = cur else {
+            return;
+        };
+        if parts.peek().is_none() {
+            map.insert(part.to_string(), value);
+            return;
+        }
+        cur = map
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_default_is_local_only() {
+        let c = Config::embedded_default();
+        assert_eq!(c.websocket.port, 8080);
+        assert_eq!(c.broker.ops.port, 9090);
+        let policy = crate::origin::OriginPolicy::new(&c.websocket.approved_socket_domains)
+            .expect("compiles");
+        assert!(policy.is_approved(b"http://localhost:3000"));
+        assert!(policy.is_approved(b"https://127.0.0.1"));
+        assert!(!policy.is_approved(b"http://localhost.evil.com"));
+        assert!(!policy.is_approved(b"https://example.com"));
+    }
+
+    #[test]
+    fn users_example_config_loads_as_is() {
+        let text = include_str!("../tests/data/users-example-config.json");
+        let c = Config::from_json_str(text, "users-example-config.json").expect("loads");
+        assert_eq!(c.websocket.port, 8080);
+        assert_eq!(c.websocket.approved_socket_domains.len(), 7);
+        assert_eq!(
+            c.websocket.approved_socket_domains[2],
+            r"^webinate\.net:80$"
+        );
+        assert!(!c.ssl);
+        assert_eq!(c.ssl_key, None, "empty sslKey means none");
+    }
+
+    #[test]
+    fn syntax_error_names_file_line_and_column() {
+        let err = Config::from_json_str(
+            "{\n  \"websocket\": {\n    \"port\": 80,,\n  }\n}",
+            "x.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("x.json: line 3, column"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = Config::from_json_str(r#"{"websocket":{"port":"eighty"}}"#, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("websocket.port"), "{err}");
+        let err = Config::from_json_str(r#"{"websocket":{"port":70000}}"#, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("websocket.port") && err.contains("70000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_pattern_names_index_and_text() {
+        let err = Config::from_json_str(
+            r#"{"websocket":{"approvedSocketDomains":["localhost","^(foo"]}}"#,
+            "c.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("approvedSocketDomains[1]"), "{err}");
+        assert!(err.contains("^(foo"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_named_in_errors() {
+        let c = Config::from_parts(
+            "{}",
+            "t",
+            &env(&[
+                ("BROKER_PORT", "9000"),
+                ("BROKER_SOCKET_API_KEY", "12345"),
+                (
+                    "BROKER_APPROVED_SOCKET_DOMAINS",
+                    r#"["^https://a\\.example$"]"#,
+                ),
+                ("BROKER_DELIVER_USER_EVENTS", "all"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.websocket.port, 9000);
+        assert_eq!(c.websocket.socket_api_key.as_deref(), Some("12345"));
+        assert_eq!(
+            c.websocket.approved_socket_domains,
+            vec![r"^https://a\.example$"]
+        );
+        assert_eq!(c.broker.deliver_user_events, DeliverUserEvents::All);
+
+        let err = Config::from_parts("{}", "t", &env(&[("BROKER_PORT", "99999")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("websocket.port (from BROKER_PORT)"), "{err}");
+        let err = Config::from_parts("{}", "t", &env(&[("BROKER_DELIVER_USER_EVENTS", "some")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("broker.deliverUserEvents (from BROKER_DELIVER_USER_EVENTS)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let err = Config::from_json_str(r#"{"broker":{"limits":{"sendQueue":0}}}"#, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("broker.limits.sendQueue"), "{err}");
+        let err = Config::from_json_str(
+            r#"{"broker":{"limits":{"pingInterval":10,"idleTimeout":5}}}"#,
+            "c",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("broker.limits.idleTimeout"), "{err}");
+        let err = Config::from_json_str(
+            r#"{"ssl":true,"sslKey":"/nonexistent/key.pem","sslCert":"/nonexistent/c.pem"}"#,
+            "c",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("sslKey") && err.contains("no such file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn display_masks_secrets() {
+        let c = Config::from_json_str(
+            r#"{"websocket":{"socketApiKey":"supersecretkey"},"broker":{"jwtSecret":"0123456789abcdef0123"}}"#,
+            "c",
+        )
+        .expect("valid");
+        let shown = c.to_display_json();
+        assert!(!shown.contains("supersecretkey"), "{shown}");
+        assert!(!shown.contains("0123456789abcdef0123"), "{shown}");
+        assert!(shown.contains("********"));
+    }
+}

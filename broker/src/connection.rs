@@ -1,0 +1,385 @@
+//! One WebSocket connection: its reader, its writer and its send queue, in one task.
+//!
+//! A single task owns the socket and selects over four things: a close request (kick, slow
+//! consumer, shutdown), frames queued for it by fan-out, frames from the peer, and the ping
+//! timer. One task instead of a reader and a writer keeps an idle connection small and avoids
+//! a lock around the socket. Queued frames are written as a batch: every frame waiting is fed
+//! to the socket and flushed once, so a burst costs one write, not one per frame.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::event::{self, ErrorReason, EventError};
+use crate::fanout::Routed;
+use crate::registry::{CloseReason, CloseRequest, Conn};
+use crate::server::Shared;
+
+/// At most this many queued frames go into one write.
+const WRITE_BATCH: usize = 256;
+/// How long a closing connection waits for the peer's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves `ws` until it ends, then takes the connection out of the registry.
+pub async fn serve<S>(
+    ws: WebSocketStream<S>,
+    conn: Arc<Conn>,
+    rx: mpsc::Receiver<Utf8Bytes>,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut session = Session {
+        ws,
+        conn: conn.clone(),
+        shared: shared.clone(),
+        errors: ErrorBudget::new(&shared),
+        rate: RateLimit::new(shared.config.broker.limits.messages_per_second),
+    };
+    let outcome = session.run(rx).await;
+    shared.registry.unregister(&conn);
+    let m = &shared.metrics;
+    m.connections_open
+        .with_label_values(&[crate::metrics::kind_label(conn.publisher)])
+        .dec();
+    m.connections_closed
+        .with_label_values(&[outcome.reason.label()])
+        .inc();
+    if outcome.reason == CloseReason::SlowConsumer {
+        m.slow_consumer_disconnects.inc();
+    }
+    shared.events.disconnected(&conn, outcome.reason);
+    tracing::debug!(id = %conn.wire_id, reason = outcome.reason.label(), code = outcome.code, "connection closed");
+}
+
+struct Session<S> {
+    ws: WebSocketStream<S>,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+    errors: ErrorBudget,
+    rate: RateLimit,
+}
+
+/// Bad messages within a fixed window; past the budget the connection is closed (1008).
+struct ErrorBudget {
+    budget: u32,
+    window: Duration,
+    count: u32,
+    since: Instant,
+}
+
+impl ErrorBudget {
+    fn new(shared: &Shared) -> Self {
+        let l = &shared.config.broker.limits;
+        ErrorBudget {
+            budget: l.error_budget,
+            window: l.error_window(),
+            count: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Counts one error; true while still within budget.
+    fn spend(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.since) > self.window {
+            self.since = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count <= self.budget
+    }
+}
+
+/// Messages per second from one client: a token bucket holding one second's worth.
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        RateLimit {
+            per_second: f64::from(per_second),
+            tokens: f64::from(per_second),
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        if self.per_second == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.per_second);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// How a session ended.
+struct Outcome {
+    reason: CloseReason,
+    code: u16,
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn run(&mut self, mut rx: mpsc::Receiver<Utf8Bytes>) -> Outcome {
+        let limits = &self.shared.config.broker.limits;
+        let idle = limits.idle_timeout();
+        let mut ping = tokio::time::interval(limits.ping_interval());
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
+        let mut batch = Vec::new();
+        let shutdown = self.shared.shutdown.clone();
+        let conn = self.conn.clone();
+
+        let request = loop {
+            tokio::select! {
+                biased;
+                req = conn.close_requested() => break Some(req),
+                () = shutdown.cancelled() => break Some(CloseRequest::shutdown()),
+                n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                    if n == 0 {
+                        break None;
+                    }
+                    self.shared.metrics.send_queue_depth.observe((n + rx.len()) as f64);
+                    let written = tokio::select! {
+                        biased;
+                        req = conn.close_requested() => break Some(req),
+                        r = write_batch(&mut self.ws, &mut batch) => r,
+                    };
+                    match written {
+                        Ok(bytes) => {
+                            let c = &self.conn.counters;
+                            c.messages_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            c.bytes_out.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                            self.shared.metrics.messages_sent.inc_by(n as u64);
+                            self.shared.metrics.bytes_sent.inc_by(bytes);
+                        }
+                        Err(_) => return Outcome { reason: CloseReason::Io, code: 1006 },
+                    }
+                }
+                msg = self.ws.next() => {
+                    last_heard = Instant::now();
+                    match msg {
+                        Some(Ok(msg)) => {
+                            if let Some(req) = self.on_message(msg).await {
+                                break Some(req);
+                            }
+                        }
+                        Some(Err(e)) => match read_error(e) {
+                            Some(req) => break Some(req),
+                            None => return Outcome { reason: CloseReason::Io, code: 1006 },
+                        },
+                        None => return Outcome { reason: CloseReason::Client, code: 1000 },
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= idle {
+                        break Some(CloseRequest::new(CloseReason::Idle, 1001, "idle timeout"));
+                    }
+                    let sent = tokio::select! {
+                        biased;
+                        req = conn.close_requested() => break Some(req),
+                        r = self.ws.send(Message::Ping(Default::default())) => r,
+                    };
+                    if sent.is_err() {
+                        return Outcome { reason: CloseReason::Io, code: 1006 };
+                    }
+                }
+            }
+        };
+        match request {
+            Some(req) => {
+                self.close(&req).await;
+                Outcome {
+                    reason: req.reason,
+                    code: req.code,
+                }
+            }
+            None => Outcome {
+                reason: CloseReason::Io,
+                code: 1006,
+            },
+        }
+    }
+
+    /// Handles one frame from the peer; a returned request closes the connection.
+    async fn on_message(&mut self, msg: Message) -> Option<CloseRequest> {
+        let frame = match msg {
+            Message::Text(t) => t,
+            Message::Binary(b) => match event::text_from_binary(b) {
+                Some(t) => t,
+                None => {
+                    self.count_in(0);
+                    let err = EventError::new(
+                        None,
+                        ErrorReason::NotJson,
+                        "a binary frame must hold UTF-8 JSON",
+                    );
+                    return self.reject(err).await;
+                }
+            },
+            Message::Close(_) => {
+                // tungstenite has queued the reply; flushing sends it.
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.flush()).await;
+                return Some(CloseRequest::new(CloseReason::Client, 1000, ""));
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return None,
+        };
+        self.count_in(frame.len());
+        if !self.conn.publisher && !self.rate.allow() {
+            return Some(CloseRequest::new(
+                CloseReason::RateLimit,
+                1008,
+                "too many messages per second",
+            ));
+        }
+        let info = match event::decode(frame.as_bytes()) {
+            Ok(info) => info,
+            Err(err) => return self.reject(err).await,
+        };
+        let routed = if self.conn.publisher {
+            Ok(self
+                .shared
+                .route_from_publisher(Some(&self.conn), &info, &frame))
+        } else {
+            self.shared.route_from_client(&self.conn, &info, &frame)
+        };
+        match routed {
+            Ok(Routed::Reply(reply)) => self.send_now(Message::Text(reply)).await,
+            Ok(Routed::Delivered(_)) => None,
+            Err(err) => self.reject(err).await,
+        }
+    }
+
+    fn count_in(&self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.conn.counters;
+        c.messages_in.fetch_add(1, Relaxed);
+        c.bytes_in.fetch_add(bytes as u64, Relaxed);
+        let m = &self.shared.metrics;
+        m.received_by_kind[usize::from(self.conn.publisher)].inc();
+        m.bytes_received.inc_by(bytes as u64);
+    }
+
+    /// Answers the sender with an error event, and closes it once it has used its budget.
+    async fn reject(&mut self, err: EventError) -> Option<CloseRequest> {
+        self.shared
+            .metrics
+            .decode_errors
+            .with_label_values(&[err.reason.label()])
+            .inc();
+        tracing::debug!(id = %self.conn.wire_id, reason = err.reason.label(), error = %err.message, "bad message");
+        if let Some(req) = self.send_now(Message::Text(err.to_frame())).await {
+            return Some(req);
+        }
+        if self.errors.spend() {
+            None
+        } else {
+            Some(CloseRequest::new(
+                CloseReason::ErrorBudget,
+                1008,
+                "too many bad messages",
+            ))
+        }
+    }
+
+    /// Writes one frame to this connection now (replies and errors skip the queue).
+    async fn send_now(&mut self, msg: Message) -> Option<CloseRequest> {
+        let len = msg.len() as u64;
+        let conn = self.conn.clone();
+        let result = tokio::select! {
+            biased;
+            req = conn.close_requested() => return Some(req),
+            r = self.ws.send(msg) => r,
+        };
+        match result {
+            Ok(()) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                self.conn.counters.messages_out.fetch_add(1, Relaxed);
+                self.conn.counters.bytes_out.fetch_add(len, Relaxed);
+                self.shared.metrics.messages_sent.inc();
+                self.shared.metrics.bytes_sent.inc_by(len);
+                None
+            }
+            Err(_) => Some(CloseRequest::new(CloseReason::Io, 1006, "")),
+        }
+    }
+
+    /// Sends a close frame (unless the socket is gone) and waits briefly for the peer's reply,
+    /// so that the peer reads the close code rather than a reset.
+    async fn close(&mut self, req: &CloseRequest) {
+        if matches!(req.reason, CloseReason::Io | CloseReason::Client) {
+            return;
+        }
+        let frame = CloseFrame {
+            code: CloseCode::from(req.code),
+            reason: req.text.as_str().into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            if self.ws.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+        })
+        .await;
+    }
+}
+
+/// Feeds every frame in `batch` to the socket and flushes once; returns the payload bytes.
+async fn write_batch<S>(
+    ws: &mut WebSocketStream<S>,
+    batch: &mut Vec<Utf8Bytes>,
+) -> Result<u64, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut bytes = 0;
+    for frame in batch.drain(..) {
+        bytes += frame.len() as u64;
+        ws.feed(Message::Text(frame)).await?;
+    }
+    ws.flush().await?;
+    Ok(bytes)
+}
+
+/// The close that a read error calls for; `None` when the socket is simply gone.
+fn read_error(e: WsError) -> Option<CloseRequest> {
+    match e {
+        WsError::Capacity(c) => Some(CloseRequest::new(
+            CloseReason::TooLarge,
+            1009,
+            format!("message too large: {c}"),
+        )),
+        WsError::Utf8(_) => Some(CloseRequest::new(
+            CloseReason::InvalidUtf8,
+            1007,
+            "invalid UTF-8 in a text frame",
+        )),
+        WsError::Protocol(p) => Some(CloseRequest::new(
+            CloseReason::Protocol,
+            1002,
+            format!("protocol error: {p}"),
+        )),
+        _ => None,
+    }
+}

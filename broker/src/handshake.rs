@@ -1,0 +1,314 @@
+//! The HTTP side of the WebSocket port: reading one request head, deciding who may upgrade,
+//! and the plain HTTP answers (101, 4xx, 202).
+//!
+//! The broker reads the upgrade request itself (with `httparse`) instead of letting the
+//! WebSocket library do it, so that a refused origin is answered with a real HTTP 403 before
+//! any upgrade, `POST /api/publish` can share the port, and each connection's WebSocket limits
+//! (client or publisher) are known before the first frame is read.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// Request heads larger than this are refused with 431.
+pub const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// One parsed request head, and whatever bytes came after it.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    headers: Vec<(String, Vec<u8>)>,
+    /// Bytes read past the head: the start of a body or of the first WebSocket frame.
+    pub rest: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error("request head larger than {MAX_HEAD} bytes")]
+    TooLarge,
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("connection closed before a full request")]
+    Closed,
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads bytes until one whole request head has arrived. The caller bounds the time.
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.len() == buf.capacity() {
+            if buf.len() >= MAX_HEAD {
+                return Err(HeadError::TooLarge);
+            }
+            buf.reserve((buf.len()).min(MAX_HEAD - buf.len()));
+        }
+        let n = stream.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let request = Request {
+                    method: req.method.unwrap_or_default().to_string(),
+                    target: req.path.unwrap_or_default().to_string(),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+                        .collect(),
+                    rest: buf[len..].to_vec(),
+                };
+                return Ok(request);
+            }
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                return Err(HeadError::TooLarge)
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Malformed(e.to_string())),
+        }
+    }
+}
+
+impl Request {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Whether a comma-separated header holds `token` (case-insensitive).
+    fn header_has(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .any(|(_, v)| {
+                v.split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            })
+    }
+
+    pub fn is_websocket_upgrade(&self) -> bool {
+        self.header_has("upgrade", "websocket")
+    }
+
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// A query parameter, percent-decoded.
+    pub fn query(&self, key: &str) -> Option<String> {
+        let (_, query) = self.target.split_once('?')?;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == key).then(|| {
+                percent_encoding::percent_decode_str(&v.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    }
+
+    /// `Authorization: Bearer <token>`.
+    pub fn bearer(&self) -> Option<&str> {
+        let v = self.header_str("authorization")?.trim();
+        let (scheme, token) = v.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim())
+    }
+
+    /// The client's address: the peer, or with a trusted proxy in front, the last address in
+    /// `X-Forwarded-For` that the proxy appended.
+    pub fn client_ip(&self, peer: SocketAddr, trusted: &[IpAddr]) -> IpAddr {
+        let peer_ip = peer.ip().to_canonical();
+        if !trusted.contains(&peer_ip) {
+            return peer_ip;
+        }
+        self.header_str("x-forwarded-for")
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|last| last.trim().parse::<IpAddr>().ok())
+            .map_or(peer_ip, |ip| ip.to_canonical())
+    }
+
+    /// Checks the parts of an upgrade request that RFC 6455 requires; returns the accept key.
+    pub fn websocket_accept(&self) -> Result<String, &'static str> {
+        if self.method != "GET" {
+            return Err("a WebSocket upgrade must be a GET");
+        }
+        if !self.header_has("connection", "upgrade") {
+            return Err("missing Connection: Upgrade");
+        }
+        if self.header("sec-websocket-version") != Some(b"13") {
+            return Err("Sec-WebSocket-Version must be 13");
+        }
+        let key = self
+            .header("sec-websocket-key")
+            .ok_or("missing Sec-WebSocket-Key")?;
+        Ok(derive_accept_key(key))
+    }
+}
+
+/// Writes the 101 answer that completes an upgrade. No extension (such as permessage-deflate)
+/// and no subprotocol is agreed to.
+pub async fn write_switching<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    accept: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.flush().await
+}
+
+/// Writes a complete HTTP answer with a JSON body and closes the write side.
+pub async fn respond_json<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    status: u16,
+    body: &serde_json::Value,
+) -> std::io::Result<()> {
+    let body = body.to_string();
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body.as_bytes()).await?;
+    s.flush().await?;
+    s.shutdown().await
+}
+
+/// An `{"error": "..."}` answer.
+pub async fn respond_error<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    status: u16,
+    message: &str,
+) -> std::io::Result<()> {
+    respond_json(s, status, &serde_json::json!({ "error": message })).await
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// Who an accepted upgrade is.
+#[derive(Debug)]
+pub struct Admission {
+    pub publisher: bool,
+    pub user: Option<Arc<str>>,
+    pub origin: Option<Box<str>>,
+}
+
+/// Why an upgrade is refused: HTTP status, metrics reason, message for the body and log.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(status: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Compares secrets without an early exit, so timing does not reveal a matching prefix.
+pub fn secret_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn parse(raw: impl AsRef<[u8]>) -> Result<Request, HeadError> {
+        let mut r = raw.as_ref();
+        read_head(&mut r).await
+    }
+
+    #[tokio::test]
+    async fn parses_upgrade_with_rest() {
+        let req = parse(b"GET /x?token=a%2Bb&y=1 HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\x81\x80")
+            .await
+            .expect("parses");
+        assert!(req.is_websocket_upgrade());
+        assert_eq!(req.path(), "/x");
+        assert_eq!(req.query("token").as_deref(), Some("a+b"));
+        assert_eq!(req.rest, b"\x81\x80");
+        assert_eq!(
+            req.websocket_accept().as_deref(),
+            Ok("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+    }
+
+    #[tokio::test]
+    async fn refuses_huge_and_broken_heads() {
+        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert!(matches!(parse(&huge).await, Err(HeadError::TooLarge)));
+        assert!(matches!(
+            parse(b"\x00\x01garbage\r\n\r\n").await,
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\n").await,
+            Err(HeadError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn forwarded_for_only_from_trusted_proxies() {
+        let req = parse("GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4, 10.9.8.7\r\n\r\n")
+            .await
+            .expect("parses");
+        let proxy: SocketAddr = "127.0.0.5:4000".parse().expect("addr");
+        assert_eq!(req.client_ip(proxy, &[]), proxy.ip());
+        let trusted = [proxy.ip()];
+        assert_eq!(
+            req.client_ip(proxy, &trusted),
+            "10.9.8.7".parse::<IpAddr>().expect("ip")
+        );
+    }
+
+    #[test]
+    fn secret_comparison() {
+        assert!(secret_eq(b"abc", b"abc"));
+        assert!(!secret_eq(b"abc", b"abd"));
+        assert!(!secret_eq(b"abc", b"abcd"));
+    }
+}

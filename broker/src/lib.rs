@@ -1,0 +1,27 @@
+//! A high-throughput WebSocket event broker, wire-compatible with the Users WebSocket API.
+//!
+//! The file list is the architecture:
+//! - [`config`]: the Users `config.json` plus the broker's own settings and `BROKER_...` overrides.
+//! - [`origin`]: the origin allow-list, compiled once into one multi-pattern regex.
+//! - [`event`]: the event table, SIMD decoding, the error event.
+//! - [`handshake`]: the HTTP request head, admission, plain HTTP answers.
+//! - [`auth`]: user tokens (HS256 JWT).
+//! - [`connection`]: one client: reader, writer, send queue.
+//! - [`registry`]: the sharded connection map.
+//! - [`fanout`]: routing and delivering one encoded event to many.
+//! - [`publish`]: `POST /api/publish`.
+//! - [`metrics`], [`ops`]: Prometheus metrics, health and the admin API.
+//! - [`server`]: the accept loop, start-up and shutdown.
+
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod event;
+pub mod fanout;
+pub mod handshake;
+pub mod metrics;
+pub mod ops;
+pub mod origin;
+pub mod publish;
+pub mod registry;
+pub mod server;

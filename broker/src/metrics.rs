@@ -1,0 +1,299 @@
+//! Prometheus metrics. The names, types and labels are listed in `docs/METRICS.md`; the
+//! dashboards and alert rules depend on them, and a test checks that they agree.
+//!
+//! Every label has a small fixed set of values, so the series count never depends on traffic.
+//! Counters on the per-message path are bumped once per batch, not once per frame.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::event::{ErrorReason, TYPE_LABELS};
+
+/// Why a connection was refused before the upgrade.
+pub const REFUSE_REASONS: [&str; 8] = [
+    "no_origin",
+    "origin",
+    "api_key",
+    "token",
+    "limit",
+    "per_address",
+    "handshake_timeout",
+    "bad_request",
+];
+
+/// Why a connection ended.
+pub const CLOSE_REASONS: [&str; 11] = [
+    "client",
+    "idle",
+    "slow_consumer",
+    "error_budget",
+    "rate_limit",
+    "too_large",
+    "invalid_utf8",
+    "protocol",
+    "kicked",
+    "shutdown",
+    "io",
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub up_seconds: IntGauge,
+    pub ready: IntGauge,
+    pub connections_open: IntGaugeVec,
+    pub connections_accepted: IntCounterVec,
+    pub connections_refused: IntCounterVec,
+    pub connections_closed: IntCounterVec,
+    pub messages_received: IntCounterVec,
+    pub messages_sent: IntCounter,
+    pub bytes_received: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub events: IntCounterVec,
+    pub decode_errors: IntCounterVec,
+    pub slow_consumer_disconnects: IntCounter,
+    pub send_queue_depth: Histogram,
+    pub fanout_duration: Histogram,
+    pub fanout_recipients: Histogram,
+    pub handshake_duration: Histogram,
+    pub publish_requests: IntCounterVec,
+    pub admin_requests: IntCounterVec,
+    pub cluster_connected: IntGauge,
+    pub cluster_messages: IntCounterVec,
+    /// `messages_received` for `client` and `publisher`, looked up once.
+    pub received_by_kind: [IntCounter; 2],
+    /// `events` in [`TYPE_LABELS`] order, looked up once.
+    pub events_by_type: Vec<IntCounter>,
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    // Pre-create every series so dashboards see zeros, not gaps.
+    for v in values {
+        c.with_label_values(&[v]);
+    }
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "broker_build_info",
+                "The running broker version (always 1).",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(info)).expect("unique metric");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
+
+        let connections_open = IntGaugeVec::new(
+            Opts::new("broker_connections_open", "Connections open now, by kind."),
+            &["kind"],
+        )
+        .expect("valid metric");
+        for k in ["client", "publisher"] {
+            connections_open.with_label_values(&[k]);
+        }
+        r.register(Box::new(connections_open.clone()))
+            .expect("unique metric");
+        let latency = vec![
+            0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+            0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ];
+        let kinds = ["client", "publisher"];
+        let error_labels: Vec<&str> = ErrorReason::ALL.iter().map(|r| r.label()).collect();
+        let messages_received = counter_vec(
+            &r,
+            "broker_messages_received_total",
+            "Frames received from connections, by kind.",
+            "kind",
+            &kinds,
+        );
+        let events = counter_vec(
+            &r,
+            "broker_events_total",
+            "Events accepted for delivery, by type.",
+            "type",
+            &TYPE_LABELS,
+        );
+        Metrics {
+            received_by_kind: [
+                messages_received.with_label_values(&["client"]),
+                messages_received.with_label_values(&["publisher"]),
+            ],
+            events_by_type: TYPE_LABELS
+                .iter()
+                .map(|t| events.with_label_values(&[t]))
+                .collect(),
+            messages_received,
+            events,
+            up_seconds: gauge(&r, "broker_up_seconds", "Seconds since the broker started."),
+            ready: gauge(
+                &r,
+                "broker_ready",
+                "1 while accepting connections, 0 while draining or stopping.",
+            ),
+            connections_open,
+            connections_accepted: counter_vec(
+                &r,
+                "broker_connections_accepted_total",
+                "Upgrades accepted, by kind.",
+                "kind",
+                &kinds,
+            ),
+            connections_refused: counter_vec(
+                &r,
+                "broker_connections_refused_total",
+                "Upgrades refused before any upgrade, by reason.",
+                "reason",
+                &REFUSE_REASONS,
+            ),
+            connections_closed: counter_vec(
+                &r,
+                "broker_connections_closed_total",
+                "Connections ended, by reason.",
+                "reason",
+                &CLOSE_REASONS,
+            ),
+            messages_sent: counter(
+                &r,
+                "broker_messages_sent_total",
+                "Frames written to connections.",
+            ),
+            bytes_received: counter(&r, "broker_bytes_received_total", "Payload bytes received."),
+            bytes_sent: counter(&r, "broker_bytes_sent_total", "Payload bytes written."),
+            decode_errors: counter_vec(
+                &r,
+                "broker_decode_errors_total",
+                "Bad messages answered with an error event, by reason.",
+                "reason",
+                &error_labels,
+            ),
+            slow_consumer_disconnects: counter(
+                &r,
+                "broker_slow_consumer_disconnects_total",
+                "Connections closed because their send queue was full.",
+            ),
+            send_queue_depth: histogram(
+                &r,
+                "broker_send_queue_depth",
+                "Frames waiting in a connection's queue when its writer wakes.",
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+                ],
+            ),
+            fanout_duration: histogram(
+                &r,
+                "broker_fanout_duration_seconds",
+                "Time to hand one event to every recipient queue.",
+                latency.clone(),
+            ),
+            fanout_recipients: histogram(
+                &r,
+                "broker_fanout_recipients",
+                "Recipients per delivered event.",
+                vec![0.0, 1.0, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0],
+            ),
+            handshake_duration: histogram(
+                &r,
+                "broker_handshake_duration_seconds",
+                "From accept to upgrade complete or refused.",
+                latency,
+            ),
+            publish_requests: counter_vec(
+                &r,
+                "broker_publish_requests_total",
+                "POST /api/publish answers, by status.",
+                "status",
+                &["202", "400", "401", "403", "411", "413"],
+            ),
+            admin_requests: counter_vec(
+                &r,
+                "broker_admin_requests_total",
+                "Admin API answers, by status.",
+                "status",
+                &["200", "202", "400", "401", "404"],
+            ),
+            cluster_connected: gauge(&r, "broker_cluster_connected", "1 while connected to NATS."),
+            cluster_messages: counter_vec(
+                &r,
+                "broker_cluster_messages_total",
+                "Events exchanged with other instances.",
+                "direction",
+                &["out", "in", "dropped"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts one accepted event of type `label` (one of [`TYPE_LABELS`]).
+    pub fn event(&self, label: &str) {
+        if let Some(i) = TYPE_LABELS.iter().position(|t| *t == label) {
+            self.events_by_type[i].inc();
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Which `kind` label a connection has.
+pub fn kind_label(publisher: bool) -> &'static str {
+    if publisher {
+        "publisher"
+    } else {
+        "client"
+    }
+}

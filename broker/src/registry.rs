@@ -1,0 +1,434 @@
+//! The sharded connection registry: every open connection's send queue and metadata.
+//!
+//! A `DashMap` keyed by connection number holds one `Arc<Conn>` per connection; its shards are
+//! independent locks, so connects, disconnects and deliveries on different shards never wait
+//! for each other, and a delivery holds only read locks. Users and publishers have small side
+//! indexes so that a user event touches that user's connections only.
+//!
+//! Delivery never blocks and never grows memory: each connection has a bounded queue, and a
+//! connection whose queue is full is told to close (a slow consumer), not waited for.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+use rayon::prelude::*;
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Why a connection ends, with the close code the client sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Client,
+    Idle,
+    SlowConsumer,
+    ErrorBudget,
+    RateLimit,
+    TooLarge,
+    InvalidUtf8,
+    Protocol,
+    Kicked,
+    Shutdown,
+    Io,
+}
+
+impl CloseReason {
+    /// The metrics label (see `metrics::CLOSE_REASONS`).
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Idle => "idle",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::ErrorBudget => "error_budget",
+            CloseReason::RateLimit => "rate_limit",
+            CloseReason::TooLarge => "too_large",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::Protocol => "protocol",
+            CloseReason::Kicked => "kicked",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Io => "io",
+        }
+    }
+}
+
+/// A request to close a connection: why, and the close frame to send.
+#[derive(Debug, Clone)]
+pub struct CloseRequest {
+    pub reason: CloseReason,
+    pub code: u16,
+    pub text: String,
+}
+
+impl CloseRequest {
+    pub fn new(reason: CloseReason, code: u16, text: impl Into<String>) -> Self {
+        CloseRequest {
+            reason,
+            code,
+            text: text.into(),
+        }
+    }
+
+    pub fn slow_consumer() -> Self {
+        Self::new(
+            CloseReason::SlowConsumer,
+            1013,
+            "send queue full: reading too slowly",
+        )
+    }
+
+    pub fn shutdown() -> Self {
+        Self::new(CloseReason::Shutdown, 1001, "server going away")
+    }
+}
+
+/// Per-connection traffic counters, updated by the connection's own task.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// One open connection as the rest of the broker sees it.
+#[derive(Debug)]
+pub struct Conn {
+    pub id: u64,
+    /// The id on the wire (`from`/`to` fields, admin API): `<instance>.<number>`.
+    pub wire_id: Box<str>,
+    pub remote: SocketAddr,
+    pub origin: Option<Box<str>>,
+    pub user: Option<Arc<str>>,
+    pub publisher: bool,
+    pub connected_at: SystemTime,
+    pub shard: usize,
+    pub counters: Counters,
+    tx: mpsc::Sender<Utf8Bytes>,
+    close: OnceLock<CloseRequest>,
+    wake: Notify,
+}
+
+/// What [`Registry::register`] needs to know of a new connection.
+pub struct NewConn {
+    pub remote: SocketAddr,
+    pub origin: Option<Box<str>>,
+    pub user: Option<Arc<str>>,
+    pub publisher: bool,
+}
+
+impl Conn {
+    /// Hands `frame` to this connection's queue without waiting. A full queue closes the
+    /// connection as a slow consumer; a closed one is already on its way out.
+    #[inline]
+    pub fn offer(&self, frame: &Utf8Bytes) -> bool {
+        match self.tx.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.request_close(CloseRequest::slow_consumer());
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the connection's task to close with `req`; the first request wins.
+    /// Returns whether this request was the first.
+    pub fn request_close(&self, req: CloseRequest) -> bool {
+        let first = self.close.set(req).is_ok();
+        if first {
+            self.wake.notify_one();
+        }
+        first
+    }
+
+    /// The close request, once one was made.
+    pub fn close_request(&self) -> Option<&CloseRequest> {
+        self.close.get()
+    }
+
+    /// Resolves when a close has been requested.
+    pub async fn close_requested(&self) -> CloseRequest {
+        loop {
+            if let Some(req) = self.close.get() {
+                return req.clone();
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    /// Frames waiting in the send queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// Registry statistics for `/admin/stats`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub clients: usize,
+    pub publishers: usize,
+}
+
+pub struct Registry {
+    instance: Box<str>,
+    conns: DashMap<u64, Arc<Conn>>,
+    users: DashMap<Arc<str>, Vec<Arc<Conn>>>,
+    publishers: DashMap<u64, Arc<Conn>>,
+    per_address: DashMap<IpAddr, usize>,
+    next_id: AtomicU64,
+    next_publisher: AtomicUsize,
+    queue_bound: usize,
+    /// From this many connections on, a broadcast is spread over the cores.
+    parallel_threshold: usize,
+}
+
+impl Registry {
+    pub fn new(instance: &str, shards: usize, queue_bound: usize) -> Registry {
+        Registry {
+            instance: instance.into(),
+            conns: DashMap::with_shard_amount(shards),
+            users: DashMap::with_shard_amount(shards),
+            publishers: DashMap::new(),
+            per_address: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            next_publisher: AtomicUsize::new(0),
+            queue_bound,
+            parallel_threshold: 4096,
+        }
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Adds a connection; returns it and the receiving end of its send queue.
+    pub fn register(&self, new: NewConn) -> (Arc<Conn>, mpsc::Receiver<Utf8Bytes>) {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue_bound);
+        let conn = Arc::new(Conn {
+            id,
+            wire_id: format!("{}.{id}", self.instance).into(),
+            remote: new.remote,
+            origin: new.origin,
+            user: new.user,
+            publisher: new.publisher,
+            connected_at: SystemTime::now(),
+            shard: self.conns.determine_map(&id),
+            counters: Counters::default(),
+            tx,
+            close: OnceLock::new(),
+            wake: Notify::new(),
+        });
+        if let Some(user) = &conn.user {
+            self.users
+                .entry(user.clone())
+                .or_default()
+                .push(conn.clone());
+        }
+        if conn.publisher {
+            self.publishers.insert(id, conn.clone());
+        }
+        self.conns.insert(id, conn.clone());
+        (conn, rx)
+    }
+
+    pub fn unregister(&self, conn: &Conn) {
+        self.conns.remove(&conn.id);
+        if conn.publisher {
+            self.publishers.remove(&conn.id);
+        }
+        if let Some(user) = &conn.user {
+            self.users.remove_if_mut(user, |_, list| {
+                list.retain(|c| c.id != conn.id);
+                list.is_empty()
+            });
+        }
+    }
+
+    /// Counts a connection from `ip` if it stays within `limit` (0: no limit).
+    pub fn acquire_address(&self, ip: IpAddr, limit: usize) -> bool {
+        let mut n = self.per_address.entry(ip).or_insert(0);
+        if limit > 0 && *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn release_address(&self, ip: IpAddr) {
+        self.per_address.remove_if_mut(&ip, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn counts(&self) -> Counts {
+        let publishers = self.publishers.len();
+        Counts {
+            clients: self.conns.len().saturating_sub(publishers),
+            publishers,
+        }
+    }
+
+    /// The connection with this number.
+    pub fn get(&self, id: u64) -> Option<Arc<Conn>> {
+        self.conns.get(&id).map(|c| c.clone())
+    }
+
+    /// Splits a wire id into instance and number.
+    pub fn parse_wire_id(wire_id: &str) -> Option<(&str, u64)> {
+        let (instance, n) = wire_id.rsplit_once('.')?;
+        Some((instance, n.parse().ok()?))
+    }
+
+    /// The local connection with this wire id.
+    pub fn get_wire(&self, wire_id: &str) -> Option<Arc<Conn>> {
+        match Self::parse_wire_id(wire_id) {
+            Some((instance, id)) if instance == &*self.instance => self.get(id),
+            _ => None,
+        }
+    }
+
+    /// Every connection, for listings (a snapshot; order by id).
+    pub fn snapshot(&self) -> Vec<Arc<Conn>> {
+        let mut all: Vec<Arc<Conn>> = self.conns.iter().map(|e| e.value().clone()).collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    /// Offers `frame` to every connection except `except`; returns how many took it.
+    pub fn deliver_all(&self, frame: &Utf8Bytes, except: Option<u64>) -> usize {
+        let take = |c: &Arc<Conn>| except != Some(c.id) && c.offer(frame);
+        if self.conns.len() >= self.parallel_threshold {
+            // Rayon walks the shards in parallel, each under its own read lock.
+            self.conns.par_iter().filter(|e| take(e.value())).count()
+        } else {
+            self.conns.iter().filter(|e| take(e.value())).count()
+        }
+    }
+
+    /// Offers `frame` to `user`'s connections and to every publisher except `except`.
+    pub fn deliver_user(&self, user: &str, frame: &Utf8Bytes, except: Option<u64>) -> usize {
+        let mut n = 0;
+        if let Some(list) = self.users.get(user) {
+            n += list
+                .iter()
+                .filter(|c| except != Some(c.id) && c.offer(frame))
+                .count();
+        }
+        n + self.deliver_publishers(frame, except)
+    }
+
+    /// Offers `frame` to every publisher except `except`.
+    pub fn deliver_publishers(&self, frame: &Utf8Bytes, except: Option<u64>) -> usize {
+        self.publishers
+            .iter()
+            .filter(|e| except != Some(*e.key()) && e.value().offer(frame))
+            .count()
+    }
+
+    /// One publisher, taking turns, for MetaRequests.
+    pub fn pick_publisher(&self) -> Option<Arc<Conn>> {
+        let n = self.publishers.len();
+        if n == 0 {
+            return None;
+        }
+        let skip = self.next_publisher.fetch_add(1, Relaxed) % n;
+        self.publishers
+            .iter()
+            .nth(skip)
+            .or_else(|| self.publishers.iter().next())
+            .map(|e| e.value().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_conn(user: Option<&str>, publisher: bool) -> NewConn {
+        NewConn {
+            remote: "127.0.0.1:1".parse().expect("addr"),
+            origin: None,
+            user: user.map(Arc::from),
+            publisher,
+        }
+    }
+
+    #[test]
+    fn user_and_publisher_targeting() {
+        let r = Registry::new("t", 4, 8);
+        let (alice, mut alice_rx) = r.register(new_conn(Some("alice"), false));
+        let (_bob, mut bob_rx) = r.register(new_conn(Some("bob"), false));
+        let (_anon, mut anon_rx) = r.register(new_conn(None, false));
+        let (publ, mut pub_rx) = r.register(new_conn(None, true));
+        let frame = Utf8Bytes::from_static("{}");
+        assert_eq!(r.deliver_user("alice", &frame, None), 2);
+        assert!(alice_rx.try_recv().is_ok());
+        assert!(pub_rx.try_recv().is_ok());
+        assert!(bob_rx.try_recv().is_err());
+        assert!(anon_rx.try_recv().is_err());
+        assert_eq!(r.deliver_user("alice", &frame, Some(publ.id)), 1);
+        assert_eq!(r.deliver_all(&frame, Some(alice.id)), 3);
+        assert_eq!(r.counts().publishers, 1);
+        assert_eq!(r.counts().clients, 3);
+        r.unregister(&alice);
+        assert_eq!(r.deliver_user("alice", &frame, Some(publ.id)), 0);
+        assert!(r.get_wire(&alice.wire_id).is_none());
+        assert!(r.get_wire(&publ.wire_id).is_some());
+    }
+
+    #[test]
+    fn full_queue_requests_close_once() {
+        let r = Registry::new("t", 2, 2);
+        let (c, _rx) = r.register(new_conn(None, false));
+        let frame = Utf8Bytes::from_static("x");
+        assert!(c.offer(&frame));
+        assert!(c.offer(&frame));
+        assert_eq!(c.queue_depth(), 2);
+        assert!(!c.offer(&frame));
+        assert_eq!(
+            c.close_request().map(|r| r.reason),
+            Some(CloseReason::SlowConsumer)
+        );
+        assert!(
+            !c.request_close(CloseRequest::shutdown()),
+            "first request wins"
+        );
+    }
+
+    #[test]
+    fn parallel_broadcast_reaches_everyone_once() {
+        let r = Registry::new("t", 8, 4);
+        let rxs: Vec<_> = (0..5000)
+            .map(|_| r.register(new_conn(None, false)).1)
+            .collect();
+        let frame = Utf8Bytes::from_static("y");
+        assert_eq!(r.deliver_all(&frame, None), 5000);
+        for mut rx in rxs {
+            assert!(rx.try_recv().is_ok());
+            assert!(rx.try_recv().is_err());
+        }
+    }
+
+    #[test]
+    fn per_address_limit() {
+        let r = Registry::new("t", 2, 2);
+        let ip: IpAddr = "127.0.0.2".parse().expect("ip");
+        assert!(r.acquire_address(ip, 2));
+        assert!(r.acquire_address(ip, 2));
+        assert!(!r.acquire_address(ip, 2));
+        r.release_address(ip);
+        assert!(r.acquire_address(ip, 2));
+    }
+}

@@ -1,0 +1,370 @@
+//! The accept loop, the upgrade, and start-up and shutdown of the whole broker.
+//!
+//! Every task (acceptor, connections, ops listener) watches one cancellation token, so
+//! stopping is one code path: cancel, then wait for the tracked tasks to finish.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenVerifier;
+use crate::config::Config;
+use crate::handshake::{self, Admission, HeadError, Refusal, Request};
+use crate::metrics::{kind_label, Metrics};
+use crate::ops::Activity;
+use crate::origin::OriginPolicy;
+use crate::registry::{NewConn, Registry};
+
+/// State shared by every task of one broker.
+pub struct Shared {
+    pub config: Config,
+    pub origin: OriginPolicy,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    pub tokens: TokenVerifier,
+    pub events: Activity,
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+    ready: AtomicBool,
+    connection_slots: Arc<Semaphore>,
+    client_ws: WebSocketConfig,
+    publisher_ws: WebSocketConfig,
+}
+
+impl Shared {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting: `/readyz` fails from now on.
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+        self.metrics.ready.set(0);
+    }
+}
+
+/// A running broker, as returned by [`start`].
+pub struct RunningBroker {
+    ws_addr: SocketAddr,
+    ops_addr: SocketAddr,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+}
+
+impl RunningBroker {
+    /// Where the WebSocket port listens.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    /// Where the ops listener (metrics, health, admin) listens.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, closes every client with 1001, and waits for the tasks to end.
+    pub async fn shutdown(self) {
+        self.shared.set_not_ready();
+        self.shared.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within 10 s");
+        }
+    }
+
+    /// Resolves once shutdown has been requested (by a signal handler or the admin API).
+    pub async fn stopping(&self) {
+        self.shared.shutdown.cancelled().await;
+    }
+}
+
+fn ws_config(max_message: usize) -> WebSocketConfig {
+    // Small buffers: an idle connection should cost a few KiB, not tungstenite's default
+    // 128 KiB read buffer. Writes batch up to 64 KiB before going to the socket.
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(64 * 1024)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+fn random_instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("{:08x}", h.finish() as u32)
+}
+
+/// Binds both listeners and starts serving. Fails if a port cannot be bound.
+pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
+    let origin = OriginPolicy::new(&config.websocket.approved_socket_domains)?;
+    for warning in origin.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let instance = if config.broker.instance_id.is_empty() {
+        random_instance_id()
+    } else {
+        config.broker.instance_id.clone()
+    };
+    let ws_bind = SocketAddr::new(config.websocket.host, config.websocket.port);
+    let listener = TcpListener::bind(ws_bind)
+        .await
+        .with_context(|| format!("cannot listen on {ws_bind} (websocket.host, websocket.port)"))?;
+    let ops_bind = SocketAddr::new(config.broker.ops.host, config.broker.ops.port);
+    let ops_listener = TcpListener::bind(ops_bind).await.with_context(|| {
+        format!("cannot listen on {ops_bind} (broker.ops.host, broker.ops.port)")
+    })?;
+    let ws_addr = listener.local_addr()?;
+    let ops_addr = ops_listener.local_addr()?;
+
+    let limits = &config.broker.limits;
+    let shared = Arc::new(Shared {
+        registry: Registry::new(&instance, config.shard_count(), limits.send_queue),
+        tokens: TokenVerifier::new(config.broker.jwt_secret.as_deref()),
+        metrics: Metrics::new(),
+        events: Activity::new(),
+        shutdown: CancellationToken::new(),
+        started: Instant::now(),
+        ready: AtomicBool::new(true),
+        connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
+        client_ws: ws_config(limits.max_message_size),
+        publisher_ws: ws_config(limits.max_publisher_message_size),
+        origin,
+        config,
+    });
+    shared.metrics.ready.set(1);
+
+    let tracker = TaskTracker::new();
+    tracker.spawn(accept_loop(listener, shared.clone(), tracker.clone()));
+    tracker.spawn(crate::ops::serve(ops_listener, shared.clone()));
+    tracing::info!(
+        instance = %instance,
+        ws = %ws_addr,
+        ops = %ops_addr,
+        patterns = shared.origin.patterns().len(),
+        shards = shared.config.shard_count(),
+        "listening"
+    );
+    Ok(RunningBroker {
+        ws_addr,
+        ops_addr,
+        shared,
+        tracker,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tracker.spawn(handle_socket(stream, peer, shared.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors, most likely: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!("stopped accepting connections");
+}
+
+/// One accepted socket: read its request, then upgrade it, publish, or refuse it.
+async fn handle_socket(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let started = Instant::now();
+    let timeout = shared.config.broker.limits.handshake_timeout();
+    let head = tokio::select! {
+        () = shared.shutdown.cancelled() => return,
+        r = tokio::time::timeout(timeout, handshake::read_head(&mut stream)) => r,
+    };
+    let req = match head {
+        Ok(Ok(req)) => req,
+        Ok(Err(HeadError::Closed | HeadError::Io(_))) => return,
+        Ok(Err(e @ HeadError::TooLarge)) => {
+            shared.metrics.refused("bad_request");
+            let _ = handshake::respond_error(&mut stream, 431, &e.to_string()).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            shared.metrics.refused("bad_request");
+            let _ = handshake::respond_error(&mut stream, 400, &e.to_string()).await;
+            return;
+        }
+        Err(_) => {
+            shared.metrics.refused("handshake_timeout");
+            let _ = handshake::respond_error(&mut stream, 408, "request head not received in time")
+                .await;
+            return;
+        }
+    };
+    if req.is_websocket_upgrade() {
+        upgrade(stream, peer, req, shared, started).await;
+    } else if req.method == "POST" && req.path() == "/api/publish" {
+        let _ = crate::publish::handle(&mut stream, req, &shared).await;
+    } else {
+        let _ = crate::publish::not_found(&mut stream, &req).await;
+    }
+}
+
+/// Decides whether `req` may upgrade, and as whom.
+fn admit(req: &Request, shared: &Shared) -> Result<Admission, Refusal> {
+    let origin = req.header("origin");
+    let publisher = match (
+        req.header("users-api-key"),
+        &shared.config.websocket.socket_api_key,
+    ) {
+        (None, _) => false,
+        (Some(given), Some(key)) if handshake::secret_eq(given, key.as_bytes()) => true,
+        (Some(_), _) => return Err(Refusal::new(403, "api_key", "wrong users-api-key")),
+    };
+    if !publisher {
+        match origin {
+            None => {
+                return Err(Refusal::new(
+                    403,
+                    "no_origin",
+                    "an Origin header is required",
+                ))
+            }
+            Some(o) if !shared.origin.is_approved(o) => {
+                return Err(Refusal::new(403, "origin", "origin not approved"))
+            }
+            Some(_) => {}
+        }
+    }
+    let token = req
+        .query("token")
+        .or_else(|| req.bearer().map(str::to_string));
+    let user = match token {
+        None => None,
+        Some(t) => Some(
+            shared
+                .tokens
+                .verify(&t)
+                .map_err(|why| Refusal::new(401, "token", why))?,
+        ),
+    };
+    Ok(Admission {
+        publisher,
+        user,
+        origin: origin.map(|o| String::from_utf8_lossy(o).into()),
+    })
+}
+
+async fn upgrade(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    req: Request,
+    shared: Arc<Shared>,
+    started: Instant,
+) {
+    let m = &shared.metrics;
+    let refuse =
+        |status: u16, reason: &'static str, message: String| Refusal::new(status, reason, message);
+    let accept_key = req.websocket_accept();
+    let admitted = accept_key
+        .map_err(|why| refuse(400, "bad_request", why.into()))
+        .and_then(|key| admit(&req, &shared).map(|a| (key, a)));
+    let (accept_key, admission) = match admitted {
+        Ok(ok) => ok,
+        Err(r) => {
+            m.refused(r.reason);
+            tracing::info!(peer = %peer, origin = req.header_str("origin").unwrap_or("-"), reason = r.reason, "refused: {}", r.message);
+            let _ = handshake::respond_error(&mut stream, r.status, &r.message).await;
+            m.handshake_duration
+                .observe(started.elapsed().as_secs_f64());
+            return;
+        }
+    };
+    let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+        m.refused("limit");
+        let _ = handshake::respond_error(&mut stream, 503, "too many connections").await;
+        return;
+    };
+    let limits = &shared.config.broker.limits;
+    let ip = req.client_ip(peer, &limits.trusted_proxies);
+    if !shared
+        .registry
+        .acquire_address(ip, limits.max_connections_per_address)
+    {
+        m.refused("per_address");
+        let _ =
+            handshake::respond_error(&mut stream, 429, "too many connections from this address")
+                .await;
+        return;
+    }
+    let _address = AddressGuard {
+        shared: &shared,
+        ip,
+    };
+    if handshake::write_switching(&mut stream, &accept_key)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let ws_config = if admission.publisher {
+        shared.publisher_ws
+    } else {
+        shared.client_ws
+    };
+    let ws =
+        WebSocketStream::from_partially_read(stream, req.rest, Role::Server, Some(ws_config)).await;
+    let publisher = admission.publisher;
+    let (conn, rx) = shared.registry.register(NewConn {
+        remote: SocketAddr::new(ip, peer.port()),
+        origin: admission.origin,
+        user: admission.user,
+        publisher,
+    });
+    m.connections_accepted
+        .with_label_values(&[kind_label(publisher)])
+        .inc();
+    m.connections_open
+        .with_label_values(&[kind_label(publisher)])
+        .inc();
+    m.handshake_duration
+        .observe(started.elapsed().as_secs_f64());
+    shared.events.connected(&conn);
+    tracing::debug!(id = %conn.wire_id, peer = %peer, publisher, user = conn.user.as_deref().unwrap_or("-"), "connected");
+    crate::connection::serve(ws, conn, rx, shared.clone()).await;
+    drop(slot);
+}
+
+/// Gives the per-address count back when the connection ends, however it ends.
+struct AddressGuard<'a> {
+    shared: &'a Shared,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for AddressGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.registry.release_address(self.ip);
+    }
+}

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Checks the broker's Grafana dashboard and Prometheus config/rules.
+#
+#   dashboards/check.sh                 promtool check config / check rules / test rules,
+#                                       dashboard JSON validation, metric names vs docs/METRICS.md
+#   dashboards/check.sh --list-metrics  print the metric names that the dashboard and the rules
+#                                       query, one per line, sorted (histograms by base name)
+#
+# promtool comes from the Debian package `prometheus`; it is installed when missing.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+dashboard="$here/grafana/broker.json"
+prom_config="$here/prometheus/prometheus.yml"
+rules="$here/prometheus/rules.yml"
+rules_test="$here/prometheus/rules_test.yml"
+metrics_doc="$here/../docs/METRICS.md"
+
+# Prints the metric names used by the PromQL expressions of the dashboard (targets' expr,
+# template variables' query/definition) and of the rules (expr). Only names matching
+# broker_[a-z_]+ or process_[a-z_]+; _bucket/_sum/_count are stripped to the histogram name.
+list_metrics() {
+    python3 - "$dashboard" "$rules" <<'PY'
+import json, re, sys
+
+dashboard_path, rules_path = sys.argv[1], sys.argv[2]
+NAME = re.compile(r"(?<![A-Za-z0-9_:])((?:broker|process)_[a-z_]+)")
+SUFFIX = re.compile(r"_(bucket|sum|count)$")
+
+exprs = []
+
+def walk(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("expr", "query", "definition") and isinstance(value, str):
+                exprs.append(value)
+            else:
+                walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            walk(item)
+
+with open(dashboard_path) as f:
+    walk(json.load(f))
+
+def rule_exprs_fallback(text):
+    """expr: values of a YAML file without PyYAML: inline scalars and | / > blocks."""
+    out = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = re.match(r"^(\s*)(?:-\s+)?expr:\s*(.*)$", lines[i])
+        i += 1
+        if not m:
+            continue
+        indent, value = len(m.group(1)), m.group(2).strip()
+        if value[:1] in ("|", ">"):
+            block = []
+            while i < len(lines) and (not lines[i].strip() or
+                                      len(lines[i]) - len(lines[i].lstrip()) > indent):
+                block.append(lines[i])
+                i += 1
+            out.append("\n".join(block))
+        else:
+            if value[:1] in ("'", '"'):
+                value = value[1:-1]
+            out.append(value)
+    return out
+
+with open(rules_path) as f:
+    text = f.read()
+try:
+    import yaml
+    for group in yaml.safe_load(text)["groups"]:
+        for rule in group["rules"]:
+            exprs.append(str(rule["expr"]))
+except ImportError:
+    exprs.extend(rule_exprs_fallback(text))
+
+names = set()
+for expr in exprs:
+    for name in NAME.findall(expr):
+        names.add(SUFFIX.sub("", name))
+for name in sorted(names):
+    print(name)
+PY
+}
+
+if [[ "${1:-}" == "--list-metrics" ]]; then
+    list_metrics
+    exit 0
+elif [[ $# -gt 0 ]]; then
+    echo "usage: $0 [--list-metrics]" >&2
+    exit 2
+fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "== promtool missing: installing the Debian package prometheus"
+    sudo=""
+    if [[ "$(id -u)" -ne 0 ]]; then sudo="sudo"; fi
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends prometheus
+fi
+
+echo "== promtool check config"
+promtool check config "$prom_config"
+echo "== promtool check rules"
+promtool check rules "$rules"
+echo "== promtool test rules"
+promtool test rules "$rules_test"
+
+echo "== dashboard JSON"
+python3 -m json.tool "$dashboard" >/dev/null
+python3 - "$dashboard" <<'PY'
+import json, sys
+
+path = sys.argv[1]
+with open(path) as f:
+    text = f.read()
+d = json.loads(text)
+errors = []
+if "DS_PROMETHEUS" in text:
+    errors.append("uses ${DS_PROMETHEUS}; use the datasource variable")
+if d.get("schemaVersion", 0) < 36:
+    errors.append("schemaVersion %r is too old" % d.get("schemaVersion"))
+variables = {v["name"]: v for v in d["templating"]["list"]}
+if variables.get("datasource", {}).get("type") != "datasource":
+    errors.append("no datasource template variable")
+if "instance" not in variables:
+    errors.append("no instance template variable")
+ids = set()
+def panels(ps):
+    for p in ps:
+        yield p
+        yield from panels(p.get("panels", []))
+for p in panels(d["panels"]):
+    if p["id"] in ids:
+        errors.append("duplicate panel id %r" % p["id"])
+    ids.add(p["id"])
+    if p["type"] == "row":
+        continue
+    if p.get("datasource", {}).get("uid") != "${datasource}":
+        errors.append("panel %r: datasource is not ${datasource}" % p["title"])
+    if not p.get("targets"):
+        errors.append("panel %r has no queries" % p["title"])
+    for t in p.get("targets", []):
+        if t.get("datasource", {}).get("uid") != "${datasource}":
+            errors.append("panel %r: query datasource is not ${datasource}" % p["title"])
+        expr = t.get("expr", "")
+        if "rate(" in expr and "[$__rate_interval]" not in expr and "[$__range]" not in expr:
+            errors.append("panel %r: rate/increase without $__rate_interval: %s" % (p["title"], expr))
+        if "up{" not in expr and "broker_" in expr and '$instance' not in expr:
+            errors.append("panel %r: query ignores $instance: %s" % (p["title"], expr))
+for e in errors:
+    print("dashboard:", e, file=sys.stderr)
+if errors:
+    sys.exit(1)
+print("  SUCCESS: %s (%d panels)" % (path, len(ids)))
+PY
+
+echo "== dashboard PromQL syntax (as recording rules, variables substituted)"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+python3 - "$dashboard" >"$tmp/dashboard_exprs.yml" <<'PY'
+import json, sys
+with open(sys.argv[1]) as f:
+    d = json.load(f)
+def panels(ps):
+    for p in ps:
+        yield p
+        yield from panels(p.get("panels", []))
+print("groups:\n  - name: dashboard\n    rules:")
+n = 0
+for p in panels(d["panels"]):
+    for t in p.get("targets", []):
+        expr = (t["expr"].replace("$__rate_interval", "1m").replace("$__range", "1h")
+                .replace("$instance", ".*"))
+        n += 1
+        print("      - record: dashboard:expr_%d" % n)
+        print("        expr: %s" % json.dumps(expr))
+PY
+promtool check rules "$tmp/dashboard_exprs.yml"
+
+echo "== metric names vs docs/METRICS.md"
+used="$(list_metrics)"
+if [[ -f "$metrics_doc" ]]; then
+    missing=0
+    while IFS= read -r name; do
+        if ! grep -q -- "\`$name\`" "$metrics_doc"; then
+            echo "  not in docs/METRICS.md: $name" >&2
+            missing=1
+        fi
+    done <<<"$used"
+    if [[ "$missing" -ne 0 ]]; then exit 1; fi
+    echo "  SUCCESS: $(wc -l <<<"$used") metric names, all documented"
+else
+    echo "  skipped: $metrics_doc not found"
+fi
+echo "== all checks passed"

@@ -1,0 +1,188 @@
+//! The `broker` binary: start-up errors, the check commands, graceful shutdown on signals.
+
+mod common;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_broker");
+
+fn write_config(text: &str) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new().expect("temp file");
+    f.write_all(text.as_bytes()).expect("write");
+    f
+}
+
+#[test]
+fn bad_settings_fail_with_one_line_and_status_2() {
+    let cases = [
+        (r#"{"websocket":{"port":70000}}"#, vec![], "websocket.port"),
+        (
+            r#"{"websocket":{"approvedSocketDomains":["ok","^(foo"]}}"#,
+            vec![],
+            "approvedSocketDomains[1]: \"^(foo\" does not compile",
+        ),
+        (
+            "{\n\"websocket\": {\n  \"port\": 8080,,\n}}",
+            vec![],
+            "line 3, column",
+        ),
+        (
+            "{}",
+            vec![("BROKER_PORT", "http")],
+            "websocket.port (from BROKER_PORT)",
+        ),
+        (
+            r#"{"ssl":true,"sslKey":"/no/such/key.pem","sslCert":"/no/such/cert.pem"}"#,
+            vec![],
+            "sslKey: /no/such/key.pem: no such file",
+        ),
+    ];
+    for (text, env, needle) in cases {
+        let f = write_config(text);
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(f.path())
+            .arg("check-config")
+            .envs(env)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{stderr:?} should contain {needle:?}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["--config", "/no/such/config.json"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn check_config_loads_the_seed_config_and_warns() {
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/data/users-example-config.json"
+            ),
+            "check-config",
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("valid"));
+    assert!(
+        stdout.contains(
+            r#"approvedSocketDomains[3]: "^example\\.com$" can never match a browser Origin"#
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"approvedSocketDomains[0]: "localhost" is not anchored"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"port\": 8080"), "{stdout}");
+}
+
+#[test]
+fn check_origin_names_the_approving_patterns() {
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/users-example-config.json"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            config,
+            "check-origin",
+            "https://app.example.com",
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(r"approvedSocketDomains[4] ^.+\.example\.com$"),
+        "{stdout}"
+    );
+    let out = Command::new(BIN)
+        .args(["--config", config, "check-origin", "https://example.com"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("refused"));
+}
+
+/// Starts the binary on ephemeral ports and returns it with its WebSocket address.
+fn spawn_broker() -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let mut child = Command::new(BIN)
+        .env("BROKER_HOST", "127.0.0.1")
+        .env("BROKER_PORT", "0")
+        .env("BROKER_OPS_PORT", "0")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let (ws, ops) = loop {
+        let line = lines.next().expect("a listening line").expect("utf-8");
+        if line.contains("listening") {
+            let field = |name: &str| -> std::net::SocketAddr {
+                let start = line.find(&format!("{name}=")).expect("field") + name.len() + 1;
+                line[start..]
+                    .split_whitespace()
+                    .next()
+                    .expect("value")
+                    .parse()
+                    .expect("address")
+            };
+            break (field("ws"), field("ops"));
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, ws, ops)
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_and_exits_0() {
+    for signal in ["TERM", "INT"] {
+        let (mut child, ws_addr, ops_addr) = spawn_broker();
+        let mut a = common::client(ws_addr).await;
+        let mut b = common::client(ws_addr).await;
+        let (status, _) = common::http_get(ops_addr, "/readyz", None).await;
+        assert_eq!(status, 200);
+        let killed = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        assert_eq!(common::close_code(&mut a).await, 1001, "SIG{signal}");
+        assert_eq!(common::close_code(&mut b).await, 1001, "SIG{signal}");
+        let deadline = std::time::Instant::now() + common::DEADLINE;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "broker did not exit");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert_eq!(status.code(), Some(0), "SIG{signal}");
+        // No longer accepting.
+        assert!(tokio::net::TcpStream::connect(ws_addr).await.is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! Test harness: a real broker on ephemeral loopback ports, and real WebSocket clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use broker::config::Config;
+use broker::server::RunningBroker;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long any single expected event may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub const API_KEY: &str = "test-publisher-key";
+pub const JWT_SECRET: &str = "test-secret-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+/// Starts a broker with the seed's example patterns plus the given `broker`/`websocket`
+/// JSON merged over a loopback, ephemeral-port base.
+pub async fn start_with(extra: Value) -> RunningBroker {
+    let mut base = serde_json::json!({
+        "websocket": {
+            "host": "127.0.0.1",
+            "port": 0,
+            "socketApiKey": API_KEY,
+            "approvedSocketDomains": ["localhost", "^ws://www.webinate.net:123$", "^webinate\\.net:80$",
+                "^example\\.com$", "^.+\\.example\\.com$", "^example\\.org", "^.+\\.example\\.org"]
+        },
+        "broker": { "ops": { "host": "127.0.0.1", "port": 0 }, "jwtSecret": JWT_SECRET,
+                    "admin": { "token": ADMIN_TOKEN }, "instanceId": "t1" }
+    });
+    merge(&mut base, extra);
+    let config = Config::from_json_str(&base.to_string(), "test").expect("valid test config");
+    broker::server::start(config).await.expect("broker starts")
+}
+
+pub async fn start() -> RunningBroker {
+    start_with(Value::Null).await
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) if !e.is_null() => *b = e,
+        _ => {}
+    }
+}
+
+pub fn url(addr: SocketAddr) -> String {
+    format!("ws://{addr}/")
+}
+
+/// Opens a WebSocket with the given extra headers.
+pub async fn connect_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Client, WsError> {
+    let mut req = format!("ws://{addr}{path}")
+        .into_client_request()
+        .expect("request");
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                .expect("name"),
+            HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(req))
+        .await
+        .map_err(|_| WsError::Io(std::io::Error::other("connect timed out")))??;
+    Ok(ws)
+}
+
+/// A client with an approved origin.
+pub async fn client(addr: SocketAddr) -> Client {
+    connect_with(addr, "/", &[("origin", "http://localhost:3000")])
+        .await
+        .expect("client connects")
+}
+
+/// A publisher connection.
+pub async fn publisher(addr: SocketAddr) -> Client {
+    connect_with(addr, "/", &[("users-api-key", API_KEY)])
+        .await
+        .expect("publisher connects")
+}
+
+/// The HTTP status of a refused upgrade.
+pub fn refused_status(r: Result<Client, WsError>) -> u16 {
+    match r {
+        Err(WsError::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, but the upgrade was accepted"),
+    }
+}
+
+pub async fn send_json(ws: &mut Client, v: &Value) {
+    ws.send(Message::text(v.to_string())).await.expect("send");
+}
+
+pub async fn send_text(ws: &mut Client, s: &str) {
+    ws.send(Message::text(s)).await.expect("send");
+}
+
+/// The next text or binary frame as JSON, within the deadline.
+pub async fn recv_json(ws: &mut Client) -> Value {
+    loop {
+        let msg = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("an event within the deadline")
+            .expect("stream open")
+            .expect("no error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+            Message::Binary(b) => return serde_json::from_slice(&b).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+/// Asserts that nothing arrives on `ws` before an echo round trip on it completes: the
+/// broker handles a connection's frames in order, so anything queued for it earlier would
+/// have come first.
+pub async fn assert_nothing_pending(ws: &mut Client) {
+    let marker = serde_json::json!({"eventType": 10, "message": "__marker__"});
+    send_json(ws, &marker).await;
+    let got = recv_json(ws).await;
+    assert_eq!(got, marker, "expected nothing before the marker echo");
+}
+
+/// Waits for the close frame and returns its code (1006 when the socket just ended).
+pub async fn close_code(ws: &mut Client) -> u16 {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("closed within the deadline")
+        {
+            Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+            Some(Ok(Message::Close(None))) => return u16::from(CloseCode::Status),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return 1006,
+        }
+    }
+}
+
+/// GET on the ops listener; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
+    http_request(
+        addr,
+        "GET",
+        path,
+        &[(
+            "authorization",
+            &bearer.map(|b| format!("Bearer {b}")).unwrap_or_default(),
+        )],
+        "",
+    )
+    .await
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        if !v.is_empty() {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample in Prometheus text, e.g. `broker_connections_open{kind="client"}`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("series {series} not in metrics"))
+}
+
+/// Polls `cond` until it holds or the deadline passes (for state observed from outside,
+/// such as a gauge, that has no event to wait on).
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}

@@ -1,0 +1,370 @@
+//! The command line: one global set of target and output options, one subcommand per scenario.
+//!
+//! The same definitions serve three callers: the binary (`Cli::parse`), the tests
+//! (`Cli::try_parse_from([...])`) and the `mixed` scenario file, whose entries are turned into an
+//! argument list and parsed here too, so a file accepts exactly the options the command line does
+//! and is validated by the same code.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// WebSocket capacity tester for the broker (and any server speaking its protocol).
+///
+/// Every run stops by itself: each scenario is bounded by its duration and counts, and a hard
+/// deadline ends it even when the server stops answering.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "loadtest", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// Where to connect and how: shared by every scenario.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Target (any scenario)")]
+pub struct TargetArgs {
+    /// WebSocket URL of the server (`ws://` or `wss://`).
+    #[arg(
+        long,
+        global = true,
+        env = "LOADTEST_URL",
+        default_value = "ws://127.0.0.1:8080/"
+    )]
+    pub url: String,
+
+    /// `Origin` header sent on every upgrade; an empty string sends none.
+    #[arg(long, global = true, default_value = "http://localhost")]
+    pub origin: String,
+
+    /// Publisher key (`users-api-key` header) for publisher connections and `POST /api/publish`.
+    #[arg(long, global = true, env = "LOADTEST_API_KEY")]
+    pub api_key: Option<String>,
+
+    /// JWT sent by client connections as `Authorization: Bearer` (or `?token=`, see --token-in-query).
+    #[arg(long, global = true, env = "LOADTEST_TOKEN")]
+    pub token: Option<String>,
+
+    /// Send --token as the `?token=` query parameter instead of a header.
+    #[arg(long, global = true)]
+    pub token_in_query: bool,
+
+    /// Accept any TLS certificate (self-signed test servers). Never use against production.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+
+    /// Spread client sockets over 127.0.0.1 ..= 127.0.0.N (loopback targets only); 0 lets the OS pick.
+    ///
+    /// One source address has about 28,000 ephemeral ports towards one server port; eight
+    /// addresses lift that ceiling far above what one machine's memory holds.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub source_addrs: u8,
+
+    /// New connections per second during ramp-up (all scenarios).
+    #[arg(long, global = true, default_value_t = 1000.0)]
+    pub connect_rate: f64,
+
+    /// Connections allowed to be mid-handshake at once.
+    #[arg(long, global = true, default_value_t = 256)]
+    pub max_inflight: usize,
+
+    /// Limit for TCP connect + TLS + upgrade of one connection.
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
+
+    /// Read buffer per connection in bytes; small so tens of thousands of sockets fit in memory.
+    #[arg(long, global = true, default_value_t = 4096)]
+    pub read_buffer: usize,
+}
+
+/// How results are shown and kept.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Output (any scenario)")]
+pub struct OutputArgs {
+    /// Print the summary as JSON on stdout (the human summary goes to stderr unless --quiet).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// No progress bars and no human summary on stderr.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    /// Write SVG plots and an index.html with the summary into this directory.
+    #[arg(long, global = true)]
+    pub report: Option<PathBuf>,
+
+    /// Length of the time windows that the per-window figures (and drift) are computed over.
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "1s")]
+    pub window: Duration,
+
+    /// Identifier embedded in every probe message, so traffic of other runs is told apart.
+    #[arg(long, global = true)]
+    pub run_id: Option<String>,
+
+    /// Hard limit for the whole run; by default computed from the scenario's own bounds.
+    #[arg(long, global = true, value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
+}
+
+/// The scenarios.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Scenario {
+    /// Ramp to N connections at --connect-rate, hold them, report handshake latency and failures.
+    Connect(ConnectArgs),
+    /// Closed loop: each connection sends an echo and waits for its reply; RTT and requests/s.
+    Echo(EchoArgs),
+    /// N listeners, P publishers at a fixed open-loop rate; delivery rate, completeness, latency.
+    Broadcast(BroadcastArgs),
+    /// Publish through `POST /api/publish` (optionally batched) or publisher connections.
+    Publish(PublishArgs),
+    /// Hold N connections with a steady echo/broadcast mix; latency and errors per time window.
+    Soak(SoakArgs),
+    /// Run the phases of a scenario file (TOML or JSON) one after another.
+    Mixed(MixedArgs),
+}
+
+impl Scenario {
+    /// The subcommand's name, as used in summaries and scenario files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Connect(_) => "connect",
+            Scenario::Echo(_) => "echo",
+            Scenario::Broadcast(_) => "broadcast",
+            Scenario::Publish(_) => "publish",
+            Scenario::Soak(_) => "soak",
+            Scenario::Mixed(_) => "mixed",
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Connections to open.
+    #[arg(long, short, default_value_t = 100)]
+    pub connections: usize,
+
+    /// How long to hold them open once the ramp is over.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub hold: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EchoArgs {
+    /// Connections, each with one request in flight.
+    #[arg(long, short, default_value_t = 10)]
+    pub connections: usize,
+
+    /// Measured phase length (after the ramp).
+    #[arg(long, short, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+
+    /// Stop after this many requests in total (across connections).
+    #[arg(long)]
+    pub requests: Option<u64>,
+
+    /// Size of the echoed `message` string in bytes.
+    #[arg(long, default_value_t = 32)]
+    pub message_size: usize,
+
+    /// A reply not back within this is counted as `reply_timeout`.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub reply_timeout: Duration,
+
+    /// Pause between a reply and the next request on the same connection.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub think: Duration,
+}
+
+/// Options shared by the two scenarios that measure fan-out delivery.
+#[derive(Args, Debug, Clone)]
+pub struct DeliveryArgs {
+    /// Listener connections that count receipts.
+    #[arg(long, short, default_value_t = 100)]
+    pub listeners: usize,
+
+    /// Sending connections; the rate is split evenly between them.
+    #[arg(long, short, default_value_t = 1)]
+    pub publishers: usize,
+
+    /// Events per second over all publishers (open loop), or `max`.
+    #[arg(long, short, default_value = "100")]
+    pub rate: Rate,
+
+    /// Sending phase length (after the ramp).
+    #[arg(long, short, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+
+    /// Stop sending after this many events in total.
+    #[arg(long)]
+    pub messages: Option<u64>,
+
+    /// Size of the `message` string of the default event, in bytes.
+    #[arg(long, default_value_t = 32)]
+    pub message_size: usize,
+
+    /// Event to send as a JSON object (the probe field `lt` is added to it).
+    ///
+    /// Default: `{"eventType":10,"message":"<message-size bytes>","broadcast":true}`.
+    #[arg(long)]
+    pub event: Option<String>,
+
+    /// After sending stops, wait up to this long for the last deliveries.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub drain: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BroadcastArgs {
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+
+    /// Transport: the HTTP publish API or publisher WebSocket connections.
+    #[arg(long, value_enum, default_value_t = Via::Http)]
+    pub via: Via,
+
+    /// Events per HTTP request (sent as a JSON array when above 1).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+
+    /// Path of the publish endpoint on the WebSocket port.
+    #[arg(long, default_value = "/api/publish")]
+    pub publish_path: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Http,
+    Ws,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SoakArgs {
+    /// Connections to hold.
+    #[arg(long, short, default_value_t = 100)]
+    pub connections: usize,
+
+    /// How long to hold them (after the ramp).
+    #[arg(long, short, value_parser = parse_duration, default_value = "60s")]
+    pub duration: Duration,
+
+    /// Each connection sends one echo per interval (open loop, phase-spread).
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub echo_interval: Duration,
+
+    /// Broadcasts per second sent by one extra connection to all the others; 0 for none.
+    #[arg(long, default_value_t = 0.0)]
+    pub broadcast_rate: f64,
+
+    /// Size of the `message` string in bytes.
+    #[arg(long, default_value_t = 32)]
+    pub message_size: usize,
+
+    /// An echo reply not back within this is counted as `reply_timeout`.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub reply_timeout: Duration,
+
+    /// Do not reconnect connections that the server drops.
+    #[arg(long)]
+    pub no_reconnect: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MixedArgs {
+    /// Scenario file (`.toml` or `.json`), see the README.
+    pub file: PathBuf,
+}
+
+/// A send rate: events per second, or as fast as the connection takes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    PerSecond(f64),
+    Max,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("max") {
+            return Ok(Rate::Max);
+        }
+        match s.parse::<f64>() {
+            Ok(r) if r.is_finite() && r > 0.0 => Ok(Rate::PerSecond(r)),
+            _ => Err(format!(
+                "`{s}` is not a rate: give events per second (a number above 0) or `max`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rate::PerSecond(r) => write!(f, "{r}/s"),
+            Rate::Max => f.write_str("max"),
+        }
+    }
+}
+
+/// Parses `1.5s`, `250ms`, `2m`, `1h 30m` (humantime syntax) or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return if secs.is_finite() && secs >= 0.0 {
+            Ok(Duration::from_secs_f64(secs))
+        } else {
+            Err(format!("`{s}` is not a duration"))
+        };
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); examples: 500ms, 10s, 2m"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn rates_accept_numbers_and_max() {
+        assert_eq!("max".parse::<Rate>(), Ok(Rate::Max));
+        assert_eq!("250".parse::<Rate>(), Ok(Rate::PerSecond(250.0)));
+        assert!("0".parse::<Rate>().is_err());
+        assert!("fast".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn global_options_go_after_the_subcommand_too() {
+        let cli =
+            Cli::try_parse_from(["loadtest", "echo", "-c", "3", "--url", "ws://127.0.0.1:1/"])
+                .expect("parses");
+        assert_eq!(cli.target.url, "ws://127.0.0.1:1/");
+        assert!(matches!(
+            cli.scenario,
+            Scenario::Echo(EchoArgs { connections: 3, .. })
+        ));
+    }
+}

@@ -1,0 +1,514 @@
+//! Opening connections to the target: resolution, source addresses, TLS, upgrade, timeouts, and
+//! the classification of every way that can fail.
+//!
+//! The target is resolved once per run so that ten thousand connects do not make ten thousand DNS
+//! queries, and so that the address actually tested is printed. Sockets are made by hand
+//! (`TcpSocket`) rather than by `connect_async` so that each can be bound to a chosen loopback
+//! source address before connecting.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use futures_util::StreamExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::cli::TargetArgs;
+
+/// A client WebSocket connection.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Which kind of connection to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An ordinary client: `Origin`, and the user token if one was given.
+    Client,
+    /// A trusted publisher: additionally the `users-api-key` header.
+    Publisher,
+}
+
+/// The server under test and how to reach it; shared by every connection of a run.
+pub struct Target {
+    url: String,
+    tls: bool,
+    host: String,
+    authority: String,
+    path_and_query: String,
+    addr: SocketAddr,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
+    origin: Option<String>,
+    api_key: Option<String>,
+    token: Option<String>,
+    token_in_query: bool,
+    sources: Vec<Ipv4Addr>,
+    connect_timeout: Duration,
+    ws_config: WebSocketConfig,
+    inflight: Arc<Semaphore>,
+}
+
+impl Target {
+    /// Checks the options and resolves the host (once).
+    pub async fn new(args: &TargetArgs) -> anyhow::Result<Self> {
+        let uri: Uri = args
+            .url
+            .parse()
+            .with_context(|| format!("--url `{}` is not a URL", args.url))?;
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => bail!("--url `{}` must start with ws:// or wss://", args.url),
+        };
+        let Some(host) = uri.host().map(|h| h.trim_matches(['[', ']']).to_owned()) else {
+            bail!("--url `{}` has no host", args.url);
+        };
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_else(|| host.clone());
+        let path_and_query = uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        let addr = resolve(&host, port).await?;
+
+        let sources: Vec<Ipv4Addr> = (1..=args.source_addrs)
+            .map(|k| Ipv4Addr::new(127, 0, 0, k))
+            .collect();
+        if !sources.is_empty() && !matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
+            bail!(
+                "--source-addrs binds sockets to 127.0.0.x, which only reaches a loopback IPv4 \
+                 target; {} resolved to {}",
+                host,
+                addr.ip()
+            );
+        }
+        if args.connect_rate.is_nan() || args.connect_rate <= 0.0 {
+            bail!("--connect-rate must be above 0 (connections per second)");
+        }
+        if args.max_inflight == 0 {
+            bail!("--max-inflight must be at least 1");
+        }
+        if let Some(token) = &args.token {
+            if HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+                bail!("--token holds characters that cannot go in an HTTP header");
+            }
+        }
+        if let Some(key) = &args.api_key {
+            if HeaderValue::from_str(key).is_err() {
+                bail!("--api-key holds characters that cannot go in an HTTP header");
+            }
+        }
+        let origin = (!args.origin.is_empty()).then(|| args.origin.clone());
+        if let Some(o) = &origin {
+            if HeaderValue::from_str(o).is_err() {
+                bail!("--origin `{o}` cannot go in an HTTP header");
+            }
+        }
+        let tls_config = if tls {
+            Some(crate::tls::client_config(args.insecure)?)
+        } else {
+            None
+        };
+        // Frames the tool receives are small; the default read buffer (128 KiB, allocated up
+        // front per connection) would need 2.5 GiB for 20,000 connections. The write buffer is
+        // grown lazily, so its default costs nothing on listeners that never write.
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(args.read_buffer.max(256))
+            .max_message_size(Some(16 << 20))
+            .max_frame_size(Some(16 << 20));
+        Ok(Target {
+            url: args.url.clone(),
+            tls,
+            host,
+            authority,
+            path_and_query,
+            addr,
+            tls_config,
+            origin,
+            api_key: args.api_key.clone(),
+            token: args.token.clone(),
+            token_in_query: args.token_in_query,
+            sources,
+            connect_timeout: args.connect_timeout,
+            ws_config,
+            inflight: Arc::new(Semaphore::new(args.max_inflight)),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The resolved address every connection goes to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
+    }
+
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    pub fn tls_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls_config.clone()
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// Opens connection number `index` (which picks its source address) and upgrades it.
+    ///
+    /// Returns the connection and its handshake time: TCP connect + TLS + upgrade, not counting
+    /// the wait for an in-flight slot (that is the tool's own limit, not the server's latency).
+    pub async fn connect(
+        &self,
+        index: usize,
+        role: Role,
+    ) -> Result<(Ws, Duration), ConnectFailure> {
+        let _slot = self
+            .inflight
+            .acquire()
+            .await
+            .map_err(|_| ConnectFailure::Io(io::ErrorKind::Other.into()))?;
+        let started = Instant::now();
+        match tokio::time::timeout(self.connect_timeout, self.handshake(index, role)).await {
+            Err(_) => Err(ConnectFailure::Timeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(ws)) => Ok((ws, started.elapsed())),
+        }
+    }
+
+    async fn handshake(&self, index: usize, role: Role) -> Result<Ws, ConnectFailure> {
+        let tcp = self.tcp(index).await.map_err(ConnectFailure::Tcp)?;
+        let mut uri = format!(
+            "{}://{}{}",
+            if self.tls { "wss" } else { "ws" },
+            self.authority,
+            self.path_and_query
+        );
+        if let (Some(token), Role::Client, true) = (&self.token, role, self.token_in_query) {
+            uri.push(if self.path_and_query.contains('?') {
+                '&'
+            } else {
+                '?'
+            });
+            uri.push_str("token=");
+            uri.push_str(&percent_encode(token));
+        }
+        let mut request = uri
+            .into_client_request()
+            .map_err(|e| ConnectFailure::Protocol(e.to_string()))?;
+        let headers = request.headers_mut();
+        // Values were checked in `Target::new`; a failure here would only drop the header.
+        if let Some(origin) = self
+            .origin
+            .as_deref()
+            .and_then(|o| HeaderValue::from_str(o).ok())
+        {
+            headers.insert("origin", origin);
+        }
+        match role {
+            Role::Publisher => {
+                if let Some(key) = self
+                    .api_key
+                    .as_deref()
+                    .and_then(|k| HeaderValue::from_str(k).ok())
+                {
+                    headers.insert("users-api-key", key);
+                }
+            }
+            Role::Client => {
+                if let (Some(token), false) = (&self.token, self.token_in_query) {
+                    if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                        headers.insert("authorization", v);
+                    }
+                }
+            }
+        }
+        let connector = match &self.tls_config {
+            Some(cfg) => Connector::Rustls(cfg.clone()),
+            None => Connector::Plain,
+        };
+        let (ws, _response) = tokio_tungstenite::client_async_tls_with_config(
+            request,
+            tcp,
+            Some(self.ws_config),
+            Some(connector),
+        )
+        .await
+        .map_err(ConnectFailure::from_ws)?;
+        Ok(ws)
+    }
+
+    /// A TCP connection to the target from the source address of connection `index`.
+    pub async fn tcp(&self, index: usize) -> io::Result<TcpStream> {
+        let socket = if self.addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if !self.sources.is_empty() {
+            let source = self.sources[index % self.sources.len()];
+            bind_address_no_port(&socket);
+            socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+        }
+        let stream = socket.connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// Lets the kernel pick the source port at `connect` (by the full 4-tuple) instead of at `bind`,
+/// so each source address can reuse ports across destinations. Best effort: without it, binding
+/// still works, only with fewer ports.
+#[cfg(target_os = "linux")]
+fn bind_address_no_port(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: valid socket fd, option value is a c_int that outlives the call.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bind_address_no_port(_socket: &TcpSocket) {}
+
+async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    // The run's deadline starts after resolution: bound the resolver here.
+    let lookup = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::lookup_host((host, port)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("resolving `{host}` took longer than 10 s"))?;
+    let addrs: Vec<SocketAddr> = lookup
+        .with_context(|| format!("cannot resolve `{host}`"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .with_context(|| format!("`{host}` resolved to no address"))
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug)]
+pub enum ConnectFailure {
+    /// The whole connect + upgrade did not finish within `--connect-timeout`.
+    Timeout,
+    /// The server answered the upgrade with an HTTP status (403 for a refused origin).
+    Http(u16),
+    /// TCP connect failed.
+    Tcp(io::Error),
+    /// TLS failed (certificate, protocol).
+    Tls(String),
+    /// The connection broke during the handshake.
+    Io(io::Error),
+    /// The server's answer was not a valid upgrade.
+    Protocol(String),
+}
+
+impl ConnectFailure {
+    fn from_ws(e: WsError) -> Self {
+        match e {
+            WsError::Http(response) => ConnectFailure::Http(response.status().as_u16()),
+            // tokio-rustls reports TLS failures (unknown issuer, bad name) as I/O errors
+            // wrapping the rustls error.
+            WsError::Io(io) => match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                Some(tls) => ConnectFailure::Tls(tls.to_string()),
+                None => ConnectFailure::Io(io),
+            },
+            WsError::Tls(tls) => ConnectFailure::Tls(tls.to_string()),
+            other => ConnectFailure::Protocol(other.to_string()),
+        }
+    }
+
+    /// A short, stable label used as the key in summaries: `refused_403`, `http_503`, `timeout`,
+    /// `tcp_refused`, `ports_exhausted`, `fd_limit`, `reset`, `tls`, ...
+    pub fn reason(&self) -> String {
+        match self {
+            ConnectFailure::Timeout => "timeout".into(),
+            ConnectFailure::Http(403) => "refused_403".into(),
+            ConnectFailure::Http(status) => format!("http_{status}"),
+            ConnectFailure::Tcp(e) => match (e.kind(), e.raw_os_error()) {
+                (_, Some(libc::EMFILE | libc::ENFILE)) => "fd_limit".into(),
+                (io::ErrorKind::ConnectionRefused, _) => "tcp_refused".into(),
+                (io::ErrorKind::AddrNotAvailable, _) => "ports_exhausted".into(),
+                (io::ErrorKind::AddrInUse, _) => "addr_in_use".into(),
+                (io::ErrorKind::TimedOut, _) => "timeout".into(),
+                _ => "tcp_error".into(),
+            },
+            ConnectFailure::Io(e) => match e.kind() {
+                io::ErrorKind::ConnectionReset => "reset".into(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionAborted => {
+                    "closed_in_handshake".into()
+                }
+                _ => "io_error".into(),
+            },
+            ConnectFailure::Tls(_) => "tls".into(),
+            ConnectFailure::Protocol(_) => "protocol".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectFailure::Timeout => f.write_str("connect timed out"),
+            ConnectFailure::Http(s) => write!(f, "server answered HTTP {s} instead of upgrading"),
+            ConnectFailure::Tcp(e) => write!(f, "TCP connect failed: {e}"),
+            ConnectFailure::Tls(e) => write!(f, "TLS failed: {e}"),
+            ConnectFailure::Io(e) => write!(f, "connection broke during the handshake: {e}"),
+            ConnectFailure::Protocol(e) => write!(f, "bad upgrade answer: {e}"),
+        }
+    }
+}
+
+/// One thing read from a connection.
+pub enum Incoming {
+    /// A text frame, or a binary frame holding UTF-8 (the protocol treats them alike).
+    Text(Utf8Bytes),
+    /// The connection is over; the label says how (`close_1000`, `eof`, `reset`, ...).
+    Closed(String),
+}
+
+/// Reads the next data frame. Pings are answered by tungstenite inside this read.
+pub async fn recv<S>(stream: &mut S) -> Incoming
+where
+    S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => return Incoming::Text(text),
+            Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
+                Ok(text) => return Incoming::Text(text),
+                Err(_) => return Incoming::Closed("binary_not_utf8".into()),
+            },
+            Some(Ok(Message::Close(frame))) => {
+                return Incoming::Closed(match frame {
+                    Some(f) => format!("close_{}", u16::from(f.code)),
+                    None => "close_no_code".into(),
+                })
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Incoming::Closed(error_label(&e)),
+            None => return Incoming::Closed("eof".into()),
+        }
+    }
+}
+
+/// A short label for a WebSocket error after the handshake.
+pub fn error_label(e: &WsError) -> String {
+    match e {
+        WsError::ConnectionClosed | WsError::AlreadyClosed => "closed".into(),
+        WsError::Io(io) => match io.kind() {
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => "reset".into(),
+            io::ErrorKind::UnexpectedEof => "eof".into(),
+            _ => "io_error".into(),
+        },
+        WsError::Protocol(_) => "protocol".into(),
+        WsError::Capacity(_) => "too_large".into(),
+        _ => "error".into(),
+    }
+}
+
+/// How long one connection waits for the server's close frame at the end of a run; shorter than
+/// the fleet's grace so that polite closes finish before stragglers are dropped.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Closes politely (close frame, wait for the server's) but never for longer than `limit`.
+pub async fn close(mut ws: Ws, limit: Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        if ws.close(None).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(url: &str) -> TargetArgs {
+        use clap::Parser;
+        crate::cli::Cli::try_parse_from(["loadtest", "--url", url, "connect"])
+            .expect("parses")
+            .target
+    }
+
+    #[tokio::test]
+    async fn urls_are_checked() {
+        assert!(Target::new(&args("http://127.0.0.1:1/")).await.is_err());
+        assert!(Target::new(&args("ws://")).await.is_err());
+        let t = Target::new(&args("ws://127.0.0.1:9/path?x=1"))
+            .await
+            .expect("valid");
+        assert_eq!(t.addr(), "127.0.0.1:9".parse().expect("addr"));
+        assert_eq!(t.path_and_query, "/path?x=1");
+    }
+
+    #[tokio::test]
+    async fn refused_tcp_is_labelled() {
+        // Port 9 (discard) on loopback is closed on test machines; if something listens, the
+        // failure is a different one, still labelled.
+        let t = Target::new(&args("ws://127.0.0.1:9/"))
+            .await
+            .expect("valid");
+        match t.connect(0, Role::Client).await {
+            Err(f) => assert!(!f.reason().is_empty()),
+            Ok(_) => panic!("nothing should upgrade on port 9"),
+        }
+    }
+
+    #[test]
+    fn tokens_are_percent_encoded() {
+        assert_eq!(percent_encode("a.b-c_d"), "a.b-c_d");
+        assert_eq!(percent_encode("a b/"), "a%20b%2F");
+    }
+}

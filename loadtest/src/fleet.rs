@@ -1,0 +1,198 @@
+//! A fleet: many connections opened at a paced rate, each running the same body.
+//!
+//! Every connection is one task that sleeps until its slot in the ramp (`index / rate`), connects
+//! (bounded by the target's in-flight limit and connect timeout), runs the scenario's body, and
+//! optionally reconnects when the server drops it. Spawning all tasks up front and letting each
+//! sleep to its own slot keeps the pacing exact without a spawner loop that could fall behind.
+//!
+//! Each task owns a piece of state `S` (a tally of what it received) that it hands back when it
+//! ends, so results are gathered without any shared map.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Role, Ws};
+use crate::context::{RunCtx, CLOSE_GRACE};
+
+/// How a connection's body ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The scenario asked it to stop (or it finished its share of work).
+    Finished,
+    /// The server or the network ended it; the label says how (`close_1008`, `reset`, ...).
+    Dropped(String),
+}
+
+/// How many connections, of which kind.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetSpec {
+    pub count: usize,
+    pub role: Role,
+    /// Index of the first connection: selects source addresses and is unique within a run.
+    pub first_index: usize,
+    /// Reconnect (after a short pause) when the server drops a connection.
+    pub reconnect: bool,
+}
+
+/// The connection tasks of one fleet.
+pub struct Fleet<S> {
+    tasks: JoinSet<S>,
+    attempts: mpsc::UnboundedReceiver<bool>,
+    count: usize,
+    settled: usize,
+    established: usize,
+    stop: CancellationToken,
+}
+
+/// Result of waiting for the ramp.
+#[derive(Debug, Clone, Copy)]
+pub struct Ramp {
+    pub established: usize,
+    pub failed: usize,
+    pub took: Duration,
+}
+
+/// Starts `spec.count` connection tasks; `init(index)` makes each one's state and
+/// `body(index, ws, state, stop)` runs on each established connection.
+pub fn launch<S, I, F, Fut>(ctx: &RunCtx, spec: FleetSpec, init: I, body: F) -> Fleet<S>
+where
+    S: Send + 'static,
+    I: Fn(usize) -> S,
+    F: Fn(usize, Ws, S, CancellationToken) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = (S, Ended)> + Send + 'static,
+{
+    let body = Arc::new(body);
+    let stop = ctx.cancel.child_token();
+    let (tx, attempts) = mpsc::unbounded_channel();
+    let mut tasks = JoinSet::new();
+    let start = Instant::now();
+    for n in 0..spec.count {
+        let index = spec.first_index + n;
+        let slot = start + Duration::from_secs_f64(n as f64 / ctx.connect_rate);
+        let (body, stop, tx) = (body.clone(), stop.clone(), tx.clone());
+        let (target, stats) = (ctx.target.clone(), ctx.stats.clone());
+        let mut state = init(index);
+        tasks.spawn(async move {
+            let mut reported = false;
+            let mut at = slot;
+            loop {
+                let connected = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = async {
+                        tokio::time::sleep_until(at.into()).await;
+                        target.connect(index, spec.role).await
+                    } => r,
+                };
+                match connected {
+                    Ok((ws, handshake)) => {
+                        stats.connected(handshake);
+                        if !reported {
+                            reported = true;
+                            let _ = tx.send(true);
+                        }
+                        let (s, ended) = body(index, ws, state, stop.clone()).await;
+                        state = s;
+                        stats.disconnected();
+                        match ended {
+                            Ended::Finished => break,
+                            Ended::Dropped(reason) => {
+                                if stop.is_cancelled() {
+                                    break;
+                                }
+                                stats.dropped(&reason);
+                            }
+                        }
+                    }
+                    Err(failure) => {
+                        stats.connect_failed(&failure.reason());
+                        if !reported {
+                            reported = true;
+                            let _ = tx.send(false);
+                        }
+                    }
+                }
+                if !spec.reconnect || stop.is_cancelled() {
+                    break;
+                }
+                stats
+                    .reconnects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                at = Instant::now() + Duration::from_secs(1);
+            }
+            if !reported {
+                let _ = tx.send(false);
+            }
+            state
+        });
+    }
+    Fleet {
+        tasks,
+        attempts,
+        count: spec.count,
+        settled: 0,
+        established: 0,
+        stop,
+    }
+}
+
+impl<S: Send + 'static> Fleet<S> {
+    /// Waits until every connection's first attempt has succeeded or failed, or until `limit`
+    /// or cancellation.
+    pub async fn wait_connected(&mut self, limit: Instant, cancel: &CancellationToken) -> Ramp {
+        let started = Instant::now();
+        while self.settled < self.count {
+            tokio::select! {
+                r = self.attempts.recv() => match r {
+                    Some(ok) => {
+                        self.settled += 1;
+                        self.established += usize::from(ok);
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(limit.into()) => break,
+                _ = cancel.cancelled() => break,
+            }
+        }
+        Ramp {
+            established: self.established,
+            failed: self.settled - self.established,
+            took: started.elapsed(),
+        }
+    }
+
+    /// The token the bodies watch; cancelling it makes them close and end.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Lets the bodies end on their own for up to `patience`, then stops the rest, gives them
+    /// [`CLOSE_GRACE`] to close, and aborts whatever is left. Returns the states of the tasks
+    /// that ended (aborted ones are lost, and counted in the second value).
+    pub async fn finish(mut self, patience: Duration) -> (Vec<S>, usize) {
+        let mut states = Vec::with_capacity(self.count);
+        let soft = Instant::now() + patience;
+        self.join_until(soft, &mut states).await;
+        self.stop.cancel();
+        let hard = Instant::now() + CLOSE_GRACE;
+        self.join_until(hard, &mut states).await;
+        let lost = self.tasks.len();
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        (states, lost)
+    }
+
+    async fn join_until(&mut self, limit: Instant, states: &mut Vec<S>) {
+        loop {
+            match tokio::time::timeout_at(limit.into(), self.tasks.join_next()).await {
+                Ok(Some(Ok(state))) => states.push(state),
+                Ok(Some(Err(_))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! `loadtest`: a WebSocket capacity tester for the broker (and anything speaking its protocol).
+//!
+//! The binary is a thin shell over [`run`], so tests drive exactly what operators run:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use clap::Parser;
+//! let cli = loadtest::Cli::try_parse_from([
+//!     "loadtest", "--url", "ws://127.0.0.1:8080/", "--quiet", "echo", "-c", "10", "-d", "2s",
+//! ])?;
+//! let summary = loadtest::run(cli).await?;
+//! assert_eq!(summary.messages.errors, 0);
+//! # Ok(()) }
+//! ```
+//!
+//! Layout: `cli` (options), `client` (connecting and failure labels), `fleet` (paced ramps of
+//! many connections), `probe` (the `lt` field that carries sequence and send time), `stats`
+//! (HDR histograms and windows), `scenario/*` (one file per scenario), `summary` (the result,
+//! for people and for `--json`), `report` (SVG plots and HTML), `progress` (live bars).
+
+pub mod cli;
+pub mod client;
+pub mod context;
+pub mod fleet;
+pub mod http;
+pub mod limits;
+pub mod probe;
+pub mod progress;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod summary;
+pub mod tls;
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use tokio_util::sync::CancellationToken;
+
+pub use cli::Cli;
+use cli::Scenario;
+use client::Target;
+use context::{RunCtx, StopReason};
+use progress::Progress;
+use scenario::mixed::Phase;
+use stats::Stats;
+pub use summary::Summary;
+use summary::{ConnectionSummary, MessageSummary, PhaseSummary};
+
+/// Time a run gets after its hard deadline to close connections and summarise.
+const WRAP_UP: Duration = Duration::from_secs(10);
+/// Slack added to a scenario's planned duration to make the default hard deadline.
+const DEADLINE_SLACK: Duration = Duration::from_secs(10);
+
+/// Runs what the command line asks for and returns its summary.
+pub async fn run(cli: Cli) -> anyhow::Result<Summary> {
+    run_until(cli, CancellationToken::new()).await
+}
+
+/// As [`run`], ending early (with a summary of what was measured) when `interrupt` is cancelled.
+pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result<Summary> {
+    // Fix the probe clock's epoch before any send time is computed.
+    probe::now_ns();
+    let progress = Progress::new(std::io::stderr().is_terminal(), cli.output.quiet);
+    let run_id = match &cli.output.run_id {
+        Some(id) => {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                bail!("--run-id may hold only letters, digits, '-', '_' and '.'");
+            }
+            id.clone()
+        }
+        None => new_run_id(),
+    };
+    if cli.output.window.is_zero() {
+        bail!("--window must be above 0");
+    }
+
+    let phases = match &cli.scenario {
+        Scenario::Mixed(m) => Some(scenario::mixed::load(&m.file)?),
+        _ => None,
+    };
+    let target = Arc::new(Target::new(&cli.target).await?);
+    let (rate, timeout) = (cli.target.connect_rate, cli.target.connect_timeout);
+    let (peak_connections, planned) = match &phases {
+        Some(phases) => phases.iter().fold((0, Duration::ZERO), |(c, d), p| {
+            (
+                c.max(p.runs.iter().map(scenario::connections).sum()),
+                d + p
+                    .runs
+                    .iter()
+                    .map(|s| scenario::planned(s, rate, timeout))
+                    .max()
+                    .unwrap_or_default(),
+            )
+        }),
+        None => (
+            scenario::connections(&cli.scenario),
+            scenario::planned(&cli.scenario, rate, timeout),
+        ),
+    };
+    let wanted = peak_connections as u64 + 64;
+    match limits::raise_fd_limit(wanted) {
+        Ok(limit) if limit < wanted => progress.note(&format!(
+            "warning: open-file limit is {limit}, below the {wanted} this run needs; \
+             expect `fd_limit` connection failures"
+        )),
+        Ok(_) => {}
+        Err(e) => progress.note(&format!(
+            "warning: could not read or raise the open-file limit: {e}"
+        )),
+    }
+
+    let budget = cli.output.deadline.unwrap_or(planned + DEADLINE_SLACK);
+    let cancel = CancellationToken::new();
+    let deadline_hit = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (cancel, deadline_hit, interrupt) =
+            (cancel.clone(), deadline_hit.clone(), interrupt.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(budget) => deadline_hit.store(true, Ordering::Relaxed),
+                _ = interrupt.cancelled() => {}
+                _ = cancel.cancelled() => {}
+            }
+            cancel.cancel();
+        })
+    };
+    let env = Env {
+        target,
+        cancel: cancel.clone(),
+        deadline_hit,
+        progress: progress.clone(),
+        window: cli.output.window,
+        connect_rate: rate,
+    };
+    let work = async {
+        match &phases {
+            Some(phases) => run_phases(&env, phases, &run_id).await,
+            None => run_one(&env, &cli.scenario, &run_id, cli.scenario.name()).await,
+        }
+    };
+    let result = tokio::time::timeout(budget + WRAP_UP, work).await;
+    cancel.cancel();
+    let _ = watchdog.await;
+    let summary = match result {
+        Ok(summary) => summary?,
+        Err(_) => bail!(
+            "the run did not wrap up within {WRAP_UP:?} after its hard deadline ({budget:?}); \
+             the server is probably not answering"
+        ),
+    };
+    if let Some(dir) = &cli.output.report {
+        let index = report::write(dir, &summary)?;
+        progress.note(&format!("report written to {}", index.display()));
+    }
+    Ok(summary)
+}
+
+/// What all runs of one invocation share.
+struct Env {
+    target: Arc<Target>,
+    cancel: CancellationToken,
+    deadline_hit: Arc<AtomicBool>,
+    progress: Progress,
+    window: Duration,
+    connect_rate: f64,
+}
+
+async fn run_one(
+    env: &Env,
+    scenario: &Scenario,
+    run_id: &str,
+    label: &str,
+) -> anyhow::Result<Summary> {
+    let (primary, secondary) = scenario::measures(scenario);
+    let stats = Arc::new(Stats::new(primary, secondary));
+    let ctx = RunCtx {
+        target: env.target.clone(),
+        stats: stats.clone(),
+        cancel: env.cancel.clone(),
+        run_id: run_id.to_owned(),
+        connect_rate: env.connect_rate,
+        tracker: env.progress.track(label, stats.clone()),
+        deadline_hit: env.deadline_hit.clone(),
+    };
+    let sampler = {
+        let (stats, window) = (stats.clone(), env.window);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
+            loop {
+                tick.tick().await;
+                stats.sample_window();
+            }
+        })
+    };
+    let outcome = scenario::run(&ctx, scenario).await;
+    sampler.abort();
+    stats.sample_final(env.window / 4);
+    Ok(Summary::from_run(&ctx, scenario.name(), outcome?))
+}
+
+async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let mut done = Vec::with_capacity(phases.len());
+    for (i, phase) in phases.iter().enumerate() {
+        if env.cancel.is_cancelled() {
+            break;
+        }
+        let runs = phase.runs.iter().enumerate().map(|(j, s)| {
+            let id = format!("{run_id}-p{}r{}", i + 1, j + 1);
+            let label = format!("{}/{}", phase.name, s.name());
+            async move { run_one(env, s, &id, &label).await }
+        });
+        let results = futures_util::future::join_all(runs).await;
+        done.push(PhaseSummary {
+            name: phase.name.clone(),
+            runs: results.into_iter().collect::<anyhow::Result<_>>()?,
+        });
+    }
+    let all = || done.iter().flat_map(|p| p.runs.iter());
+    let stopped_by = if !env.cancel.is_cancelled() {
+        StopReason::Completed
+    } else if env.deadline_hit.load(Ordering::Relaxed) {
+        StopReason::Deadline
+    } else {
+        StopReason::Interrupted
+    };
+    // Runs of one phase overlap: a phase lasts as long as its longest run.
+    let measured: f64 = done
+        .iter()
+        .map(|p| p.runs.iter().map(|s| s.measured_s).fold(0.0, f64::max))
+        .sum();
+    let mut connections = ConnectionSummary::default();
+    let mut messages = MessageSummary::default();
+    let mut errors = std::collections::BTreeMap::new();
+    for s in all() {
+        connections.target = connections.target.max(s.connections.target);
+        connections.established += s.connections.established;
+        connections.failed += s.connections.failed;
+        connections.dropped += s.connections.dropped;
+        connections.reconnects += s.connections.reconnects;
+        connections.peak_open = connections.peak_open.max(s.connections.peak_open);
+        for (k, v) in &s.connections.failures {
+            *connections.failures.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &s.connections.drops {
+            *connections.drops.entry(k.clone()).or_default() += v;
+        }
+        messages.sent += s.messages.sent;
+        messages.received += s.messages.received;
+        messages.errors += s.messages.errors;
+        for (k, v) in &s.errors {
+            *errors.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    if measured > 0.0 {
+        messages.sent_per_s = messages.sent as f64 / measured;
+        messages.received_per_s = messages.received as f64 / measured;
+    }
+    Ok(Summary {
+        scenario: "mixed".into(),
+        run_id: run_id.to_owned(),
+        url: env.target.url().to_owned(),
+        target_addr: env.target.addr().to_string(),
+        elapsed_s: started.elapsed().as_secs_f64(),
+        measured_s: measured,
+        stopped_by,
+        connections,
+        messages,
+        delivery: None,
+        latency: Default::default(),
+        errors,
+        drift: None,
+        notes: Vec::new(),
+        windows: Vec::new(),
+        phases: done,
+        histograms: Vec::new(),
+    })
+}
+
+/// A short run identifier from the clock and the process id (no randomness source needed).
+fn new_run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 40);
+    format!("{:08x}", mixed & 0xffff_ffff_ffff)
+}

@@ -1,0 +1,61 @@
+//! The `loadtest` binary: parse, run, print. Everything else is in the library.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use loadtest::context::StopReason;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = loadtest::Cli::parse();
+    let (json, quiet) = (cli.output.json, cli.output.quiet);
+
+    // Ctrl-C ends the run early but still prints what was measured; a second one exits at once.
+    let interrupt = CancellationToken::new();
+    {
+        let interrupt = interrupt.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupt.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
+
+    match loadtest::run_until(cli, interrupt).await {
+        Ok(summary) => {
+            let mut out = std::io::stdout().lock();
+            if json {
+                match serde_json::to_string_pretty(&summary) {
+                    Ok(text) => {
+                        let _ = writeln!(out, "{text}");
+                    }
+                    Err(e) => {
+                        eprintln!("error: cannot serialize the summary: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+                if !quiet {
+                    eprint!("{summary}");
+                }
+            } else {
+                let _ = write!(out, "{summary}");
+            }
+            let _ = out.flush();
+            // A run cut short by its hard deadline measured something other than what was asked.
+            if summary.stopped_by == StopReason::Deadline {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,786 @@
+//! `broadcast` and `publish`: fan-out delivery measured exactly.
+//!
+//! The run has five steps:
+//! 1. **ramp**: open the listeners (ordinary clients) at the paced rate;
+//! 2. **warm-up**: send unmeasured warm-up events until every listener has seen one. A listener's
+//!    upgrade completing does not prove the server has registered it for fan-out yet; without this
+//!    step the first events could miss late listeners and completeness would measure the ramp;
+//! 3. **send**: the publishers send at the open-loop rate (each event is stamped with its intended
+//!    send time) for `--duration` or until `--messages`;
+//! 4. **drain**: wait until every listener has every sent event, or `--drain` passes;
+//! 5. **count**: each listener hands back the set of sequence numbers it received; intersected
+//!    with the set of events whose send succeeded, that gives completeness without estimation.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{DeliveryArgs, Rate};
+use crate::client::{self, Incoming, Role, Ws};
+use crate::context::{Gate, Outcome, RunCtx, Schedule, SeqSet, Sequence, StopReason};
+use crate::fleet::{self, Ended, Fleet, FleetSpec};
+use crate::http;
+use crate::probe::{self, Encoder, Kind, Received};
+use crate::stats::{Latency, Stats};
+use crate::summary::DeliverySummary;
+
+/// How events reach the broker.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// WebSocket connections of this role (publishers with the key, or clients broadcasting).
+    Ws(Role),
+    /// `POST` to the publish endpoint, `batch` events per request.
+    Http { batch: usize, path: String },
+}
+
+/// Events written per flush on a WebSocket publisher: enough to amortise the syscall at high
+/// rates, small enough that a batch never delays the schedule noticeably.
+const WS_BATCH: usize = 64;
+/// Give up on the warm-up after this long (the run goes on, with a note).
+const WARMUP_LIMIT: Duration = Duration::from_secs(5);
+/// A warm-up event is re-sent this often until every listener has seen one.
+const WARMUP_RESEND: Duration = Duration::from_millis(100);
+
+// ---------------------------------------------------------------------------------------------
+// Listeners
+
+/// What the listeners share.
+pub(super) struct Listen {
+    run: String,
+    stats: Arc<Stats>,
+    /// Distinct (listener, sequence) receipts so far: the drain waits on this.
+    unique: AtomicU64,
+    /// Listeners that have seen a warm-up event.
+    warmed: AtomicUsize,
+    warm_notify: Notify,
+}
+
+/// One listener's receipts, handed back when it ends.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    pub seen: SeqSet,
+    pub duplicates: u64,
+    pub foreign: u64,
+    warmed: bool,
+}
+
+impl Listen {
+    pub(super) fn new(ctx: &RunCtx) -> Self {
+        Listen {
+            run: ctx.run_id.clone(),
+            stats: ctx.stats.clone(),
+            unique: AtomicU64::new(0),
+            warmed: AtomicUsize::new(0),
+            warm_notify: Notify::new(),
+        }
+    }
+
+    pub(super) fn unique(&self) -> u64 {
+        self.unique.load(Ordering::Relaxed)
+    }
+
+    /// Accounts one received frame; delivery latency goes to `latency`.
+    pub(super) fn handle(&self, tally: &mut Tally, text: &str, latency: &Latency) {
+        self.handle_received(tally, probe::classify(text, &self.run), latency);
+    }
+
+    /// As [`Listen::handle`], for a frame already classified.
+    pub(super) fn handle_received(&self, tally: &mut Tally, received: Received, latency: &Latency) {
+        match received {
+            Received::Probe(p) => match p.kind {
+                Kind::Delivery => {
+                    if tally.seen.insert(p.seq) {
+                        self.unique.fetch_add(1, Ordering::Relaxed);
+                        self.stats.received.fetch_add(1, Ordering::Relaxed);
+                        latency.record_ns(probe::now_ns().saturating_sub(p.t_ns));
+                    } else {
+                        tally.duplicates += 1;
+                        self.stats.error("duplicate_delivery");
+                    }
+                }
+                Kind::Warmup => {
+                    if !tally.warmed {
+                        tally.warmed = true;
+                        self.warmed.fetch_add(1, Ordering::Relaxed);
+                        self.warm_notify.notify_waiters();
+                    }
+                }
+                Kind::Echo => {}
+            },
+            Received::Foreign => tally.foreign += 1,
+            Received::ErrorEvent => self.stats.error("error_event"),
+            Received::Other => {}
+        }
+    }
+}
+
+async fn listen_loop(
+    sh: Arc<Listen>,
+    mut ws: Ws,
+    mut tally: Tally,
+    stop: CancellationToken,
+) -> (Tally, Ended) {
+    // One stop future for the whole loop: re-creating it per frame registers and unregisters a
+    // waiter each time, which showed up at 5% of the tool's CPU at 500k deliveries/s.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    loop {
+        let incoming = tokio::select! {
+            _ = &mut stopped => None,
+            i = client::recv(&mut ws) => Some(i),
+        };
+        match incoming {
+            None => {
+                client::close(ws, client::CLOSE_TIMEOUT).await;
+                return (tally, Ended::Finished);
+            }
+            Some(Incoming::Closed(reason)) => return (tally, Ended::Dropped(reason)),
+            Some(Incoming::Text(text)) => sh.handle(&mut tally, &text, &sh.stats.primary),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publishers
+
+/// What the publishers share.
+pub(super) struct Publish {
+    pub gate: Gate,
+    /// Cancelled when the send phase is over.
+    pub done: CancellationToken,
+    pub seq: Sequence,
+    pub encoder: Encoder,
+    pub stats: Arc<Stats>,
+    pub run: String,
+    /// Events per second per publisher; `None` for as fast as possible.
+    pub rate: Option<f64>,
+    pub publishers: usize,
+    /// Events whose write succeeded, as a count and as a set (the completeness reference).
+    pub sent: AtomicU64,
+    pub sent_set: Mutex<SeqSet>,
+}
+
+impl Publish {
+    /// Publisher `j`'s schedule; publishers are staggered evenly so the total is smooth.
+    fn schedule(&self, start: Instant, j: usize) -> Option<Schedule> {
+        self.rate.map(|r| {
+            let total = r * self.publishers as f64;
+            Schedule::new(start, Duration::from_secs_f64(j as f64 / total), r)
+        })
+    }
+
+    /// Appends up to `max` events due now as (sequence, probe time); false once the total
+    /// (`--messages`) is used up. Without a schedule (`max` rate) every event is due now and
+    /// stamped with the actual time.
+    fn take_due(
+        &self,
+        schedule: &mut Option<Schedule>,
+        max: usize,
+        out: &mut Vec<(u64, u64)>,
+    ) -> bool {
+        let now = Instant::now();
+        for _ in 0..max {
+            let t = match schedule {
+                Some(s) => match s.take_due(now) {
+                    Some(due) => probe::ns_at(due),
+                    None => return true,
+                },
+                None => probe::now_ns(),
+            };
+            match self.seq.take() {
+                Some(seq) => out.push((seq, t)),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    fn record_sent(&self, events: &[(u64, u64)]) {
+        let n = events.len() as u64;
+        self.sent.fetch_add(n, Ordering::Relaxed);
+        self.stats.sent.fetch_add(n, Ordering::Relaxed);
+        let mut set = self.sent_set.lock().unwrap_or_else(|e| e.into_inner());
+        for (seq, _) in events {
+            set.insert(*seq);
+        }
+    }
+
+    /// Waits until the next event is due; false if the send phase ended first.
+    async fn wait_next(&self, schedule: &Option<Schedule>, stop: &CancellationToken) -> bool {
+        let Some(s) = schedule else { return true };
+        tokio::select! {
+            _ = tokio::time::sleep_until(s.next_due().into()) => true,
+            _ = self.done.cancelled() => false,
+            _ = stop.cancelled() => false,
+        }
+    }
+}
+
+/// One WebSocket publisher: sends on schedule, reads (and discards) what comes back.
+pub(super) async fn publish_ws(
+    sh: Arc<Publish>,
+    j: usize,
+    ws: Ws,
+    stop: CancellationToken,
+) -> ((), Ended) {
+    let (mut sink, stream) = ws.split();
+    let mut reader = tokio::spawn(drain_reads(stream, sh.stats.clone(), sh.run.clone()));
+    let ended = async {
+        let Some(start) = sh.gate.wait(&stop).await else {
+            return Ended::Finished;
+        };
+        let mut schedule = sh.schedule(start, j);
+        let mut batch = Vec::with_capacity(WS_BATCH);
+        loop {
+            if sh.done.is_cancelled() || stop.is_cancelled() {
+                return Ended::Finished;
+            }
+            batch.clear();
+            let more = sh.take_due(&mut schedule, WS_BATCH, &mut batch);
+            if batch.is_empty() {
+                if !more || !sh.wait_next(&schedule, &stop).await {
+                    return Ended::Finished;
+                }
+                continue;
+            }
+            let write = async {
+                for (seq, t) in &batch {
+                    let text = sh.encoder.encode(Kind::Delivery, *seq, *t, None);
+                    sink.feed(Message::text(text)).await?;
+                }
+                sink.flush().await
+            };
+            let written = tokio::select! {
+                r = write => Some(r),
+                _ = stop.cancelled() => None,
+            };
+            match written {
+                None => return Ended::Finished,
+                Some(Err(e)) => {
+                    sh.stats.errors_n("send_failed", batch.len() as u64);
+                    return Ended::Dropped(client::error_label(&e));
+                }
+                Some(Ok(())) => sh.record_sent(&batch),
+            }
+            if !more {
+                return Ended::Finished;
+            }
+            // At `max` rate there is never a wait: let the other tasks of this worker run.
+            tokio::task::yield_now().await;
+        }
+    }
+    .await;
+    let _ = tokio::time::timeout(client::CLOSE_TIMEOUT, sink.close()).await;
+    if tokio::time::timeout(client::CLOSE_TIMEOUT, &mut reader)
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
+    ((), ended)
+}
+
+/// Reads a publisher's incoming side so the server never blocks on it; counts error events
+/// (the server rejecting what was sent).
+async fn drain_reads<S>(mut stream: S, stats: Arc<Stats>, run: String)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    while let Incoming::Text(text) = client::recv(&mut stream).await {
+        if probe::classify(&text, &run) == Received::ErrorEvent {
+            stats.error("error_event");
+        }
+    }
+}
+
+/// Where and how one HTTP publisher posts.
+struct HttpSpec {
+    target: Arc<crate::client::Target>,
+    /// Publisher number (its place in the stagger).
+    j: usize,
+    /// Connection index (its source address).
+    index: usize,
+    path: String,
+    batch: usize,
+}
+
+/// One HTTP publisher: `batch` events per `POST`, on schedule.
+async fn publish_http(
+    sh: Arc<Publish>,
+    spec: HttpSpec,
+    stop: CancellationToken,
+    ready: mpsc::UnboundedSender<bool>,
+) {
+    let HttpSpec {
+        target: ctx_target,
+        j,
+        index,
+        path,
+        batch,
+    } = spec;
+    let mut conn = match http::Publisher::connect(&ctx_target, index, &path).await {
+        Ok(c) => {
+            let _ = ready.send(true);
+            c
+        }
+        Err(f) => {
+            sh.stats.connect_failed(&f.reason());
+            let _ = ready.send(false);
+            return;
+        }
+    };
+    let Some(start) = sh.gate.wait(&stop).await else {
+        return;
+    };
+    let mut schedule = sh.schedule(start, j);
+    let mut pending: Vec<(u64, u64)> = Vec::with_capacity(batch);
+    let request_latency = sh.stats.secondary.as_ref();
+    let mut retried = false;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let more = sh.take_due(&mut schedule, batch - pending.len(), &mut pending);
+        let finishing = !more || sh.done.is_cancelled();
+        if pending.len() < batch && !finishing {
+            if !sh.wait_next(&schedule, &stop).await && stop.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let body = if batch == 1 {
+            sh.encoder
+                .encode(Kind::Delivery, pending[0].0, pending[0].1, None)
+        } else {
+            let events: Vec<String> = pending
+                .iter()
+                .map(|(seq, t)| sh.encoder.encode(Kind::Delivery, *seq, *t, None))
+                .collect();
+            format!("[{}]", events.join(","))
+        };
+        // The request is due when its last event is: measured from there, batching delay is
+        // the events' latency, not the request's.
+        let due = pending.last().map_or(0, |(_, t)| *t);
+        let n = pending.len() as u64;
+        let answer = tokio::select! {
+            r = conn.post(body) => Some(r),
+            _ = stop.cancelled() => None,
+        };
+        match answer {
+            None => return,
+            Some(Ok(status)) => {
+                if let Some(l) = request_latency {
+                    l.record_ns(probe::now_ns().saturating_sub(due));
+                }
+                if (200..300).contains(&status) {
+                    sh.record_sent(&pending);
+                } else {
+                    sh.stats.errors_n(&format!("http_{status}"), n);
+                }
+            }
+            Some(Err(http::PostError::Closed)) if !retried => {
+                // The server closed the idle connection (after a refusal, or a keep-alive
+                // limit) before this request went out: reconnect and send the batch again.
+                match http::Publisher::connect(&ctx_target, index, &path).await {
+                    Ok(c) => {
+                        conn = c;
+                        retried = true;
+                        continue;
+                    }
+                    Err(f) => {
+                        sh.stats.connect_failed(&f.reason());
+                        sh.stats.errors_n("http_closed", n);
+                        return;
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                sh.stats.errors_n(e.label(), n);
+                match http::Publisher::connect(&ctx_target, index, &path).await {
+                    Ok(c) => conn = c,
+                    Err(f) => {
+                        sh.stats.connect_failed(&f.reason());
+                        return;
+                    }
+                }
+            }
+        }
+        retried = false;
+        pending.clear();
+        if finishing {
+            return;
+        }
+    }
+}
+
+/// The running publishers, whichever the transport.
+enum Senders {
+    Ws(Fleet<()>),
+    Http(JoinSet<()>, CancellationToken),
+}
+
+impl Senders {
+    /// Lets publishers finish their current batch, then stops them.
+    async fn finish(self, patience: Duration) {
+        match self {
+            Senders::Ws(fleet) => {
+                fleet.finish(patience).await;
+            }
+            Senders::Http(mut set, stop) => {
+                let limit = Instant::now() + patience;
+                while let Ok(Some(_)) = tokio::time::timeout_at(limit.into(), set.join_next()).await
+                {
+                }
+                stop.cancel();
+                set.abort_all();
+                while set.join_next().await.is_some() {}
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warm-up
+
+/// Something that can send one event: a WebSocket or an HTTP publisher.
+enum WarmSender {
+    Ws(
+        futures_util::stream::SplitSink<Ws, Message>,
+        tokio::task::JoinHandle<()>,
+    ),
+    Http(http::Publisher),
+}
+
+impl WarmSender {
+    async fn open(ctx: &RunCtx, transport: &Transport, index: usize) -> Result<Self, String> {
+        match transport {
+            Transport::Ws(role) => {
+                let (ws, _) = ctx
+                    .target
+                    .connect(index, *role)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (sink, stream) = ws.split();
+                let reader =
+                    tokio::spawn(drain_reads(stream, ctx.stats.clone(), ctx.run_id.clone()));
+                Ok(WarmSender::Ws(sink, reader))
+            }
+            Transport::Http { path, .. } => http::Publisher::connect(&ctx.target, index, path)
+                .await
+                .map(WarmSender::Http)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), String> {
+        match self {
+            WarmSender::Ws(sink, _) => sink
+                .send(Message::text(text))
+                .await
+                .map_err(|e| e.to_string()),
+            WarmSender::Http(p) => match p.post(text).await {
+                Ok(s) if (200..300).contains(&s) => Ok(()),
+                Ok(s) => Err(format!("HTTP {s}")),
+                Err(e) => Err(format!("{e:?}")),
+            },
+        }
+    }
+
+    async fn close(self) {
+        if let WarmSender::Ws(mut sink, reader) = self {
+            let _ = tokio::time::timeout(client::CLOSE_TIMEOUT, sink.close()).await;
+            reader.abort();
+        }
+    }
+}
+
+/// Sends warm-up events until all `listeners` have seen one. Returns a note when that failed.
+async fn warmup(
+    ctx: &RunCtx,
+    transport: &Transport,
+    encoder: &Encoder,
+    listen: &Listen,
+    listeners: usize,
+    index: usize,
+) -> Option<String> {
+    if listeners == 0 {
+        return None;
+    }
+    let mut sender = match WarmSender::open(ctx, transport, index).await {
+        Ok(s) => s,
+        Err(e) => return Some(format!("warm-up skipped: could not open a sender ({e})")),
+    };
+    let limit = Instant::now() + WARMUP_LIMIT;
+    let mut next_send = Instant::now();
+    let mut k = 0u64;
+    let mut note = None;
+    loop {
+        let notified = listen.warm_notify.notified();
+        if listen.warmed.load(Ordering::Relaxed) >= listeners {
+            break;
+        }
+        let now = Instant::now();
+        if now >= limit || ctx.cancel.is_cancelled() {
+            note = Some(format!(
+                "warm-up incomplete: {} of {} listeners saw a warm-up event within {:?}; \
+                 early events may have missed the others",
+                listen.warmed.load(Ordering::Relaxed),
+                listeners,
+                WARMUP_LIMIT
+            ));
+            break;
+        }
+        if now >= next_send {
+            if let Err(e) = sender
+                .send(encoder.encode(Kind::Warmup, k, probe::now_ns(), None))
+                .await
+            {
+                note = Some(format!("warm-up send failed: {e}"));
+                break;
+            }
+            k += 1;
+            next_send = now + WARMUP_RESEND;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(next_send.min(limit).into()) => {}
+            _ = ctx.cancel.cancelled() => {}
+        }
+    }
+    sender.close().await;
+    note
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenario
+
+pub async fn run(
+    ctx: &RunCtx,
+    args: &DeliveryArgs,
+    transport: Transport,
+) -> anyhow::Result<Outcome> {
+    if args.publishers == 0 {
+        anyhow::bail!("--publishers must be at least 1");
+    }
+    let event = match &args.event {
+        Some(text) => probe::parse_event(text)?,
+        None => probe::echo_event(args.message_size, true),
+    };
+    let encoder = Encoder::new(&event, &ctx.run_id);
+    let mut notes = Vec::new();
+
+    ctx.phase("ramp");
+    let listen = Arc::new(Listen::new(ctx));
+    let spec = FleetSpec {
+        count: args.listeners,
+        role: Role::Client,
+        first_index: 0,
+        reconnect: false,
+    };
+    let l = listen.clone();
+    let mut listeners = fleet::launch(
+        ctx,
+        spec,
+        |_| Tally::default(),
+        move |_, ws, tally, stop| listen_loop(l.clone(), ws, tally, stop),
+    );
+    let ramp = listeners
+        .wait_connected(ctx.ramp_limit(args.listeners), &ctx.cancel)
+        .await;
+
+    ctx.phase("warm-up");
+    let warm_index = args.listeners + args.publishers;
+    if let Some(note) = warmup(
+        ctx,
+        &transport,
+        &encoder,
+        &listen,
+        ramp.established,
+        warm_index,
+    )
+    .await
+    {
+        notes.push(note);
+    }
+
+    ctx.phase("ramp-pub");
+    let done = ctx.cancel.child_token();
+    let publish = Arc::new(Publish {
+        gate: Gate::new(),
+        done: done.clone(),
+        seq: Sequence::new(args.messages, done.clone()),
+        encoder,
+        stats: ctx.stats.clone(),
+        run: ctx.run_id.clone(),
+        rate: match args.rate {
+            Rate::PerSecond(r) => Some(r / args.publishers as f64),
+            Rate::Max => None,
+        },
+        publishers: args.publishers,
+        sent: AtomicU64::new(0),
+        sent_set: Mutex::new(SeqSet::default()),
+    });
+    let (senders, publishers_ready) = match &transport {
+        Transport::Ws(role) => {
+            let spec = FleetSpec {
+                count: args.publishers,
+                role: *role,
+                first_index: args.listeners,
+                reconnect: false,
+            };
+            let (p, first) = (publish.clone(), args.listeners);
+            let mut fleet = fleet::launch(
+                ctx,
+                spec,
+                |_| (),
+                move |index, ws, (), stop| publish_ws(p.clone(), index - first, ws, stop),
+            );
+            let r = fleet
+                .wait_connected(ctx.ramp_limit(args.publishers), &ctx.cancel)
+                .await;
+            (Senders::Ws(fleet), r.established)
+        }
+        Transport::Http { batch, path } => {
+            let stop = ctx.cancel.child_token();
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let mut set = JoinSet::new();
+            for j in 0..args.publishers {
+                let spec = HttpSpec {
+                    target: ctx.target.clone(),
+                    j,
+                    index: args.listeners + j,
+                    path: path.clone(),
+                    batch: *batch,
+                };
+                set.spawn(publish_http(
+                    publish.clone(),
+                    spec,
+                    stop.clone(),
+                    tx.clone(),
+                ));
+            }
+            drop(tx);
+            let limit = ctx.ramp_limit(args.publishers);
+            let (mut ready, mut settled) = (0, 0);
+            while settled < args.publishers {
+                match tokio::time::timeout_at(limit.into(), rx.recv()).await {
+                    Ok(Some(ok)) => {
+                        settled += 1;
+                        ready += usize::from(ok);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            (Senders::Http(set, stop), ready)
+        }
+    };
+    if publishers_ready == 0 {
+        notes.push("no publisher could connect: nothing was sent".into());
+    }
+
+    ctx.phase("send");
+    let start = publish.gate.open();
+    let natural = tokio::select! {
+        _ = tokio::time::sleep_until((start + args.duration).into()) => StopReason::Duration,
+        _ = done.cancelled() => StopReason::Count,
+    };
+    done.cancel();
+    let measured = start.elapsed();
+    senders.finish(Duration::from_secs(5)).await;
+
+    ctx.phase("drain");
+    let sent = publish.sent.load(Ordering::Relaxed);
+    let expected = sent * ramp.established as u64;
+    let drain_limit = Instant::now() + args.drain;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while listen.unique() < expected && Instant::now() < drain_limit {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ctx.cancel.cancelled() => break,
+        }
+    }
+
+    ctx.phase("close");
+    let (tallies, lost) = listeners.finish(Duration::ZERO).await;
+    let sent_set = std::mem::take(&mut *publish.sent_set.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut d = DeliverySummary {
+        listeners: ramp.established,
+        publishers: publishers_ready,
+        sent,
+        expected,
+        ..DeliverySummary::default()
+    };
+    for t in &tallies {
+        let got = t.seen.count_common(&sent_set);
+        d.received += got;
+        d.complete_listeners += usize::from(sent > 0 && got == sent);
+        d.duplicates += t.duplicates;
+        d.foreign += t.foreign;
+    }
+    d.missing = expected.saturating_sub(d.received);
+    d.completeness = if expected > 0 {
+        d.received as f64 / expected as f64
+    } else {
+        0.0
+    };
+    if lost > 0 {
+        notes.push(format!(
+            "{lost} listeners did not close in time; their receipts count as missing"
+        ));
+    }
+    if let Some(note) = behind_note(args.rate, measured, sent, natural) {
+        notes.push(note);
+    }
+    if d.missing > 0 && !ctx.cancel.is_cancelled() {
+        notes.push(format!(
+            "{} deliveries missing after a {:?} drain",
+            d.missing, args.drain
+        ));
+    }
+    let ws_publishers = match transport {
+        Transport::Ws(_) => args.publishers,
+        Transport::Http { .. } => 0,
+    };
+    Ok(Outcome {
+        target_connections: args.listeners + ws_publishers,
+        ramp: ramp.took,
+        measured,
+        stopped_by: ctx.stopped_by(natural),
+        delivery: (args.listeners > 0).then_some(d),
+        notes,
+    })
+}
+
+/// A note when an open-loop sender fell behind its schedule: fewer events went out than the
+/// rate asked for, because the server (or this machine) could not take them. The latencies of
+/// the events that did go out include that delay.
+pub(super) fn behind_note(
+    rate: Rate,
+    measured: Duration,
+    sent: u64,
+    stopped: StopReason,
+) -> Option<String> {
+    let Rate::PerSecond(r) = rate else {
+        return None;
+    };
+    if stopped != StopReason::Duration {
+        return None;
+    }
+    let scheduled = (r * measured.as_secs_f64()).floor() as u64;
+    (sent + sent / 100 + 1 < scheduled).then(|| {
+        format!(
+            "publishers fell behind: {sent} of {scheduled} scheduled events were sent \
+             ({:.0}%); the latencies include the wait",
+            sent as f64 * 100.0 / scheduled as f64
+        )
+    })
+}

@@ -1,0 +1,119 @@
+//! The scenarios, one file each, and what the top level needs to know about them before running:
+//! which latencies they measure, how many connections they open, how long they may take.
+
+pub mod connect;
+pub mod delivery;
+pub mod echo;
+pub mod mixed;
+pub mod soak;
+
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{DeliveryArgs, Rate, Scenario, Via};
+use crate::client::{self, Role};
+use crate::context::{ramp_time, Outcome, RunCtx, CLOSE_GRACE};
+use crate::fleet::Ended;
+use crate::stats::Latency;
+
+/// Runs one (non-mixed) scenario.
+pub async fn run(ctx: &RunCtx, scenario: &Scenario) -> anyhow::Result<Outcome> {
+    match scenario {
+        Scenario::Connect(a) => connect::run(ctx, a).await,
+        Scenario::Echo(a) => echo::run(ctx, a).await,
+        Scenario::Broadcast(a) => {
+            // With a key, publishers are real publisher connections; without one, ordinary
+            // clients broadcast with `"broadcast":true` echoes, which any broker allows.
+            let role = if ctx.target.api_key().is_some() {
+                Role::Publisher
+            } else {
+                Role::Client
+            };
+            delivery::run(ctx, &a.delivery, delivery::Transport::Ws(role)).await
+        }
+        Scenario::Publish(a) => {
+            if ctx.target.api_key().is_none() {
+                anyhow::bail!("publish needs --api-key (the broker's websocket.socketApiKey)");
+            }
+            let transport = match a.via {
+                Via::Http => delivery::Transport::Http {
+                    batch: a.batch.max(1),
+                    path: a.publish_path.clone(),
+                },
+                Via::Ws => delivery::Transport::Ws(Role::Publisher),
+            };
+            delivery::run(ctx, &a.delivery, transport).await
+        }
+        Scenario::Soak(a) => soak::run(ctx, a).await,
+        Scenario::Mixed(_) => anyhow::bail!("a mixed scenario cannot be nested in another"),
+    }
+}
+
+/// The latency measures a scenario records: primary (shown per window) and secondary.
+pub fn measures(scenario: &Scenario) -> (Latency, Option<Latency>) {
+    let open_loop = |d: &DeliveryArgs| d.rate != Rate::Max;
+    match scenario {
+        Scenario::Connect(_) | Scenario::Mixed(_) => (Latency::new("handshake", false), None),
+        Scenario::Echo(_) => (Latency::new("rtt", false), None),
+        Scenario::Broadcast(a) => (Latency::new("delivery", open_loop(&a.delivery)), None),
+        Scenario::Publish(a) => (
+            Latency::new("delivery", open_loop(&a.delivery)),
+            (a.via == Via::Http).then(|| Latency::new("publish_request", open_loop(&a.delivery))),
+        ),
+        Scenario::Soak(a) => (
+            Latency::new("rtt", true),
+            (a.broadcast_rate > 0.0).then(|| Latency::new("broadcast", true)),
+        ),
+    }
+}
+
+/// Connections a scenario holds at once (for the file-descriptor limit).
+pub fn connections(scenario: &Scenario) -> usize {
+    match scenario {
+        Scenario::Connect(a) => a.connections,
+        Scenario::Echo(a) => a.connections,
+        Scenario::Broadcast(a) => a.delivery.listeners + a.delivery.publishers + 1,
+        Scenario::Publish(a) => a.delivery.listeners + a.delivery.publishers + 1,
+        Scenario::Soak(a) => a.connections + 1,
+        Scenario::Mixed(_) => 0,
+    }
+}
+
+/// The longest a scenario should take when the server answers: ramp, measured phase, drain and
+/// closing. The hard deadline adds slack on top of this.
+pub fn planned(scenario: &Scenario, connect_rate: f64, connect_timeout: Duration) -> Duration {
+    let ramp = |n: usize| ramp_time(n, connect_rate) + connect_timeout;
+    let warmup = Duration::from_secs(5);
+    let body = match scenario {
+        Scenario::Connect(a) => ramp(a.connections) + a.hold,
+        Scenario::Echo(a) => ramp(a.connections) + a.duration + a.reply_timeout,
+        Scenario::Broadcast(a) => delivery_plan(&a.delivery, ramp) + warmup,
+        Scenario::Publish(a) => delivery_plan(&a.delivery, ramp) + warmup,
+        Scenario::Soak(a) => ramp(a.connections + 1) + a.duration + a.reply_timeout,
+        Scenario::Mixed(_) => Duration::ZERO,
+    };
+    body + CLOSE_GRACE * 2
+}
+
+fn delivery_plan(d: &DeliveryArgs, ramp: impl Fn(usize) -> Duration) -> Duration {
+    ramp(d.listeners) + ramp(d.publishers) + d.duration + d.drain + CLOSE_GRACE
+}
+
+/// Sends one text frame unless `stop` comes first (a server that stopped reading would otherwise
+/// block the send forever once the socket buffers are full).
+pub(crate) async fn send_text<S>(
+    sink: &mut S,
+    text: String,
+    stop: &CancellationToken,
+) -> Result<(), Ended>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    tokio::select! {
+        r = sink.send(Message::text(text)) => r.map_err(|e| Ended::Dropped(client::error_label(&e))),
+        _ = stop.cancelled() => Err(Ended::Finished),
+    }
+}

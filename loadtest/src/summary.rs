@@ -1,0 +1,410 @@
+//! The result of a run: one structure that is printed for people, serialized for `--json`, and
+//! drawn by the report. Field names carry their unit (`_ms`, `_s`, `_per_s`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::Ordering;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::context::{Outcome, RunCtx, StopReason};
+use crate::progress::si;
+use crate::stats::{Percentiles, Window};
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub run_id: String,
+    pub url: String,
+    /// The address the URL resolved to (every connection went there).
+    pub target_addr: String,
+    /// Whole run, ramp and drain included.
+    pub elapsed_s: f64,
+    /// The measured phase (after the ramp): what the rates are computed over.
+    pub measured_s: f64,
+    pub stopped_by: StopReason,
+    pub connections: ConnectionSummary,
+    pub messages: MessageSummary,
+    /// Fan-out scenarios: receipts counted per sequence number and listener.
+    pub delivery: Option<DeliverySummary>,
+    /// By measure: `handshake`, `rtt`, `delivery`, `publish_request`, `broadcast`.
+    pub latency: BTreeMap<String, LatencySummary>,
+    /// Errors other than connection failures, by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Soak: how latency and rates moved from the first to the last full window.
+    pub drift: Option<Drift>,
+    pub notes: Vec<String>,
+    pub windows: Vec<Window>,
+    /// Mixed: each phase's runs.
+    pub phases: Vec<PhaseSummary>,
+    /// Full histograms for the report's plots (not serialized).
+    #[serde(skip)]
+    pub histograms: Vec<(String, Histogram<u64>)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectionSummary {
+    /// Connections the scenario asked for.
+    pub target: usize,
+    /// Successful upgrades (reconnects included).
+    pub established: u64,
+    /// Failed attempts, by reason in `failures`.
+    pub failed: u64,
+    /// `refused_403`, `timeout`, `tcp_refused`, `ports_exhausted`, `fd_limit`, `http_NNN`, ...
+    pub failures: BTreeMap<String, u64>,
+    /// Established connections that the server or network ended before the run did.
+    pub dropped: u64,
+    /// By close code or error: `close_1008`, `close_1013`, `reset`, `eof`, ...
+    pub drops: BTreeMap<String, u64>,
+    pub reconnects: u64,
+    pub peak_open: i64,
+    /// Time until every connection of the ramp had succeeded or failed.
+    pub ramp_s: f64,
+    /// Established connections per second during the ramp.
+    pub ramp_per_s: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MessageSummary {
+    /// Messages (or published events) written by the tool.
+    pub sent: u64,
+    /// Probe messages received back (echo replies, deliveries).
+    pub received: u64,
+    pub errors: u64,
+    pub sent_per_s: f64,
+    pub received_per_s: f64,
+}
+
+/// Exact delivery accounting for fan-out scenarios.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DeliverySummary {
+    /// Listeners connected when sending started (the completeness denominator uses these).
+    pub listeners: usize,
+    pub publishers: usize,
+    /// Events whose write (or 202 answer) succeeded.
+    pub sent: u64,
+    /// `sent × listeners`.
+    pub expected: u64,
+    /// Distinct (listener, sequence) receipts of sent events.
+    pub received: u64,
+    /// Receipts of a sequence a listener had already seen.
+    pub duplicates: u64,
+    /// `expected − received`.
+    pub missing: u64,
+    /// `received / expected`; 1.0 means every listener got every event exactly once or more.
+    pub completeness: f64,
+    /// Listeners that received every sent event.
+    pub complete_listeners: usize,
+    /// Probes of other runs seen by the listeners (ignored).
+    pub foreign: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySummary {
+    #[serde(flatten)]
+    pub percentiles: Percentiles,
+    /// Measured from the intended send time (open loop, coordinated omission corrected).
+    pub corrected: bool,
+}
+
+/// First against last full window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Drift {
+    pub first_window_p99_ms: Option<f64>,
+    pub last_window_p99_ms: Option<f64>,
+    /// last / first; above 1 means latency grew over the run.
+    pub p99_ratio: Option<f64>,
+    pub first_window_received_per_s: f64,
+    pub last_window_received_per_s: f64,
+    pub errors_first_half: u64,
+    pub errors_second_half: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSummary {
+    pub name: String,
+    pub runs: Vec<Summary>,
+}
+
+impl Summary {
+    /// Builds the summary from a finished run's statistics and the scenario's own outcome.
+    pub fn from_run(ctx: &RunCtx, scenario: &str, outcome: Outcome) -> Self {
+        let stats = &ctx.stats;
+        let measured = outcome.measured.as_secs_f64();
+        let per_s = |n: u64| {
+            if measured > 0.0 {
+                n as f64 / measured
+            } else {
+                0.0
+            }
+        };
+        let sent = stats.sent.load(Ordering::Relaxed);
+        let received = stats.received.load(Ordering::Relaxed);
+        let established = stats.established.load(Ordering::Relaxed);
+
+        let mut latency = BTreeMap::new();
+        let mut histograms = Vec::new();
+        let mut measures = vec![&stats.handshake];
+        if stats.primary.name() != stats.handshake.name() {
+            measures.push(&stats.primary);
+        }
+        measures.extend(stats.secondary.as_ref());
+        for m in measures {
+            let total = m.total();
+            if let Some(p) = Percentiles::of(&total) {
+                latency.insert(
+                    m.name().to_owned(),
+                    LatencySummary {
+                        percentiles: p,
+                        corrected: m.corrected(),
+                    },
+                );
+                histograms.push((m.name().to_owned(), total));
+            }
+        }
+        let ramp_s = outcome.ramp.as_secs_f64();
+        let windows = stats.windows();
+        let drift = (scenario == "soak").then(|| Drift::of(&windows));
+        Summary {
+            scenario: scenario.to_owned(),
+            run_id: ctx.run_id.clone(),
+            url: ctx.target.url().to_owned(),
+            target_addr: ctx.target.addr().to_string(),
+            elapsed_s: stats.elapsed().as_secs_f64(),
+            measured_s: measured,
+            stopped_by: outcome.stopped_by,
+            connections: ConnectionSummary {
+                target: outcome.target_connections,
+                established,
+                failed: stats.failed.load(Ordering::Relaxed),
+                failures: stats.failures(),
+                dropped: stats.dropped.load(Ordering::Relaxed),
+                drops: stats.drops(),
+                reconnects: stats.reconnects.load(Ordering::Relaxed),
+                peak_open: stats.peak_open(),
+                ramp_s,
+                ramp_per_s: if ramp_s > 0.0 {
+                    (established.min(outcome.target_connections as u64)) as f64 / ramp_s
+                } else {
+                    0.0
+                },
+            },
+            messages: MessageSummary {
+                sent,
+                received,
+                errors: stats.errors.load(Ordering::Relaxed),
+                sent_per_s: per_s(sent),
+                received_per_s: per_s(received),
+            },
+            delivery: outcome.delivery,
+            latency,
+            errors: stats.errors_by_kind(),
+            drift,
+            notes: outcome.notes,
+            windows,
+            phases: Vec::new(),
+            histograms,
+        }
+    }
+
+    /// The run's headline latency: the scenario's primary measure, else the handshake.
+    pub fn headline_latency(&self) -> Option<(&str, &LatencySummary)> {
+        ["delivery", "rtt", "publish_request", "handshake"]
+            .into_iter()
+            .find_map(|k| self.latency.get_key_value(k).map(|(k, v)| (k.as_str(), v)))
+    }
+}
+
+impl Drift {
+    fn of(windows: &[Window]) -> Self {
+        // The last window is usually a partial one and the first holds the ramp: take the full
+        // windows in between when there are some.
+        let full: Vec<&Window> = if windows.len() > 2 {
+            windows[1..windows.len() - 1].iter().collect()
+        } else {
+            windows.iter().collect()
+        };
+        let first = full.first();
+        let last = full.last();
+        let p99 = |w: Option<&&Window>| w.and_then(|w| w.latency.map(|p| p.p99_ms));
+        let (f, l) = (p99(first), p99(last));
+        let half = windows.len() / 2;
+        Drift {
+            first_window_p99_ms: f,
+            last_window_p99_ms: l,
+            p99_ratio: match (f, l) {
+                (Some(f), Some(l)) if f > 0.0 => Some(l / f),
+                _ => None,
+            },
+            first_window_received_per_s: first.map_or(0.0, |w| w.received_per_s),
+            last_window_received_per_s: last.map_or(0.0, |w| w.received_per_s),
+            errors_first_half: windows[..half].iter().map(|w| w.errors).sum(),
+            errors_second_half: windows[half..].iter().map(|w| w.errors).sum(),
+        }
+    }
+}
+
+fn ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2} s", v / 1000.0)
+    } else if v >= 10.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.3} ms")
+    }
+}
+
+fn map_line(m: &BTreeMap<String, u64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "loadtest {}  run {}  {} ({})",
+            self.scenario, self.run_id, self.url, self.target_addr
+        )?;
+        writeln!(
+            f,
+            "  time         {:.2} s total, {:.2} s measured, stopped: {}",
+            self.elapsed_s, self.measured_s, self.stopped_by
+        )?;
+        if !self.phases.is_empty() {
+            for (i, phase) in self.phases.iter().enumerate() {
+                writeln!(f, "\n== phase {} `{}` ==", i + 1, phase.name)?;
+                for run in &phase.runs {
+                    writeln!(f, "{run}")?;
+                }
+            }
+            return Ok(());
+        }
+        let c = &self.connections;
+        write!(
+            f,
+            "  connections  {}/{} established, {} failed, {} dropped, peak open {}",
+            c.established.min(c.target as u64),
+            c.target,
+            c.failed,
+            c.dropped,
+            c.peak_open
+        )?;
+        if c.reconnects > 0 {
+            write!(f, ", {} reconnects", c.reconnects)?;
+        }
+        writeln!(f, ", ramp {:.2} s ({}/s)", c.ramp_s, si(c.ramp_per_s))?;
+        if !c.failures.is_empty() {
+            writeln!(f, "    failures   {}", map_line(&c.failures))?;
+        }
+        if !c.drops.is_empty() {
+            writeln!(f, "    drops      {}", map_line(&c.drops))?;
+        }
+        let m = &self.messages;
+        if m.sent > 0 || m.received > 0 {
+            writeln!(
+                f,
+                "  messages     sent {} ({}/s), received {} ({}/s), errors {}",
+                m.sent,
+                si(m.sent_per_s),
+                m.received,
+                si(m.received_per_s),
+                m.errors
+            )?;
+        }
+        if !self.errors.is_empty() {
+            writeln!(f, "    errors     {}", map_line(&self.errors))?;
+        }
+        if let Some(d) = &self.delivery {
+            writeln!(
+                f,
+                "  delivery     {} listeners x {} sent = {} expected; received {}, missing {}, duplicates {}",
+                d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates
+            )?;
+            writeln!(
+                f,
+                "    completeness {:.4}%  ({} of {} listeners got every event)",
+                d.completeness * 100.0,
+                d.complete_listeners,
+                d.listeners
+            )?;
+        }
+        if !self.latency.is_empty() {
+            writeln!(
+                f,
+                "  latency      {:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                "", "p50", "p90", "p99", "p99.9", "max", "count"
+            )?;
+            for (name, l) in &self.latency {
+                let p = &l.percentiles;
+                let label = if l.corrected {
+                    format!("{name}*")
+                } else {
+                    name.clone()
+                };
+                writeln!(
+                    f,
+                    "               {:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    label,
+                    ms(p.p50_ms),
+                    ms(p.p90_ms),
+                    ms(p.p99_ms),
+                    ms(p.p999_ms),
+                    ms(p.max_ms),
+                    p.count
+                )?;
+            }
+            if self.latency.values().any(|l| l.corrected) {
+                writeln!(
+                    f,
+                    "               * measured from the intended send time (coordinated omission corrected)"
+                )?;
+            }
+        }
+        if let Some(d) = &self.drift {
+            let show = |v: Option<f64>| v.map_or_else(|| "-".into(), ms);
+            writeln!(
+                f,
+                "  drift        p99 first window {} -> last {}{}; errors first half {}, second half {}",
+                show(d.first_window_p99_ms),
+                show(d.last_window_p99_ms),
+                d.p99_ratio.map(|r| format!(" (x{r:.2})")).unwrap_or_default(),
+                d.errors_first_half,
+                d.errors_second_half
+            )?;
+        }
+        if self.windows.len() > 1 {
+            writeln!(
+                f,
+                "  windows      {:>7} {:>7} {:>9} {:>9} {:>10} {:>10} {:>7}",
+                "t(s)", "open", "sent/s", "recv/s", "p50", "p99", "errors"
+            )?;
+            let step = self.windows.len().div_ceil(12);
+            for w in self.windows.iter().step_by(step) {
+                let (p50, p99) = w
+                    .latency
+                    .map(|p| (ms(p.p50_ms), ms(p.p99_ms)))
+                    .unwrap_or_else(|| ("-".into(), "-".into()));
+                writeln!(
+                    f,
+                    "               {:>7.1} {:>7} {:>9} {:>9} {:>10} {:>10} {:>7}",
+                    w.t_s,
+                    w.open,
+                    si(w.sent_per_s),
+                    si(w.received_per_s),
+                    p50,
+                    p99,
+                    w.errors
+                )?;
+            }
+        }
+        for note in &self.notes {
+            writeln!(f, "  note: {note}")?;
+        }
+        Ok(())
+    }
+}

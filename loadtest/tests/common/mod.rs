@@ -1,0 +1,44 @@
+//! Test harness: the real broker on an ephemeral loopback port, and the tool's own entry point.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use broker::config::Config;
+use broker::server::RunningBroker;
+use clap::Parser;
+
+pub const API_KEY: &str = "k";
+
+/// Every test run of the tool must end well within this.
+pub const TEST_LIMIT: Duration = Duration::from_secs(40);
+
+/// Starts a broker on 127.0.0.1 with an ephemeral port, approving `http://localhost` only.
+pub async fn broker() -> RunningBroker {
+    let config = Config::from_json_str(
+        r#"{"websocket":{"port":0,"host":"127.0.0.1","approvedSocketDomains":["^http://localhost$"],"socketApiKey":"k"},"broker":{"ops":{"host":"127.0.0.1","port":0}}}"#,
+        "test",
+    )
+    .expect("valid test config");
+    broker::server::start(config).await.expect("broker starts")
+}
+
+/// Parses a tool command line aimed at `broker`, quiet (tests read the summary, not the bars).
+pub fn cli(broker: &RunningBroker, args: &[&str]) -> loadtest::Cli {
+    let url = format!("ws://{}/", broker.ws_addr());
+    let mut argv = vec!["loadtest", "--quiet", "--url", url.as_str()];
+    argv.extend_from_slice(args);
+    loadtest::Cli::try_parse_from(argv).expect("test arguments parse")
+}
+
+/// Runs the tool to its summary, failing the test if it takes longer than [`TEST_LIMIT`].
+pub async fn run(cli: loadtest::Cli) -> loadtest::Summary {
+    within(loadtest::run(cli)).await.expect("the run succeeds")
+}
+
+/// Awaits `f`, failing the test past [`TEST_LIMIT`].
+pub async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_LIMIT, f)
+        .await
+        .expect("finished within the test limit")
+}

@@ -1,0 +1,381 @@
+//! Every scenario against the real broker on loopback, asserting on the summary.
+
+mod common;
+
+use common::{broker, cli, run, API_KEY};
+use loadtest::context::StopReason;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_gets_every_reply() {
+    let b = broker().await;
+    let s = run(cli(
+        &b,
+        &["echo", "-c", "5", "--requests", "200", "-d", "10s"],
+    ))
+    .await;
+    assert_eq!(s.stopped_by, StopReason::Count, "{s}");
+    assert_eq!(s.connections.established, 5, "{s}");
+    assert_eq!(s.messages.sent, 200, "{s}");
+    assert_eq!(s.messages.received, 200, "{s}");
+    assert_eq!(s.messages.errors, 0, "{s}");
+    let rtt = &s.latency["rtt"];
+    assert_eq!(rtt.percentiles.count, 200);
+    assert!(rtt.percentiles.p50_ms > 0.0 && rtt.percentiles.p50_ms <= rtt.percentiles.max_ms);
+    assert!(s.messages.received_per_s > 0.0);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_with_publishers_is_complete() {
+    let b = broker().await;
+    let s = run(cli(
+        &b,
+        &[
+            "--api-key",
+            API_KEY,
+            "broadcast",
+            "-l",
+            "50",
+            "-p",
+            "2",
+            "--rate",
+            "400",
+            "--messages",
+            "200",
+            "-d",
+            "10s",
+        ],
+    ))
+    .await;
+    let d = s.delivery.as_ref().expect("delivery summary");
+    assert_eq!(d.listeners, 50, "{s}");
+    assert_eq!(d.publishers, 2, "{s}");
+    assert_eq!(d.sent, 200, "{s}");
+    assert_eq!(d.expected, 200 * 50, "{s}");
+    assert_eq!(d.received, d.expected, "{s}");
+    assert_eq!(d.completeness, 1.0, "{s}");
+    assert_eq!(d.duplicates, 0, "{s}");
+    assert_eq!(d.complete_listeners, 50, "{s}");
+    assert_eq!(s.messages.errors, 0, "{s}");
+    let delivery = &s.latency["delivery"];
+    assert!(
+        delivery.corrected,
+        "open-loop latency is measured from the intended send time"
+    );
+    assert_eq!(delivery.percentiles.count, 200 * 50);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_without_a_key_uses_client_echo_broadcasts() {
+    let b = broker().await;
+    let s = run(cli(
+        &b,
+        &[
+            "broadcast",
+            "-l",
+            "20",
+            "--rate",
+            "max",
+            "--messages",
+            "100",
+            "-d",
+            "10s",
+        ],
+    ))
+    .await;
+    let d = s.delivery.as_ref().expect("delivery summary");
+    assert_eq!((d.sent, d.listeners), (100, 20), "{s}");
+    assert_eq!(d.completeness, 1.0, "{s}");
+    assert!(
+        !s.latency["delivery"].corrected,
+        "max rate has no schedule to correct against"
+    );
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_over_http_in_batches_is_complete() {
+    let b = broker().await;
+    let s = run(cli(
+        &b,
+        &[
+            "--api-key",
+            API_KEY,
+            "publish",
+            "--via",
+            "http",
+            "--batch",
+            "5",
+            "-l",
+            "10",
+            "-p",
+            "2",
+            "--rate",
+            "500",
+            "--messages",
+            "100",
+            "-d",
+            "10s",
+        ],
+    ))
+    .await;
+    let d = s.delivery.as_ref().expect("delivery summary");
+    assert_eq!(d.sent, 100, "{s}");
+    assert_eq!(d.completeness, 1.0, "{s}");
+    assert_eq!(s.messages.errors, 0, "{s}");
+    assert_eq!(s.latency["publish_request"].percentiles.count, 20, "{s}");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_over_publisher_connections_is_complete() {
+    let b = broker().await;
+    let s = run(cli(
+        &b,
+        &[
+            "--api-key",
+            API_KEY,
+            "publish",
+            "--via",
+            "ws",
+            "-l",
+            "10",
+            "--messages",
+            "50",
+            "-d",
+            "10s",
+        ],
+    ))
+    .await;
+    let d = s.delivery.as_ref().expect("delivery summary");
+    assert_eq!((d.sent, d.completeness), (50, 1.0), "{s}");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_with_a_wrong_key_reports_the_refusals() {
+    let b = broker().await;
+    let s = run(cli(
+        &b,
+        &[
+            "--api-key",
+            "wrong",
+            "publish",
+            "-l",
+            "2",
+            "--messages",
+            "10",
+            "-d",
+            "2s",
+            "--drain",
+            "1s",
+        ],
+    ))
+    .await;
+    let d = s.delivery.as_ref().expect("delivery summary");
+    assert_eq!(d.sent, 0, "{s}");
+    let refused: u64 = s
+        .errors
+        .iter()
+        .filter(|(k, _)| *k == "http_401" || *k == "http_403")
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(refused, 10, "{s}");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_holds_and_counts_refusals_by_reason() {
+    let b = broker().await;
+    let ok = run(cli(&b, &["connect", "-c", "100", "--hold", "200ms"])).await;
+    assert_eq!(ok.connections.established, 100, "{ok}");
+    assert_eq!(ok.connections.peak_open, 100, "{ok}");
+    assert_eq!(ok.connections.failed, 0, "{ok}");
+    assert_eq!(ok.connections.dropped, 0, "{ok}");
+    assert_eq!(ok.latency["handshake"].percentiles.count, 100);
+
+    let refused = run(cli(
+        &b,
+        &[
+            "--origin",
+            "http://evil.example",
+            "connect",
+            "-c",
+            "20",
+            "--hold",
+            "100ms",
+        ],
+    ))
+    .await;
+    assert_eq!(refused.connections.established, 0, "{refused}");
+    assert_eq!(
+        refused.connections.failures.get("refused_403"),
+        Some(&20),
+        "{refused}"
+    );
+
+    let no_origin = run(cli(
+        &b,
+        &["--origin", "", "connect", "-c", "5", "--hold", "0s"],
+    ))
+    .await;
+    assert_eq!(
+        no_origin.connections.failures.get("refused_403"),
+        Some(&5),
+        "{no_origin}"
+    );
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_source_addresses() {
+    let b = broker().await;
+    let s = run(cli(
+        &b,
+        &[
+            "--source-addrs",
+            "4",
+            "connect",
+            "-c",
+            "40",
+            "--hold",
+            "100ms",
+        ],
+    ))
+    .await;
+    assert_eq!(s.connections.established, 40, "{s}");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_reports_windows_and_broadcasts() {
+    let b = broker().await;
+    let s = run(cli(
+        &b,
+        &[
+            "--window",
+            "500ms",
+            "soak",
+            "-c",
+            "20",
+            "-d",
+            "2s",
+            "--echo-interval",
+            "100ms",
+            "--broadcast-rate",
+            "20",
+        ],
+    ))
+    .await;
+    assert_eq!(s.stopped_by, StopReason::Duration, "{s}");
+    assert_eq!(s.messages.errors, 0, "{s}");
+    assert_eq!(s.connections.dropped, 0, "{s}");
+    assert!(s.latency["rtt"].percentiles.count >= 20 * 15, "{s}");
+    assert!(s.latency.contains_key("broadcast"), "{s}");
+    let d = s.delivery.as_ref().expect("broadcast accounting");
+    assert!(d.sent >= 30, "{s}");
+    assert_eq!(d.completeness, 1.0, "{s}");
+    assert!(s.windows.len() >= 4, "{s}");
+    assert!(
+        s.windows.iter().filter(|w| w.latency.is_some()).count() >= 3,
+        "{s}"
+    );
+    assert!(s.drift.is_some());
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_runs_phases_from_a_file() {
+    let b = broker().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("plan.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[phase]]
+name = "echo alone"
+scenario = "echo"
+connections = 3
+requests = 30
+
+[[phase]]
+name = "fan-out with echo"
+[[phase.run]]
+scenario = "broadcast"
+listeners = 10
+messages = 20
+rate = 200
+[[phase.run]]
+scenario = "echo"
+connections = 2
+requests = 20
+"#,
+    )
+    .expect("write plan");
+    let path = file.to_string_lossy().into_owned();
+    let s = run(cli(&b, &["mixed", &path])).await;
+    assert_eq!(s.stopped_by, StopReason::Completed, "{s}");
+    assert_eq!(s.phases.len(), 2);
+    assert_eq!(s.phases[0].runs[0].messages.received, 30, "{s}");
+    let fanout = &s.phases[1].runs[0];
+    assert_eq!(
+        fanout.delivery.as_ref().map(|d| d.completeness),
+        Some(1.0),
+        "{s}"
+    );
+    assert_eq!(s.phases[1].runs[1].messages.received, 20, "{s}");
+    assert_ne!(
+        fanout.run_id, s.phases[1].runs[1].run_id,
+        "runs tell their probes apart"
+    );
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_writes_svg_plots_and_an_index() {
+    let b = broker().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("report");
+    let out_s = out.to_string_lossy().into_owned();
+    let s = run(cli(
+        &b,
+        &[
+            "--report", &out_s, "--window", "200ms", "echo", "-c", "3", "-d", "1s",
+        ],
+    ))
+    .await;
+    assert!(s.messages.received > 0, "{s}");
+    let index = std::fs::read_to_string(out.join("index.html")).expect("index.html");
+    for svg in [
+        "latency-over-time.svg",
+        "latency-histogram.svg",
+        "rates.svg",
+    ] {
+        let text =
+            std::fs::read_to_string(out.join(svg)).unwrap_or_else(|_| panic!("{svg} written"));
+        assert!(text.contains("<svg"), "{svg} is SVG");
+        assert!(index.contains(svg), "index.html embeds {svg}");
+    }
+    assert!(index.contains(&s.run_id));
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_in_header_and_query() {
+    let config = broker::config::Config::from_json_str(
+        r#"{"websocket":{"port":0,"host":"127.0.0.1","approvedSocketDomains":["^http://localhost$"],"socketApiKey":"k"},"broker":{"ops":{"host":"127.0.0.1","port":0},"jwtSecret":"test-secret-0123456789abcdef"}}"#,
+        "test",
+    )
+    .expect("valid test config");
+    let b = broker::server::start(config).await.expect("broker starts");
+    for placement in [&[][..], &["--token-in-query"][..]] {
+        let mut args = vec!["--token", "not.a.jwt"];
+        args.extend_from_slice(placement);
+        args.extend_from_slice(&["connect", "-c", "3", "--hold", "0s"]);
+        let s = run(cli(&b, &args)).await;
+        assert_eq!(s.connections.established, 0, "{s}");
+        assert_eq!(s.connections.failures.get("http_401"), Some(&3), "{s}");
+    }
+    b.shutdown().await;
+}

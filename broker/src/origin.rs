@@ -44,11 +44,12 @@ fn syntax_config() -> syntax::Config {
     syntax::Config::new().unicode(false).utf8(false)
 }
 
-fn compile(patterns: &[&str]) -> Result<Regex, meta::BuildError> {
+fn compile(patterns: &[&str]) -> Result<Regex, Box<meta::BuildError>> {
     Regex::builder()
         .syntax(syntax_config())
         .configure(Regex::config().utf8_empty(false))
         .build_many(patterns)
+        .map_err(Box::new)
 }
 
 impl OriginPolicy {

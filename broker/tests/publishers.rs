@@ -210,7 +210,7 @@ async fn a_slow_consumer_is_dropped_while_others_get_everything() {
             .expect("readers keep up")
             .expect("semaphore open");
         all_read.forget();
-        if sent % (batch * 4) == 0 {
+        if sent.is_multiple_of(batch * 4) {
             let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
             dropped = metric(&m, "broker_slow_consumer_disconnects_total") == 1.0;
         }

@@ -10,9 +10,10 @@
 //! - [`registry`]: the sharded connection map.
 //! - [`fanout`]: routing and delivering one encoded event to many.
 //! - [`publish`]: `POST /api/publish`.
-//! - [`metrics`], [`ops`]: Prometheus metrics, health and the admin API.
+//! - [`metrics`], [`ops`], [`admin`]: Prometheus metrics, health, the admin API.
 //! - [`server`]: the accept loop, start-up and shutdown.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod connection;

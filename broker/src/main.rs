@@ -117,10 +117,10 @@ fn run(config: Config) -> ExitCode {
         };
         let signal = tokio::select! {
             s = shutdown_signal() => s,
-            () = running.stopping() => "admin request",
+            () = running.stopping() => "admin drain",
         };
-        tracing::info!(signal, "shutting down: closing clients with 1001");
-        running.shutdown().await;
+        tracing::info!(signal, "shutting down: draining clients with 1001");
+        running.drain_and_shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

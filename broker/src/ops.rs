@@ -92,11 +92,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(shared)
+        .route("/readyz", get(readyz));
+    if let Some(admin) = crate::admin::routes(&shared) {
+        router = router.merge(admin);
+    }
+    router.with_state(shared)
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

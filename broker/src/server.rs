@@ -22,7 +22,7 @@ use crate::handshake::{self, Admission, HeadError, Refusal, Request};
 use crate::metrics::{kind_label, Metrics};
 use crate::ops::Activity;
 use crate::origin::OriginPolicy;
-use crate::registry::{NewConn, Registry};
+use crate::registry::{CloseReason, CloseRequest, NewConn, Registry};
 
 /// State shared by every task of one broker.
 pub struct Shared {
@@ -32,9 +32,13 @@ pub struct Shared {
     pub metrics: Metrics,
     pub tokens: TokenVerifier,
     pub events: Activity,
+    /// Cancelled when every task is to stop: connections close with 1001.
     pub shutdown: CancellationToken,
+    /// Cancelled when the listener is to stop accepting (drain, then shutdown).
+    stop_accepting: CancellationToken,
     pub started: Instant,
     ready: AtomicBool,
+    draining: AtomicBool,
     connection_slots: Arc<Semaphore>,
     client_ws: WebSocketConfig,
     publisher_ws: WebSocketConfig,
@@ -45,10 +49,39 @@ impl Shared {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// Stops accepting: `/readyz` fails from now on.
+    /// `/readyz` fails from now on.
     pub fn set_not_ready(&self) {
         self.ready.store(false, Ordering::Relaxed);
         self.metrics.ready.set(0);
+    }
+
+    /// Drains this instance: not ready, stops accepting, closes the clients with 1001 spread
+    /// over `broker.drainWindow` (so that they do not all reconnect elsewhere at once), then
+    /// asks everything to stop. Calling it again while a drain runs does nothing.
+    pub async fn drain(&self) {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.set_not_ready();
+        self.stop_accepting.cancel();
+        let conns = self.registry.snapshot();
+        let window = Duration::from_secs_f64(self.config.broker.drain_window);
+        tracing::info!(
+            connections = conns.len(),
+            window_secs = window.as_secs_f64(),
+            "draining"
+        );
+        let start = tokio::time::Instant::now();
+        let n = conns.len().max(1) as u32;
+        for (i, conn) in conns.iter().enumerate() {
+            tokio::time::sleep_until(start + window * i as u32 / n).await;
+            conn.request_close(CloseRequest::new(
+                CloseReason::Shutdown,
+                1001,
+                "server draining: reconnect",
+            ));
+        }
+        self.shutdown.cancel();
     }
 }
 
@@ -91,6 +124,12 @@ impl RunningBroker {
     /// Resolves once shutdown has been requested (by a signal handler or the admin API).
     pub async fn stopping(&self) {
         self.shared.shutdown.cancelled().await;
+    }
+
+    /// Drains (see [`Shared::drain`]), then shuts down.
+    pub async fn drain_and_shutdown(self) {
+        self.shared.drain().await;
+        self.shutdown().await;
     }
 }
 
@@ -139,14 +178,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
     let ops_addr = ops_listener.local_addr()?;
 
     let limits = &config.broker.limits;
+    let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         registry: Registry::new(&instance, config.shard_count(), limits.send_queue),
         tokens: TokenVerifier::new(config.broker.jwt_secret.as_deref()),
         metrics: Metrics::new(),
         events: Activity::new(),
-        shutdown: CancellationToken::new(),
+        shutdown: shutdown.clone(),
+        stop_accepting: shutdown.child_token(),
         started: Instant::now(),
         ready: AtomicBool::new(true),
+        draining: AtomicBool::new(false),
         connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
         client_ws: ws_config(limits.max_message_size),
         publisher_ws: ws_config(limits.max_publisher_message_size),
@@ -177,7 +219,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
     loop {
         let accepted = tokio::select! {
-            () = shared.shutdown.cancelled() => break,
+            () = shared.stop_accepting.cancelled() => break,
             r = listener.accept() => r,
         };
         match accepted {

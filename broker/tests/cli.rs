@@ -130,6 +130,7 @@ fn spawn_broker() -> (
         .env("BROKER_HOST", "127.0.0.1")
         .env("BROKER_PORT", "0")
         .env("BROKER_OPS_PORT", "0")
+        .env("BROKER_DRAIN_WINDOW", "0.5")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())

@@ -46,6 +46,9 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
         .map(str::to_string)
         .collect();
     let missing: Vec<_> = used.difference(&exported).collect();
-    assert!(missing.is_empty(), "used by the dashboards but not exported: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "used by the dashboards but not exported: {missing:?}"
+    );
     b.shutdown().await;
 }

@@ -44,7 +44,7 @@ pub async fn start_with(extra: Value) -> RunningBroker {
 }
 
 pub async fn start() -> RunningBroker {
-    start_with(Value::Null).await
+    start_with(serde_json::json!({})).await
 }
 
 fn merge(base: &mut Value, extra: Value) {
@@ -54,8 +54,7 @@ fn merge(base: &mut Value, extra: Value) {
                 merge(b.entry(k).or_insert(Value::Null), v);
             }
         }
-        (b, e) if !e.is_null() => *b = e,
-        _ => {}
+        (b, e) => *b = e,
     }
 }
 

@@ -1,0 +1,253 @@
+//! The admin API on the ops listener (PROTOCOL.md part 3).
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+
+async fn admin(
+    b: &broker::server::RunningBroker,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (status, text) = http_request(
+        b.ops_addr(),
+        method,
+        path,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn every_admin_call_needs_the_token() {
+    let b = start().await;
+    for (method, path) in [
+        ("GET", "/admin/connections"),
+        ("GET", "/admin/stats"),
+        ("POST", "/admin/events"),
+        ("DELETE", "/admin/connections/x.1"),
+        ("POST", "/admin/drain"),
+        ("GET", "/admin/stream"),
+    ] {
+        let (status, _) = http_request(b.ops_addr(), method, path, &[], "").await;
+        assert_eq!(status, 401, "{method} {path} without a token");
+        let (status, _) = http_request(
+            b.ops_addr(),
+            method,
+            path,
+            &[("authorization", "Bearer wrong-token-000000000")],
+            "",
+        )
+        .await;
+        assert_eq!(status, 401, "{method} {path} with a wrong token");
+    }
+    let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
+    assert_eq!(
+        metric(&m, r#"broker_admin_requests_total{status="401"}"#),
+        12.0
+    );
+    assert!(is_ready(&b).await, "nothing was drained");
+    b.shutdown().await;
+}
+
+async fn is_ready(b: &broker::server::RunningBroker) -> bool {
+    http_get(b.ops_addr(), "/readyz", None).await.0 == 200
+}
+
+#[tokio::test]
+async fn admin_api_is_off_without_a_token() {
+    let b = start_with(json!({"broker": {"admin": {"token": null}}})).await;
+    let (status, _) = http_get(b.ops_addr(), "/admin/stats", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 404);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn lists_filters_and_pages_connections() {
+    let b = start().await;
+    let _c1 = client(b.ws_addr()).await;
+    let _c2 = connect_with(b.ws_addr(), "/", &[("origin", "https://app.example.com")])
+        .await
+        .expect("connects");
+    let _p = publisher(b.ws_addr()).await;
+    let (status, list) = admin(&b, "GET", "/admin/connections", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["total"], 3);
+    let first = &list["connections"][0];
+    for field in [
+        "id",
+        "remoteAddr",
+        "origin",
+        "user",
+        "publisher",
+        "connectedAt",
+        "messagesIn",
+        "messagesOut",
+        "bytesIn",
+        "bytesOut",
+        "sendQueueDepth",
+        "shard",
+    ] {
+        assert!(first.get(field).is_some(), "{field} missing in {first}");
+    }
+    let (_, pubs) = admin(&b, "GET", "/admin/connections?publisher=true", "").await;
+    assert_eq!(pubs["total"], 1);
+    let (_, by_origin) = admin(&b, "GET", "/admin/connections?origin=example.com", "").await;
+    assert_eq!(by_origin["total"], 1);
+    assert_eq!(
+        by_origin["connections"][0]["origin"],
+        "https://app.example.com"
+    );
+    let (_, page) = admin(&b, "GET", "/admin/connections?offset=1&limit=1", "").await;
+    assert_eq!(page["connections"].as_array().map(Vec::len), Some(1));
+    let (_, stats) = admin(&b, "GET", "/admin/stats", "").await;
+    assert_eq!(stats["connections"]["clients"], 2);
+    assert_eq!(stats["connections"]["publishers"], 1);
+    assert_eq!(stats["totals"]["accepted"], 3);
+    assert_eq!(stats["ready"], true);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn injects_events_to_all_a_user_or_a_connection() {
+    let b = start().await;
+    let mut a = client(b.ws_addr()).await;
+    let mut c = client(b.ws_addr()).await;
+    let ev = json!({"eventType": 10, "message": "from ops"});
+    let (status, r) = admin(
+        &b,
+        "POST",
+        "/admin/events",
+        &json!({"event": ev, "target": "all"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(r["delivered"], 2);
+    assert_eq!(recv_json(&mut a).await, ev);
+    assert_eq!(recv_json(&mut c).await, ev);
+
+    let (_, list) = admin(&b, "GET", "/admin/connections", "").await;
+    let id_a = list["connections"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let one = json!({"eventType": 1, "username": "x"});
+    let (status, r) = admin(
+        &b,
+        "POST",
+        "/admin/events",
+        &json!({"event": one, "target": {"connection": id_a}}).to_string(),
+    )
+    .await;
+    assert_eq!((status, r["delivered"].clone()), (202, json!(1)));
+    assert_eq!(recv_json(&mut a).await, one);
+    assert_nothing_pending(&mut c).await;
+
+    for bad in [
+        json!({"event": {"no": "type"}}),
+        json!({"event": ev, "target": "everyone"}),
+        json!({"nothing": 1}),
+    ] {
+        let (status, r) = admin(&b, "POST", "/admin/events", &bad.to_string()).await;
+        assert_eq!(status, 400, "{bad}");
+        assert!(r["error"].is_string());
+    }
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn kick_closes_one_connection_with_the_given_code() {
+    let b = start().await;
+    let mut a = client(b.ws_addr()).await;
+    let mut other = client(b.ws_addr()).await;
+    let (_, list) = admin(&b, "GET", "/admin/connections", "").await;
+    let id = list["connections"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (status, r) = admin(
+        &b,
+        "DELETE",
+        &format!("/admin/connections/{id}?code=4000&reason=bye"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(r["kicked"], id.as_str());
+    assert_eq!(close_code(&mut a).await, 4000);
+    assert_nothing_pending(&mut other).await;
+    let (status, _) = admin(&b, "DELETE", "/admin/connections/nope.99", "").await;
+    assert_eq!(status, 404);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn drain_fails_readiness_stops_accepting_and_closes_with_1001() {
+    let b = start_with(json!({"broker": {"drainWindow": 0.2}})).await;
+    let mut a = client(b.ws_addr()).await;
+    let mut c = client(b.ws_addr()).await;
+    let (status, _) = admin(&b, "POST", "/admin/drain", "").await;
+    assert_eq!(status, 202);
+    eventually("/readyz fails", || async { !is_ready(&b).await }).await;
+    assert_eq!(close_code(&mut a).await, 1001);
+    assert_eq!(close_code(&mut c).await, 1001);
+    assert!(
+        connect_with(b.ws_addr(), "/", &[("origin", "http://localhost")])
+            .await
+            .is_err(),
+        "still accepting"
+    );
+    b.stopping().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn stream_reports_connects_disconnects_and_stats() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let b = start().await;
+    let mut s = tokio::net::TcpStream::connect(b.ops_addr())
+        .await
+        .expect("connect");
+    s.write_all(
+        format!(
+            "GET /admin/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("request");
+    let mut lines = BufReader::new(s).lines();
+    async fn next_event(lines: &mut tokio::io::Lines<BufReader<tokio::net::TcpStream>>) -> Value {
+        loop {
+            let line = tokio::time::timeout(DEADLINE, lines.next_line())
+                .await
+                .expect("in time")
+                .expect("read")
+                .expect("open");
+            if let Some(data) = line.strip_prefix("data: ") {
+                return serde_json::from_str::<Value>(data).expect("JSON");
+            }
+        }
+    }
+    // The first stats line comes at once.
+    let mut ev = next_event(&mut lines).await;
+    assert_eq!(ev["type"], "stats");
+    let ws = client(b.ws_addr()).await;
+    while ev["type"] != "connect" {
+        ev = next_event(&mut lines).await;
+    }
+    let id = ev["connection"]["id"].clone();
+    drop(ws);
+    while ev["type"] != "disconnect" {
+        ev = next_event(&mut lines).await;
+    }
+    assert_eq!(ev["id"], id);
+    b.shutdown().await;
+}

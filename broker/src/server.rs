@@ -157,6 +157,13 @@ fn random_instance_id() -> String {
 
 /// Binds both listeners and starts serving. Fails if a port cannot be bound.
 pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
+    // Refuse rather than quietly serve plain ws:// or run alone when the operator asked for more.
+    if config.ssl {
+        anyhow::bail!("ssl: TLS serving is not in this version yet; terminate TLS in front of the broker or set ssl to false");
+    }
+    if config.broker.cluster.nats.is_some() {
+        anyhow::bail!("broker.cluster.nats: cluster mode is not in this version yet; remove the setting to run standalone");
+    }
     let origin = OriginPolicy::new(&config.websocket.approved_socket_domains)?;
     for warning in origin.warnings() {
         tracing::warn!("{warning}");

@@ -17,6 +17,8 @@ need_pkg() { # need_pkg COMMAND PACKAGE
 need_pkg node nodejs
 need_pkg npm npm
 need_pkg promtool prometheus
+need_pkg nats-server nats-server
+need_pkg haproxy haproxy
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

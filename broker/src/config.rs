@@ -535,6 +535,28 @@ impl Config {
                 ),
             ));
         }
+        let id = &self.broker.instance_id;
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || id.len() > 64
+        {
+            return Err(ConfigError::invalid(
+                "broker.instanceId",
+                format!("{id:?}: use at most 64 letters, digits, '-' or '_' (it is part of connection ids and NATS subjects)"),
+            ));
+        }
+        let subject = &self.broker.cluster.subject;
+        if subject
+            .split('.')
+            .any(|t| t.is_empty() || t.contains(['*', '>', ' ']))
+            && !subject.is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "broker.cluster.subject",
+                format!("{subject:?} is not a valid NATS subject prefix"),
+            ));
+        }
         if self.broker.shards > 1 << 16 {
             return Err(ConfigError::invalid("broker.shards", "at most 65536"));
         }

@@ -34,9 +34,24 @@ pub enum Routed {
 }
 
 impl Shared {
-    /// Delivers `frame` to `target` here (and, in a cluster, on the other instances),
-    /// counting it as one event of type `label`.
+    /// Delivers `frame` to `target` here and, in a cluster, on the other instances; counts it
+    /// as one event of type `label`. Returns the recipients on this instance.
     pub fn deliver(&self, target: &Target<'_>, frame: &Utf8Bytes, label: &str) -> usize {
+        let n = self.deliver_local(target, frame, label);
+        self.metrics.event(label);
+        if let Some(cluster) = &self.cluster {
+            if cluster.wants(target, &self.registry) && !cluster.forward(target, frame, label) {
+                self.metrics
+                    .cluster_messages
+                    .with_label_values(&["dropped"])
+                    .inc();
+            }
+        }
+        n
+    }
+
+    /// Delivers `frame` to `target` on this instance only (events from other instances).
+    pub fn deliver_local(&self, target: &Target<'_>, frame: &Utf8Bytes, _label: &str) -> usize {
         let started = Instant::now();
         let registry = &self.registry;
         let n = match target {
@@ -49,7 +64,6 @@ impl Shared {
                 .get_wire(wire_id)
                 .map_or(0, |c| usize::from(c.offer(frame))),
         };
-        self.metrics.event(label);
         self.metrics
             .fanout_duration
             .observe(started.elapsed().as_secs_f64());

@@ -11,10 +11,12 @@
 //! - [`fanout`]: routing and delivering one encoded event to many.
 //! - [`publish`]: `POST /api/publish`.
 //! - [`metrics`], [`ops`], [`admin`]: Prometheus metrics, health, the admin API.
+//! - [`cluster`]: sharing events with the other instances through NATS.
 //! - [`server`]: the accept loop, start-up and shutdown.
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod event;

@@ -120,10 +120,18 @@ async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
+/// 200 while accepting, 503 while draining. The body says how the cluster link is: an
+/// instance without NATS still serves its own clients, so it stays ready, but says so.
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.is_ready() {
-        (StatusCode::OK, "ready\n")
+    let (status, state) = if shared.is_ready() {
+        (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    }
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    };
+    let cluster = match &shared.cluster {
+        None => "standalone",
+        Some(c) if c.is_connected() => "connected to NATS",
+        Some(_) => "NATS unreachable: delivering to local clients only",
+    };
+    (status, format!("{state}\ncluster: {cluster}\n"))
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::handshake::{self, Admission, HeadError, Refusal, Request};
 use crate::metrics::{kind_label, Metrics};
@@ -32,6 +33,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub tokens: TokenVerifier,
     pub events: Activity,
+    /// Set in cluster mode: where events are shared with the other instances.
+    pub cluster: Option<Cluster>,
     /// Cancelled when every task is to stop: connections close with 1001.
     pub shutdown: CancellationToken,
     /// Cancelled when the listener is to stop accepting (drain, then shutdown).
@@ -161,9 +164,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
     if config.ssl {
         anyhow::bail!("ssl: TLS serving is not in this version yet; terminate TLS in front of the broker or set ssl to false");
     }
-    if config.broker.cluster.nats.is_some() {
-        anyhow::bail!("broker.cluster.nats: cluster mode is not in this version yet; remove the setting to run standalone");
-    }
     let origin = OriginPolicy::new(&config.websocket.approved_socket_domains)?;
     for warning in origin.warnings() {
         tracing::warn!("{warning}");
@@ -186,7 +186,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
 
     let limits = &config.broker.limits;
     let shutdown = CancellationToken::new();
+    let (cluster, cluster_task) = match &config.broker.cluster.nats {
+        Some(url) => {
+            let (c, t) = Cluster::new(url, &config.broker.cluster.subject, &instance);
+            (Some(c), Some(t))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
+        cluster,
         registry: Registry::new(&instance, config.shard_count(), limits.send_queue),
         tokens: TokenVerifier::new(config.broker.jwt_secret.as_deref()),
         metrics: Metrics::new(),
@@ -207,6 +215,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
     let tracker = TaskTracker::new();
     tracker.spawn(accept_loop(listener, shared.clone(), tracker.clone()));
     tracker.spawn(crate::ops::serve(ops_listener, shared.clone()));
+    if let Some(task) = cluster_task {
+        tracker.spawn(crate::cluster::run(task, shared.clone()));
+    }
     tracing::info!(
         instance = %instance,
         ws = %ws_addr,

@@ -1,0 +1,269 @@
+//! Cluster mode: several instances behind a load balancer share events through NATS.
+//!
+//! Every event delivered on one instance because a publisher, the admin API or a broadcast
+//! Echo produced it is also published to NATS once; every other instance delivers it to its
+//! own matching clients and never forwards it again. So each client gets it exactly once:
+//! from its own instance's local delivery, or from the one NATS message.
+//!
+//! Subjects (prefix `broker.cluster.subject`, default `broker`):
+//! - `<prefix>.all`: every connection;
+//! - `<prefix>.user`: one user's connections (header `Broker-User`);
+//! - `<prefix>.conn.<instance>`: one connection of that instance (header `Broker-To`), so a
+//!   MetaRequest reply reaches only the instance that holds the client.
+//!
+//! Publishing goes through a bounded queue to one task, so a publisher is never slowed by NATS
+//! and events from one instance keep their order. While NATS is unreachable the instance keeps
+//! serving its own clients, counts what it could not share as `dropped`, says so in `/readyz`
+//! and the log, and resumes when NATS returns (the client reconnects by itself).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::event::TYPE_LABELS;
+use crate::fanout::Target;
+use crate::registry::Registry;
+use crate::server::Shared;
+
+const H_INSTANCE: &str = "Broker-Instance";
+const H_USER: &str = "Broker-User";
+const H_TO: &str = "Broker-To";
+const H_TYPE: &str = "Broker-Type";
+
+/// One event on its way to the other instances.
+struct Outgoing {
+    subject: String,
+    headers: HeaderMap,
+    frame: Utf8Bytes,
+}
+
+/// The instance's side of the cluster: where forwarded events go.
+pub struct Cluster {
+    prefix: String,
+    instance: String,
+    tx: mpsc::Sender<Outgoing>,
+    /// The NATS link is up (from the client's events).
+    connected: Arc<AtomicBool>,
+    /// Our subscriptions are known to the server (set once, after the first flush).
+    subscribed: Arc<AtomicBool>,
+}
+
+/// The receiving end, handed to [`run`].
+pub struct ClusterTask {
+    url: String,
+    rx: mpsc::Receiver<Outgoing>,
+}
+
+impl Cluster {
+    /// A cluster handle and its task, for `url` (one or more NATS URLs, comma separated).
+    pub fn new(url: &str, prefix: &str, instance: &str) -> (Cluster, ClusterTask) {
+        let (tx, rx) = mpsc::channel(64 * 1024);
+        let prefix = if prefix.is_empty() { "broker" } else { prefix };
+        (
+            Cluster {
+                prefix: prefix.to_string(),
+                instance: instance.to_string(),
+                tx,
+                connected: Arc::new(AtomicBool::new(false)),
+                subscribed: Arc::new(AtomicBool::new(false)),
+            },
+            ClusterTask {
+                url: url.to_string(),
+                rx,
+            },
+        )
+    }
+
+    /// Connected, with our subscriptions in place: events flow both ways.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed) && self.subscribed.load(Ordering::Relaxed)
+    }
+
+    /// Shares an event that was just delivered here with the other instances. Returns false
+    /// when it could not be (NATS down, or the queue full); the caller counts it.
+    pub fn forward(&self, target: &Target<'_>, frame: &Utf8Bytes, label: &str) -> bool {
+        let mut headers = HeaderMap::new();
+        headers.insert(H_INSTANCE, self.instance.as_str());
+        headers.insert(H_TYPE, label);
+        let subject = match target {
+            Target::All { .. } => format!("{}.all", self.prefix),
+            Target::User { user, .. } => {
+                headers.insert(H_USER, *user);
+                format!("{}.user", self.prefix)
+            }
+            Target::Connection(wire_id) => {
+                let Some((instance, _)) = Registry::parse_wire_id(wire_id) else {
+                    return true;
+                };
+                if instance == self.instance {
+                    return true;
+                }
+                headers.insert(H_TO, *wire_id);
+                format!("{}.conn.{instance}", self.prefix)
+            }
+        };
+        if !self.is_connected() {
+            return false;
+        }
+        self.tx
+            .try_send(Outgoing {
+                subject,
+                headers,
+                frame: frame.clone(),
+            })
+            .is_ok()
+    }
+
+    /// Whether a local delivery to `target` should also go to the cluster.
+    pub fn wants(&self, target: &Target<'_>, registry: &Registry) -> bool {
+        match target {
+            Target::Connection(wire_id) => registry.get_wire(wire_id).is_none(),
+            _ => true,
+        }
+    }
+}
+
+/// Connects to NATS (retrying for ever), subscribes, and moves events both ways until
+/// shutdown.
+pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
+    let Some(cluster) = shared.cluster.as_ref() else {
+        return;
+    };
+    let connected = cluster.connected.clone();
+    let subscribed = cluster.subscribed.clone();
+    let gauge = shared.metrics.cluster_connected.clone();
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("broker-{}", cluster.instance))
+        .no_echo()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempt| Duration::from_millis((100 * attempt as u64).min(2000)))
+        .event_callback(move |event| {
+            let connected = connected.clone();
+            let subscribed = subscribed.clone();
+            let gauge = gauge.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        connected.store(true, Ordering::Relaxed);
+                        gauge.set(i64::from(subscribed.load(Ordering::Relaxed)));
+                        tracing::info!(
+                            "cluster: connected to NATS, sharing events with the other instances"
+                        );
+                    }
+                    async_nats::Event::Disconnected => {
+                        connected.store(false, Ordering::Relaxed);
+                        gauge.set(0);
+                        tracing::warn!(
+                            "cluster: lost NATS; serving local clients only until it returns"
+                        );
+                    }
+                    other => tracing::debug!(event = %other, "cluster: NATS event"),
+                }
+            }
+        });
+    let client = match options.connect(task.url.as_str()).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, url = %task.url, "cluster: cannot use NATS; running standalone");
+            return;
+        }
+    };
+    let prefix = &cluster.prefix;
+    let mut subscriptions = Vec::new();
+    for subject in [
+        format!("{prefix}.all"),
+        format!("{prefix}.user"),
+        format!("{prefix}.conn.{}", cluster.instance),
+    ] {
+        match client.subscribe(subject.clone()).await {
+            Ok(s) => subscriptions.push(s),
+            Err(e) => {
+                tracing::error!(error = %e, subject, "cluster: cannot subscribe; running standalone");
+                return;
+            }
+        }
+    }
+    // One round trip makes sure the server has our subscriptions before we say we are in.
+    // (On a reconnect the client sends them again before it reports Connected.)
+    loop {
+        if client.flush().await.is_ok() {
+            break;
+        }
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    cluster.subscribed.store(true, Ordering::Relaxed);
+    shared
+        .metrics
+        .cluster_connected
+        .set(i64::from(cluster.connected.load(Ordering::Relaxed)));
+    let mut incoming = futures_util::stream::select_all(subscriptions);
+    let mut rx = task.rx;
+    let m = &shared.metrics;
+    let (out, inn, dropped) = (
+        m.cluster_messages.with_label_values(&["out"]),
+        m.cluster_messages.with_label_values(&["in"]),
+        m.cluster_messages.with_label_values(&["dropped"]),
+    );
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            Some(msg) = rx.recv() => {
+                let sent = client
+                    .publish_with_headers(msg.subject, msg.headers, msg.frame.into())
+                    .await;
+                match sent {
+                    Ok(()) => out.inc(),
+                    Err(e) => {
+                        dropped.inc();
+                        tracing::debug!(error = %e, "cluster: publish failed");
+                    }
+                }
+            }
+            Some(msg) = incoming.next() => {
+                inn.inc();
+                deliver_incoming(&shared, msg);
+            }
+        }
+    }
+    let _ = client.flush().await;
+}
+
+fn deliver_incoming(shared: &Shared, msg: async_nats::Message) {
+    let Some(headers) = &msg.headers else {
+        return;
+    };
+    let header = |name: &str| headers.get(name).map(|v| v.as_str());
+    let Some(cluster) = &shared.cluster else {
+        return;
+    };
+    if header(H_INSTANCE) == Some(cluster.instance.as_str()) {
+        return;
+    }
+    let Ok(frame) = Utf8Bytes::try_from(msg.payload) else {
+        return;
+    };
+    let label = header(H_TYPE)
+        .and_then(|t| TYPE_LABELS.iter().find(|l| **l == t))
+        .copied()
+        .unwrap_or("other");
+    let target = if msg.subject.ends_with(".all") {
+        Target::All { except: None }
+    } else if let Some(user) = header(H_USER) {
+        Target::User { user, except: None }
+    } else if let Some(to) = header(H_TO) {
+        Target::Connection(to)
+    } else {
+        return;
+    };
+    shared.deliver_local(&target, &frame, label);
+}

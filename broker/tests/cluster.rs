@@ -1,0 +1,230 @@
+//! Several brokers sharing events through a real `nats-server` (PROTOCOL.md part 4).
+
+mod common;
+use std::process::{Child, Command, Stdio};
+
+use broker::server::RunningBroker;
+use common::*;
+use serde_json::{json, Value};
+
+/// A `nats-server` on a loopback port, killed when dropped.
+struct Nats {
+    child: Child,
+    port: u16,
+}
+
+impl Nats {
+    fn start(port: u16) -> Nats {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (install it: apt-get install nats-server)");
+        Nats { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn cluster_connected(b: &RunningBroker) -> bool {
+    let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
+    metric(&m, "broker_cluster_connected") == 1.0
+}
+
+async fn instances(nats: &Nats, names: &[&str]) -> Vec<RunningBroker> {
+    let mut out = Vec::new();
+    for name in names {
+        out.push(
+            start_with(json!({"broker": {"instanceId": name, "drainWindow": 0.2, "cluster": {"nats": nats.url(), "subject": "test"}}}))
+                .await,
+        );
+    }
+    for b in &out {
+        eventually("every instance joined the cluster", || cluster_connected(b)).await;
+    }
+    out
+}
+
+/// Reads `ws` until `ev` arrives, then checks with an echo round trip that it did not come
+/// twice.
+async fn expect_once(ws: &mut Client, ev: &Value) {
+    assert_eq!(&recv_json(ws).await, ev);
+    assert_nothing_pending(ws).await;
+}
+
+async fn user(addr: std::net::SocketAddr, name: &str) -> Client {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": name, "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("token");
+    connect_with(
+        addr,
+        &format!("/?token={token}"),
+        &[("origin", "http://localhost")],
+    )
+    .await
+    .expect("connects")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_every_matching_client_on_every_instance_exactly_once() {
+    let nats = Nats::start(free_port());
+    let bs = instances(&nats, &["a", "b", "c"]).await;
+    let mut clients = Vec::new();
+    for b in &bs {
+        clients.push(client(b.ws_addr()).await);
+        clients.push(client(b.ws_addr()).await);
+    }
+    let mut publ = publisher(bs[0].ws_addr()).await;
+
+    // A publisher's broadcast on a.
+    let ev = json!({"eventType": 6, "files": ["f"], "from": "publisher on a"});
+    send_json(&mut publ, &ev).await;
+    for ws in clients.iter_mut() {
+        expect_once(ws, &ev).await;
+    }
+    // A broadcast Echo from a client on b reaches everyone, the sender included, once.
+    let echo = json!({"eventType": 10, "message": "hi all", "broadcast": true});
+    send_json(&mut clients[2], &echo).await;
+    for ws in clients.iter_mut() {
+        expect_once(ws, &echo).await;
+    }
+    assert_eq!(recv_json(&mut publ).await, echo);
+    // The admin API on c.
+    let inj = json!({"eventType": 2, "username": "x"});
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (status, _) = http_request(
+        bs[2].ops_addr(),
+        "POST",
+        "/admin/events",
+        &[("authorization", &auth)],
+        &json!({"event": inj, "target": "all"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    for ws in clients.iter_mut() {
+        expect_once(ws, &inj).await;
+    }
+    // "all" from the admin API includes the publishers.
+    expect_once(&mut publ, &inj).await;
+
+    // A user event: alice on b and c, bob on a; published on a.
+    let mut alice_b = user(bs[1].ws_addr(), "alice").await;
+    let mut alice_c = user(bs[2].ws_addr(), "alice").await;
+    let mut bob_a = user(bs[0].ws_addr(), "bob").await;
+    let mut publ_c = publisher(bs[2].ws_addr()).await;
+    let login = json!({"eventType": 1, "username": "alice"});
+    send_json(&mut publ, &login).await;
+    expect_once(&mut alice_b, &login).await;
+    expect_once(&mut alice_c, &login).await;
+    expect_once(&mut publ_c, &login).await;
+    assert_nothing_pending(&mut bob_a).await;
+    for ws in clients.iter_mut() {
+        assert_nothing_pending(ws).await;
+    }
+
+    // `to` a connection on another instance: alice on c asks, the publisher on a answers.
+    send_json(&mut alice_c, &json!({"eventType": 9, "property": "p"})).await;
+    let req = recv_json(&mut publ_c).await;
+    let from = req["from"].as_str().expect("from").to_string();
+    assert!(from.starts_with("c."), "{from}");
+    let reply = json!({"eventType": 9, "to": from, "property": "p", "val": 1});
+    send_json(&mut publ, &reply).await;
+    expect_once(&mut alice_c, &reply).await;
+    assert_nothing_pending(&mut alice_b).await;
+
+    for b in bs {
+        b.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_nats_keeps_local_delivery_and_resumes_when_it_returns() {
+    let mut nats = Nats::start(free_port());
+    let bs = instances(&nats, &["a", "b"]).await;
+    let mut on_a = client(bs[0].ws_addr()).await;
+    let mut on_b = client(bs[1].ws_addr()).await;
+    let mut publ = publisher(bs[0].ws_addr()).await;
+
+    nats.stop();
+    eventually("a notices NATS is gone", || async {
+        !cluster_connected(&bs[0]).await
+    })
+    .await;
+    let (status, body) = http_get(bs[0].ops_addr(), "/readyz", None).await;
+    assert_eq!(status, 200, "still serving its own clients");
+    assert!(body.contains("NATS unreachable"), "{body}");
+    let local = json!({"eventType": 6, "files": [], "n": "while NATS is down"});
+    send_json(&mut publ, &local).await;
+    expect_once(&mut on_a, &local).await;
+    assert_nothing_pending(&mut on_b).await;
+    let (_, m) = http_get(bs[0].ops_addr(), "/metrics", None).await;
+    assert!(metric(&m, r#"broker_cluster_messages_total{direction="dropped"}"#) >= 1.0);
+
+    let _nats = Nats::start(nats.port);
+    for b in &bs {
+        eventually("reconnected to NATS", || cluster_connected(b)).await;
+    }
+    let back = json!({"eventType": 6, "files": [], "n": "after NATS returned"});
+    send_json(&mut publ, &back).await;
+    expect_once(&mut on_a, &back).await;
+    expect_once(&mut on_b, &back).await;
+    for b in bs {
+        b.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_instance_sends_its_clients_elsewhere() {
+    let nats = Nats::start(free_port());
+    let mut bs = instances(&nats, &["a", "b"]).await;
+    let mut on_a = client(bs[0].ws_addr()).await;
+    let mut on_b = client(bs[1].ws_addr()).await;
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (status, _) = http_request(
+        bs[0].ops_addr(),
+        "POST",
+        "/admin/drain",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(close_code(&mut on_a).await, 1001);
+    let drained = bs.remove(0);
+    drained.stopping().await;
+    drained.shutdown().await;
+    // The client reconnects to the instance that is left, which kept serving throughout.
+    let mut again = client(bs[0].ws_addr()).await;
+    let ev = json!({"eventType": 10, "message": "still here", "broadcast": true});
+    send_json(&mut on_b, &ev).await;
+    expect_once(&mut on_b, &ev).await;
+    expect_once(&mut again, &ev).await;
+    bs.remove(0).shutdown().await;
+}

@@ -603,6 +603,7 @@ impl Config {
                 }
             }
         }
+        crate::tls::acceptor(self)?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! - [`event`]: the event table, SIMD decoding, the error event.
 //! - [`handshake`]: the HTTP request head, admission, plain HTTP answers.
 //! - [`auth`]: user tokens (HS256 JWT).
+//! - [`tls`]: `wss://` with rustls, from the Users config's `ssl*` keys.
 //! - [`connection`]: one client: reader, writer, send queue.
 //! - [`registry`]: the sharded connection map.
 //! - [`fanout`]: routing and delivering one encoded event to many.
@@ -28,3 +29,4 @@ pub mod origin;
 pub mod publish;
 pub mod registry;
 pub mod server;
+pub mod tls;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -33,6 +34,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub tokens: TokenVerifier,
     pub events: Activity,
+    /// Set when `ssl` is on: the WebSocket port serves `wss://` only.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// Set in cluster mode: where events are shared with the other instances.
     pub cluster: Option<Cluster>,
     /// Cancelled when every task is to stop: connections close with 1001.
@@ -160,10 +163,7 @@ fn random_instance_id() -> String {
 
 /// Binds both listeners and starts serving. Fails if a port cannot be bound.
 pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
-    // Refuse rather than quietly serve plain ws:// or run alone when the operator asked for more.
-    if config.ssl {
-        anyhow::bail!("ssl: TLS serving is not in this version yet; terminate TLS in front of the broker or set ssl to false");
-    }
+    let tls = crate::tls::acceptor(&config)?;
     let origin = OriginPolicy::new(&config.websocket.approved_socket_domains)?;
     for warning in origin.warnings() {
         tracing::warn!("{warning}");
@@ -194,6 +194,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         None => (None, None),
     };
     let shared = Arc::new(Shared {
+        tls,
         cluster,
         registry: Registry::new(&instance, config.shard_count(), limits.send_queue),
         tokens: TokenVerifier::new(config.broker.jwt_secret.as_deref()),
@@ -242,7 +243,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
         };
         match accepted {
             Ok((stream, peer)) => {
-                tracker.spawn(handle_socket(stream, peer, shared.clone()));
+                tracker.spawn(serve_socket(stream, peer, shared.clone()));
             }
             Err(e) => {
                 // Out of file descriptors, most likely: back off instead of spinning.
@@ -254,9 +255,32 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
     tracing::info!("stopped accepting connections");
 }
 
-/// One accepted socket: read its request, then upgrade it, publish, or refuse it.
-async fn handle_socket(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// One accepted socket: TLS first when `ssl` is on, then the request.
+async fn serve_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
+    let Some(acceptor) = shared.tls.clone() else {
+        return handle_socket(stream, peer, shared).await;
+    };
+    let timeout = shared.config.broker.limits.handshake_timeout();
+    let accepted = tokio::select! {
+        () = shared.shutdown.cancelled() => return,
+        r = tokio::time::timeout(timeout, acceptor.accept(stream)) => r,
+    };
+    match accepted {
+        Ok(Ok(tls)) => handle_socket(tls, peer, shared).await,
+        Ok(Err(e)) => {
+            shared.metrics.refused("bad_request");
+            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => shared.metrics.refused("handshake_timeout"),
+    }
+}
+
+/// One socket (plain or TLS): read its request, then upgrade it, publish, or refuse it.
+async fn handle_socket<S>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let started = Instant::now();
     let timeout = shared.config.broker.limits.handshake_timeout();
     let head = tokio::select! {
@@ -337,13 +361,15 @@ fn admit(req: &Request, shared: &Shared) -> Result<Admission, Refusal> {
     })
 }
 
-async fn upgrade(
-    mut stream: TcpStream,
+async fn upgrade<S>(
+    mut stream: S,
     peer: SocketAddr,
     req: Request,
     shared: Arc<Shared>,
     started: Instant,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let m = &shared.metrics;
     let refuse =
         |status: u16, reason: &'static str, message: String| Refusal::new(status, reason, message);

@@ -187,26 +187,3 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
         assert!(tokio::net::TcpStream::connect(ws_addr).await.is_err());
     }
 }
-
-#[test]
-fn tls_until_implemented_stops_start_up() {
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    let cases = [(
-        format!(
-            r#"{{"websocket":{{"port":0}},"broker":{{"ops":{{"port":0}}}},"ssl":true,"sslKey":"{manifest}","sslCert":"{manifest}"}}"#
-        ),
-        "ssl: TLS serving is not in this version",
-    )];
-    for (text, needle) in cases {
-        let f = write_config(&text);
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(f.path())
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains(needle), "{stderr}");
-    }
-}

@@ -1,0 +1,252 @@
+//! The app: owns the model, the panels' state and the network worker's handle. Each frame it
+//! folds the worker's updates into the model, lays out the panels, and sends the commands the
+//! panels produced. Nothing here waits on the network.
+
+use std::time::Duration;
+
+use egui::RichText;
+
+use crate::client::{Client, Command, LinkStatus, Token};
+use crate::panels::charts::Charts;
+use crate::panels::connect::{self, ConnectAction, ConnectForm};
+use crate::panels::connections::{ConnectionsPanel, DetailAction};
+use crate::panels::inject::InjectPanel;
+use crate::panels::{activity, danger_button, summary};
+use crate::settings::{Settings, SettingsStore};
+use crate::state::{Level, Model};
+
+/// How the app starts.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Ops URL and token given on the command line or in the environment: connect at once,
+    /// and do not write them to the settings file.
+    pub url: Option<String>,
+    pub token: Option<Token>,
+    pub settings: SettingsStore,
+}
+
+pub struct AdminApp {
+    client: Client,
+    model: Model,
+    settings: SettingsStore,
+    saved: Settings,
+    form: ConnectForm,
+    connections: ConnectionsPanel,
+    charts: Charts,
+    inject: InjectPanel,
+    confirm_drain: bool,
+    last_selected: Option<String>,
+}
+
+impl AdminApp {
+    pub fn new(ctx: &egui::Context, options: Options) -> std::io::Result<AdminApp> {
+        let wake = ctx.clone();
+        let client = Client::spawn(move || wake.request_repaint())?;
+        let saved = options.settings.load();
+        let from_command_line = options.url.is_some() || options.token.is_some();
+        let form = ConnectForm {
+            url: options.url.unwrap_or_else(|| saved.url.clone()),
+            token: options
+                .token
+                .map_or_else(|| saved.token.clone(), |t| t.expose().to_string()),
+        };
+        let mut app = AdminApp {
+            client,
+            model: Model::default(),
+            settings: options.settings,
+            saved,
+            form,
+            connections: ConnectionsPanel::default(),
+            charts: Charts::default(),
+            inject: InjectPanel::default(),
+            confirm_drain: false,
+            last_selected: None,
+        };
+        if from_command_line || (!app.form.url.is_empty() && !app.form.token.is_empty()) {
+            app.connect(false);
+        }
+        Ok(app)
+    }
+
+    /// The model, for tests.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    fn connect(&mut self, remember: bool) {
+        let url = self.form.url.trim().to_string();
+        if remember {
+            let settings = Settings {
+                url: url.clone(),
+                token: self.form.token.clone(),
+            };
+            if settings != self.saved {
+                match self.settings.save(&settings) {
+                    Ok(()) => self.saved = settings,
+                    Err(e) => self.model.note(
+                        Level::Warning,
+                        format!("could not remember the URL and token: {e}"),
+                    ),
+                }
+            }
+        }
+        self.client.send(Command::Connect {
+            url,
+            token: Token::new(self.form.token.trim()),
+        });
+    }
+
+    /// Draws the whole window. `eframe::App::ui` calls this; tests call it through kittest.
+    pub fn show(&mut self, ui: &mut egui::Ui) {
+        for update in self.client.poll() {
+            self.model.apply(update);
+        }
+        let mut commands = Vec::new();
+
+        let mut action = None;
+        egui::Panel::top("connect-bar")
+            .frame(egui::Frame::side_top_panel(ui.style()).inner_margin(8.0))
+            .show(ui, |ui| {
+                action = connect::bar(ui, &mut self.form, &self.model.link);
+            });
+
+        if self.model.has_data() {
+            self.data_panels(ui, &mut commands, &mut action);
+        } else {
+            egui::CentralPanel::default().show(ui, |ui| {
+                action = action.or(connect::status_page(ui, &self.model.link));
+            });
+        }
+
+        match action {
+            Some(ConnectAction::Connect) => self.connect(true),
+            Some(ConnectAction::Disconnect) => commands.push(Command::Disconnect),
+            Some(ConnectAction::RetryNow) => commands.push(Command::RetryNow),
+            None => {}
+        }
+
+        let ctx = ui.ctx().clone();
+        self.connections
+            .kick_dialog(&ctx, &mut self.model, &mut commands);
+        self.drain_dialog(&ctx, &mut commands);
+
+        for command in commands {
+            self.client.send(command);
+        }
+        // Countdowns and connection ages move even when nothing arrives.
+        if matches!(
+            self.model.link,
+            LinkStatus::Unreachable { .. } | LinkStatus::Reconnecting { .. }
+        ) {
+            ctx.request_repaint_after(Duration::from_millis(250));
+        } else if self.model.has_data() {
+            ctx.request_repaint_after(Duration::from_secs(1));
+        }
+    }
+
+    fn data_panels(
+        &mut self,
+        ui: &mut egui::Ui,
+        commands: &mut Vec<Command>,
+        action: &mut Option<ConnectAction>,
+    ) {
+        let mut drain = false;
+        egui::Panel::top("summary")
+            .frame(
+                egui::Frame::side_top_panel(ui.style()).inner_margin(egui::Margin::symmetric(8, 4)),
+            )
+            .show(ui, |ui| {
+                drain = summary::show(ui, &self.model);
+            });
+        if drain {
+            self.confirm_drain = true;
+        }
+
+        let selected = self.model.selected().map(str::to_owned);
+        if selected != self.last_selected {
+            self.inject.follow_selection(selected.as_deref());
+            self.last_selected = selected;
+        }
+        egui::Panel::right("side")
+            .resizable(true)
+            .default_size(400.0)
+            .min_size(320.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical()
+                    .auto_shrink([false, false])
+                    .show(ui, |ui| {
+                        if let Some(DetailAction::InjectTo(id)) =
+                            self.connections.details(ui, &mut self.model)
+                        {
+                            self.inject.target_connection(&id);
+                        }
+                        ui.add_space(6.0);
+                        ui.separator();
+                        self.inject.show(ui, &mut self.model, commands);
+                    });
+            });
+
+        // After the side panel, so the side panel keeps the full height.
+        egui::Panel::bottom("activity")
+            .resizable(true)
+            .default_size(100.0)
+            .show(ui, |ui| activity::show(ui, &self.model));
+
+        egui::CentralPanel::default().show(ui, |ui| {
+            if let Some(a) = connect::reconnect_banner(ui, &self.model.link) {
+                *action = Some(a);
+            }
+            self.charts.show(ui, self.model.history.samples());
+            ui.add_space(6.0);
+            ui.separator();
+            self.connections.table(ui, &mut self.model, commands);
+        });
+    }
+
+    fn drain_dialog(&mut self, ctx: &egui::Context, commands: &mut Vec<Command>) {
+        if !self.confirm_drain {
+            return;
+        }
+        let (instance, clients) = self.model.stats.as_ref().map_or((String::new(), 0), |s| {
+            (
+                s.instance.clone(),
+                s.connections.clients + s.connections.publishers,
+            )
+        });
+        let mut close = false;
+        let modal = egui::Modal::new(egui::Id::unique("drain-dialog")).show(ctx, |ui| {
+            ui.set_width(420.0);
+            ui.label(
+                RichText::new(format!("Drain instance {instance}?"))
+                    .strong()
+                    .size(16.0),
+            );
+            ui.add_space(4.0);
+            ui.label(format!(
+                "The instance stops being ready, closes its {clients} connections over the drain \
+                 window (clients reconnect to other instances), then exits. This cannot be undone \
+                 from here."
+            ));
+            ui.add_space(8.0);
+            ui.horizontal(|ui| {
+                if ui.add(danger_button("Drain instance")).clicked() {
+                    self.model.clear_outcome(crate::client::Action::Drain);
+                    commands.push(Command::Drain);
+                    close = true;
+                }
+                if ui.button("Cancel").clicked() {
+                    close = true;
+                }
+            });
+        });
+        if close || modal.should_close() {
+            self.confirm_drain = false;
+        }
+    }
+}
+
+impl eframe::App for AdminApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.show(ui);
+    }
+}

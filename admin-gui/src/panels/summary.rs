@@ -1,0 +1,138 @@
+//! The instance line (id, version, uptime, ready) and the headline numbers, with the drain
+//! button: what an operator glances at first.
+
+use egui::{Align, Color32, Layout, RichText};
+
+use super::{caption, danger_button, palette, status};
+use crate::format;
+use crate::state::Model;
+
+/// Returns true when the operator asks to drain (the app then asks for confirmation).
+pub fn show(ui: &mut egui::Ui, model: &Model) -> bool {
+    let Some(stats) = &model.stats else {
+        return false;
+    };
+    let mut drain = false;
+    ui.add_space(2.0);
+    ui.horizontal(|ui| {
+        ui.label(caption("INSTANCE"));
+        ui.label(RichText::new(&stats.instance).monospace().strong());
+        ui.label(caption("VERSION"));
+        ui.label(&stats.version);
+        ui.label(caption("UP"));
+        ui.label(format::duration(stats.uptime_seconds));
+        if stats.ready {
+            status(ui, palette::GOOD, "Ready");
+        } else {
+            status(ui, palette::WARN, "Draining / not ready");
+        }
+        ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
+            let button = ui
+                .add_enabled(stats.ready, danger_button("Drain instance…"))
+                .on_hover_text(
+                    "Stop accepting, close every client over the drain window, then exit",
+                )
+                .on_disabled_hover_text("This instance is already draining");
+            drain = button.clicked();
+        });
+    });
+    ui.add_space(4.0);
+
+    let latest = model.history.latest().copied().unwrap_or_default();
+    let t = stats.totals;
+    ui.horizontal(|ui| {
+        kpi(
+            ui,
+            "CLIENTS",
+            format::count(stats.connections.clients),
+            None,
+            palette::ACCENT,
+        );
+        kpi(
+            ui,
+            "PUBLISHERS",
+            format::count(stats.connections.publishers),
+            None,
+            palette::PUBLISHER,
+        );
+        kpi(
+            ui,
+            "MESSAGES IN / S",
+            format::rate(latest.messages_in),
+            Some(format!("{} total", format::count(t.messages_in))),
+            palette::ACCENT,
+        );
+        kpi(
+            ui,
+            "MESSAGES OUT / S",
+            format::rate(latest.messages_out),
+            Some(format!("{} total", format::count(t.messages_out))),
+            palette::OUT,
+        );
+        kpi(
+            ui,
+            "EVENTS / S",
+            format::rate(latest.events),
+            Some(format!("{} total", format::count(t.events))),
+            Color32::LIGHT_GRAY,
+        );
+        kpi(
+            ui,
+            "REFUSED / S",
+            format::rate(latest.refused),
+            Some(format!("{} total", format::count(t.refused))),
+            if latest.refused > 0.0 {
+                palette::WARN
+            } else {
+                Color32::LIGHT_GRAY
+            },
+        );
+        kpi(
+            ui,
+            "SLOW-CONSUMER DROPS",
+            format::count(t.slow_consumer_drops),
+            Some(format!("{}/s now", format::rate(latest.slow_drops))),
+            if latest.slow_drops > 0.0 {
+                palette::BAD
+            } else {
+                Color32::LIGHT_GRAY
+            },
+        );
+        kpi(
+            ui,
+            "DECODE ERRORS",
+            format::count(t.decode_errors),
+            Some(format!("{}/s now", format::rate(latest.decode_errors))),
+            Color32::LIGHT_GRAY,
+        );
+        kpi(
+            ui,
+            "TRAFFIC IN / OUT",
+            format!(
+                "{} / {}",
+                format::bytes(t.bytes_in),
+                format::bytes(t.bytes_out)
+            ),
+            None,
+            Color32::LIGHT_GRAY,
+        );
+    });
+    ui.add_space(4.0);
+    drain
+}
+
+fn kpi(ui: &mut egui::Ui, title: &str, value: String, sub: Option<String>, color: Color32) {
+    egui::Frame::new()
+        .fill(ui.visuals().faint_bg_color)
+        .stroke(ui.visuals().widgets.noninteractive.bg_stroke)
+        .corner_radius(4.0)
+        .inner_margin(egui::Margin::symmetric(10, 6))
+        .show(ui, |ui| {
+            ui.set_min_width(104.0);
+            ui.vertical(|ui| {
+                ui.label(caption(title));
+                ui.label(RichText::new(value).size(20.0).strong().color(color));
+                ui.label(caption(sub.as_deref().unwrap_or(" ")));
+            });
+        });
+}

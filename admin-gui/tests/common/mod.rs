@@ -1,0 +1,215 @@
+//! A real broker on loopback for the UI tests, test WebSocket clients, and a harness helper
+//! that steps the UI until a condition holds (with a deadline, never a bare sleep).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use admin_gui::client::Token;
+use admin_gui::settings::SettingsStore;
+use admin_gui::{AdminApp, Options};
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::MaybeTlsStream;
+
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+const CONFIG: &str = r#"{"websocket":{"port":0,"host":"127.0.0.1","approvedSocketDomains":["^http://localhost$"],"socketApiKey":"publisher-key-123"},"broker":{"ops":{"port":0},"admin":{"token":"admin-token-0123456789"}}}"#;
+
+/// A broker running on its own tokio runtime, so that the test thread can drive the UI
+/// synchronously. Shut down on drop.
+pub struct TestBroker {
+    pub ws: SocketAddr,
+    pub ops: SocketAddr,
+    running: Option<broker::server::RunningBroker>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl TestBroker {
+    pub fn start() -> TestBroker {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let config = broker::config::Config::from_json_str(CONFIG, "test").expect("test config");
+        let running = runtime
+            .block_on(broker::server::start(config))
+            .expect("broker starts");
+        TestBroker {
+            ws: running.ws_addr(),
+            ops: running.ops_addr(),
+            running: Some(running),
+            runtime,
+        }
+    }
+
+    pub fn ops_url(&self) -> String {
+        format!("http://{}", self.ops)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.running.as_ref().is_some_and(|r| r.shared().is_ready())
+    }
+
+    /// Opens an approved client connection (`Origin: http://localhost`).
+    pub fn client(&self) -> WsClient {
+        self.connect(("Origin", "http://localhost"))
+    }
+
+    /// Opens a publisher connection (the `users-api-key` header, no origin).
+    pub fn publisher(&self) -> WsClient {
+        self.connect(("users-api-key", "publisher-key-123"))
+    }
+
+    fn connect(&self, header: (&'static str, &'static str)) -> WsClient {
+        let url = format!("ws://{}/", self.ws);
+        let (ws, local) = self.runtime.block_on(async {
+            let mut request = url.into_client_request().unwrap();
+            request
+                .headers_mut()
+                .insert(header.0, header.1.parse().unwrap());
+            let (ws, _) = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio_tungstenite::connect_async(request),
+            )
+            .await
+            .expect("connect in time")
+            .expect("client connects");
+            let local = match ws.get_ref() {
+                MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap(),
+                _ => unreachable!("plain ws://"),
+            };
+            (ws, local)
+        });
+        let (tx, rx) = mpsc::channel();
+        let (mut sink, mut stream) = ws.split();
+        let (close_tx, mut close_rx) = tokio::sync::oneshot::channel::<()>();
+        self.runtime.spawn(async move {
+            loop {
+                tokio::select! {
+                    m = stream.next() => match m {
+                        Some(Ok(m)) => {
+                            let last = m.is_close();
+                            if tx.send(m).is_err() || last {
+                                break;
+                            }
+                        }
+                        _ => break,
+                    },
+                    _ = &mut close_rx => {
+                        use futures_util::SinkExt;
+                        let _ = sink.send(Message::Close(None)).await;
+                        break;
+                    }
+                }
+            }
+        });
+        WsClient {
+            local,
+            messages: rx,
+            close: Some(close_tx),
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            self.runtime.block_on(running.shutdown());
+        }
+    }
+}
+
+/// A test client: its address as the broker sees it, and what it received.
+pub struct WsClient {
+    pub local: SocketAddr,
+    messages: mpsc::Receiver<Message>,
+    close: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl WsClient {
+    /// The remote address the broker (and so the table) shows for this client.
+    pub fn addr(&self) -> String {
+        self.local.to_string()
+    }
+
+    /// Waits for a message that satisfies `pred`, up to `timeout`.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Message) -> bool) -> Option<Message> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.messages.recv_timeout(left) {
+                Ok(m) if pred(&m) => return Some(m),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Closes the connection from the client side.
+    pub fn close(&mut self) {
+        if let Some(tx) = self.close.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The app connected to `url` with `token`, remembering nothing on disk.
+pub fn app(url: &str, token: &str) -> Harness<'static, AdminApp> {
+    let ctx = egui::Context::default();
+    let app = AdminApp::new(
+        &ctx,
+        Options {
+            url: Some(url.to_string()),
+            token: Some(Token::new(token)),
+            settings: SettingsStore::in_memory(),
+        },
+    )
+    .expect("app starts");
+    Harness::builder()
+        .with_size([1500.0, 950.0])
+        .build_ui_state(|ui, app: &mut AdminApp| app.show(ui), app)
+}
+
+/// Steps the UI until `cond` holds; panics with `what` after `timeout`.
+pub fn step_until(
+    harness: &mut Harness<'static, AdminApp>,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&Harness<'static, AdminApp>) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        harness.step();
+        if cond(harness) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        // Let the worker thread and the broker run between frames.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Steps until a widget with exactly this label is shown.
+pub fn wait_for_label(harness: &mut Harness<'static, AdminApp>, label: &str, timeout: Duration) {
+    step_until(harness, &format!("label {label:?}"), timeout, |h| {
+        h.query_all_by_label(label).next().is_some()
+    });
+}
+
+/// Steps until no widget with exactly this label is shown.
+pub fn wait_for_no_label(harness: &mut Harness<'static, AdminApp>, label: &str, timeout: Duration) {
+    step_until(harness, &format!("label {label:?} to go"), timeout, |h| {
+        h.query_all_by_label(label).next().is_none()
+    });
+}
+
+pub const DEADLINE: Duration = Duration::from_secs(15);

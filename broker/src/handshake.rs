@@ -139,7 +139,13 @@ impl Request {
         if !trusted.contains(&peer_ip) {
             return peer_ip;
         }
-        self.header_str("x-forwarded-for")
+        // The proxy appends its own line (or extends the last one): only the last address
+        // of the last line is the proxy's word; anything before it came from the client.
+        self.headers
+            .iter()
+            .rev()
+            .find(|(n, _)| n == "x-forwarded-for")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
             .and_then(|v| v.rsplit(',').next())
             .and_then(|last| last.trim().parse::<IpAddr>().ok())
             .map_or(peer_ip, |ip| ip.to_canonical())

@@ -1,8 +1,7 @@
 //! The `broker` binary: start-up errors, the check commands, graceful shutdown on signals.
 
 mod common;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_broker");
 
@@ -120,70 +119,24 @@ fn check_origin_names_the_approving_patterns() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("refused"));
 }
 
-/// Starts the binary on ephemeral ports and returns it with its WebSocket address.
-fn spawn_broker() -> (
-    std::process::Child,
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-) {
-    let mut child = Command::new(BIN)
-        .env("BROKER_HOST", "127.0.0.1")
-        .env("BROKER_PORT", "0")
-        .env("BROKER_OPS_PORT", "0")
-        .env("BROKER_DRAIN_WINDOW", "0.5")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawns");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let (ws, ops) = loop {
-        let line = lines.next().expect("a listening line").expect("utf-8");
-        if line.contains("listening") {
-            let field = |name: &str| -> std::net::SocketAddr {
-                let start = line.find(&format!("{name}=")).expect("field") + name.len() + 1;
-                line[start..]
-                    .split_whitespace()
-                    .next()
-                    .expect("value")
-                    .parse()
-                    .expect("address")
-            };
-            break (field("ws"), field("ops"));
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, ws, ops)
-}
-
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits_0() {
     for signal in ["TERM", "INT"] {
-        let (mut child, ws_addr, ops_addr) = spawn_broker();
-        let mut a = common::client(ws_addr).await;
-        let mut b = common::client(ws_addr).await;
-        let (status, _) = common::http_get(ops_addr, "/readyz", None).await;
+        let mut process = common::BrokerProcess::spawn(&[]);
+        let mut a = common::client(process.ws).await;
+        let mut b = common::client(process.ws).await;
+        let (status, _) = common::http_get(process.ops, "/readyz", None).await;
         assert_eq!(status, 200);
         let killed = Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
+            .arg(process.child.id().to_string())
             .status()
             .expect("kill");
         assert!(killed.success());
         assert_eq!(common::close_code(&mut a).await, 1001, "SIG{signal}");
         assert_eq!(common::close_code(&mut b).await, 1001, "SIG{signal}");
-        let deadline = std::time::Instant::now() + common::DEADLINE;
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(std::time::Instant::now() < deadline, "broker did not exit");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        };
-        assert_eq!(status.code(), Some(0), "SIG{signal}");
+        assert_eq!(process.exit_code().await, Some(0), "SIG{signal}");
         // No longer accepting.
-        assert!(tokio::net::TcpStream::connect(ws_addr).await.is_err());
+        assert!(tokio::net::TcpStream::connect(process.ws).await.is_err());
     }
 }

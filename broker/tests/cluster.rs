@@ -4,6 +4,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 
 use broker::server::RunningBroker;
+use common::BrokerProcess;
 use common::*;
 use serde_json::{json, Value};
 
@@ -227,4 +228,47 @@ async fn a_drained_instance_sends_its_clients_elsewhere() {
     expect_once(&mut on_b, &ev).await;
     expect_once(&mut again, &ev).await;
     bs.remove(0).shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_broker_processes_share_events_and_survive_a_sigterm() {
+    let nats = Nats::start(free_port());
+    let url = nats.url();
+    let spawn = |name: &'static str| {
+        BrokerProcess::spawn(&[
+            ("BROKER_INSTANCE_ID", name),
+            ("BROKER_CLUSTER_NATS", &url),
+            ("BROKER_SOCKET_API_KEY", API_KEY),
+            ("BROKER_ADMIN_TOKEN", ADMIN_TOKEN),
+        ])
+    };
+    let mut procs = vec![spawn("p1"), spawn("p2"), spawn("p3")];
+    for p in &procs {
+        eventually("the process joined the cluster", || async {
+            let (_, m) = http_get(p.ops, "/metrics", None).await;
+            metric(&m, "broker_cluster_connected") == 1.0
+        })
+        .await;
+    }
+    let mut clients = Vec::new();
+    for p in &procs {
+        clients.push(client(p.ws).await);
+    }
+    let mut publ = publisher(procs[2].ws).await;
+    let ev = json!({"eventType": 4, "username": null, "note": "from p3"});
+    send_json(&mut publ, &ev).await;
+    for ws in clients.iter_mut() {
+        expect_once(ws, &ev).await;
+    }
+    // p1 goes away on SIGTERM; its client sees 1001 and reconnects to p2.
+    procs[0].terminate();
+    assert_eq!(close_code(&mut clients[0]).await, 1001);
+    assert_eq!(procs[0].exit_code().await, Some(0));
+    clients[0] = client(procs[1].ws).await;
+    let ev = json!({"eventType": 6, "files": [], "after": "p1 left"});
+    send_json(&mut publ, &ev).await;
+    for ws in clients.iter_mut() {
+        expect_once(ws, &ev).await;
+    }
+    procs.clear();
 }

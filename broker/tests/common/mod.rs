@@ -240,3 +240,77 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// The `broker` binary on ephemeral loopback ports, killed when dropped.
+pub struct BrokerProcess {
+    pub child: std::process::Child,
+    pub ws: SocketAddr,
+    pub ops: SocketAddr,
+}
+
+impl BrokerProcess {
+    /// Starts it with `BROKER_...` variables on top of loopback, ephemeral ports and a short
+    /// drain window; waits for its `listening` line.
+    pub fn spawn(env: &[(&str, &str)]) -> BrokerProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+            .env("BROKER_HOST", "127.0.0.1")
+            .env("BROKER_PORT", "0")
+            .env("BROKER_OPS_PORT", "0")
+            .env("BROKER_DRAIN_WINDOW", "0.5")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawns");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let (ws, ops) = loop {
+            let line = lines.next().expect("a listening line").expect("utf-8");
+            if line.contains("listening") {
+                let field = |name: &str| -> SocketAddr {
+                    let start = line.find(&format!(" {name}=")).expect("field") + name.len() + 2;
+                    line[start..]
+                        .split_whitespace()
+                        .next()
+                        .expect("value")
+                        .parse()
+                        .expect("address")
+                };
+                break (field("ws"), field("ops"));
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        BrokerProcess { child, ws, ops }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit; returns its status code.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "broker did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,202 @@
+//! Limits with safe defaults, each configurable (PROTOCOL.md part 5).
+
+mod common;
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn refused_count(b: &broker::server::RunningBroker, reason: &str) -> f64 {
+    let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
+    metric(
+        &m,
+        &format!(r#"broker_connections_refused_total{{reason="{reason}"}}"#),
+    )
+}
+
+#[tokio::test]
+async fn total_connections_are_bounded() {
+    let b = start_with(json!({"broker": {"limits": {"maxConnections": 3}}})).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(client(b.ws_addr()).await);
+    }
+    let r = connect_with(b.ws_addr(), "/", &[("origin", "http://localhost")]).await;
+    assert_eq!(refused_status(r), 503);
+    assert_eq!(refused_count(&b, "limit").await, 1.0);
+    // A slot frees when a client leaves.
+    drop(held.pop());
+    eventually("a slot is free again", || async {
+        connect_with(b.ws_addr(), "/", &[("origin", "http://localhost")])
+            .await
+            .is_ok()
+    })
+    .await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_per_address_are_bounded_and_forwarded_for_is_believed_only_from_proxies() {
+    let b = start_with(json!({"broker": {"limits": {"maxConnectionsPerAddress": 2, "trustedProxies": ["127.0.0.1"]}}})).await;
+    let addr = b.ws_addr();
+    let via = |ip: &'static str| async move {
+        connect_with(
+            addr,
+            "/",
+            &[("origin", "http://localhost"), ("x-forwarded-for", ip)],
+        )
+        .await
+    };
+    // Behind the trusted proxy 127.0.0.1, each forwarded address has its own budget.
+    let _a1 = via("198.51.100.1").await.expect("first");
+    let _a2 = via("198.51.100.1").await.expect("second");
+    assert_eq!(refused_status(via("198.51.100.1").await), 429);
+    let _b1 = via("198.51.100.2").await.expect("another address");
+    assert_eq!(refused_count(&b, "per_address").await, 1.0);
+    b.shutdown().await;
+
+    // Without a trusted proxy the header is ignored: the peer address counts.
+    let b = start_with(json!({"broker": {"limits": {"maxConnectionsPerAddress": 2}}})).await;
+    let addr = b.ws_addr();
+    let spoof = |ip: &'static str| async move {
+        connect_with(
+            addr,
+            "/",
+            &[("origin", "http://localhost"), ("x-forwarded-for", ip)],
+        )
+        .await
+    };
+    let _c1 = spoof("198.51.100.7").await.expect("first");
+    let _c2 = spoof("198.51.100.8").await.expect("second");
+    assert_eq!(refused_status(spoof("198.51.100.9").await), 429);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_handshake_is_cut_off() {
+    let b = start_with(json!({"broker": {"limits": {"handshakeTimeout": 0.5}}})).await;
+    let mut ws = client(b.ws_addr()).await;
+    // Slowloris: a request head that never ends.
+    let mut s = tokio::net::TcpStream::connect(b.ws_addr())
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("cut off in time")
+        .expect("read");
+    assert!(
+        out.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(refused_count(&b, "handshake_timeout").await, 1.0);
+    // A silent socket is cut off the same way.
+    let mut silent = tokio::net::TcpStream::connect(b.ws_addr())
+        .await
+        .expect("connect");
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, silent.read_to_end(&mut out))
+        .await
+        .expect("cut off in time")
+        .expect("read");
+    assert!(out.starts_with(b"HTTP/1.1 408"));
+    // Others were not held up.
+    send_json(&mut ws, &json!({"eventType": 10, "message": "fine"})).await;
+    assert_eq!(recv_json(&mut ws).await["message"], "fine");
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn huge_request_heads_are_refused() {
+    let b = start().await;
+    let mut s = tokio::net::TcpStream::connect(b.ws_addr())
+        .await
+        .expect("connect");
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = s.write_all(head.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("answered in time");
+    assert!(
+        out.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn message_rate_per_client_is_bounded() {
+    let b = start_with(json!({"broker": {"limits": {"messagesPerSecond": 5}}})).await;
+    let mut flood = client(b.ws_addr()).await;
+    let mut calm = client(b.ws_addr()).await;
+    for i in 0..50 {
+        // The broker may close before all are sent.
+        let _ = futures_util::SinkExt::send(
+            &mut flood,
+            tokio_tungstenite::tungstenite::Message::text(
+                json!({"eventType": 10, "message": i.to_string()}).to_string(),
+            ),
+        )
+        .await;
+    }
+    assert_eq!(close_code(&mut flood).await, 1008);
+    send_json(&mut calm, &json!({"eventType": 10, "message": "calm"})).await;
+    assert_eq!(recv_json(&mut calm).await["message"], "calm");
+    eventually("the close is counted as rate_limit", || async {
+        let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
+        metric(
+            &m,
+            r#"broker_connections_closed_total{reason="rate_limit"}"#,
+        ) == 1.0
+    })
+    .await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_clients_are_dropped_after_the_idle_timeout() {
+    use futures_util::StreamExt;
+    let b =
+        start_with(json!({"broker": {"limits": {"pingInterval": 0.2, "idleTimeout": 0.6}}})).await;
+    // A raw client that completes the upgrade, then never answers anything (no pongs).
+    let mut raw = tokio::net::TcpStream::connect(b.ws_addr())
+        .await
+        .expect("connect");
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: http://localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, raw.read_to_end(&mut out))
+        .await
+        .expect("dropped in time")
+        .expect("read");
+    assert!(out.starts_with(b"HTTP/1.1 101"));
+    // A real client answers the pings and stays.
+    let mut ws = client(b.ws_addr()).await;
+    let mut pings = 0;
+    while pings < 5 {
+        match tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("pinged in time")
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_))) => pings += 1,
+            other => panic!("expected pings, got {other:?}"),
+        }
+    }
+    send_json(&mut ws, &json!({"eventType": 10, "message": "alive"})).await;
+    assert_eq!(recv_json(&mut ws).await["message"], "alive");
+    let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
+    assert_eq!(
+        metric(&m, r#"broker_connections_closed_total{reason="idle"}"#),
+        1.0
+    );
+    b.shutdown().await;
+}

@@ -143,65 +143,18 @@ async fn publishers_may_send_larger_messages() {
     b.shutdown().await;
 }
 
-/// Writes one masked text frame with the given payload bytes, bypassing the client library's
-/// own UTF-8 check.
-async fn raw_text_frame(addr: std::net::SocketAddr, payload: &[u8]) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: http://localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .await
-        .expect("write");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        s.read_exact(&mut byte).await.expect("101 answer");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    s.write_all(&frame).await.expect("frame");
-    s
-}
-
-/// Reads server frames until a close frame; returns its code.
-async fn raw_close_code(s: &mut tokio::net::TcpStream) -> u16 {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        // Server frames are unmasked; payloads here are short (< 126 bytes).
-        if buf.len() >= 2 {
-            let len = (buf[1] & 0x7f) as usize;
-            if buf.len() >= 2 + len {
-                if buf[0] & 0x0f == 0x8 {
-                    return u16::from_be_bytes([buf[2], buf[3]]);
-                }
-                buf.drain(..2 + len);
-                continue;
-            }
-        }
-        let mut chunk = [0u8; 256];
-        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
-            .await
-            .expect("in time")
-            .expect("read");
-        assert!(n > 0, "closed without a close frame");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[tokio::test]
 async fn invalid_utf8_text_is_closed_with_1007() {
     let b = start().await;
     let mut other = client(b.ws_addr()).await;
-    let mut s = raw_text_frame(b.ws_addr(), b"{\"eventType\":10,\"message\":\"\xff\xfe\"}").await;
+    let mut s = raw_upgrade(b.ws_addr(), "").await;
+    raw_send(
+        &mut s,
+        0x81,
+        b"{\"eventType\":10,\"message\":\"\xff\xfe\"}",
+        true,
+    )
+    .await;
     assert_eq!(raw_close_code(&mut s).await, 1007);
     assert_nothing_pending(&mut other).await;
     b.shutdown().await;

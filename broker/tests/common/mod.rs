@@ -314,3 +314,102 @@ impl Drop for BrokerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A raw upgraded socket (origin `http://localhost`), for frames a WebSocket library would not
+/// send. `extra_headers` is inserted as is (each line ending in `\r\n`).
+pub async fn raw_upgrade(addr: SocketAddr, extra_headers: &str) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET / HTTP/1.1\r\nHost: x\r\nOrigin: http://localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).await.expect("101 answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "no extension is agreed to: {head}"
+    );
+    s
+}
+
+/// Writes one frame: `first` is the FIN/RSV/opcode byte; `masked` as clients must.
+pub async fn raw_send(s: &mut TcpStream, first: u8, payload: &[u8], masked: bool) {
+    use tokio::io::AsyncWriteExt;
+    let mut frame = vec![first];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => frame.push(mask_bit | n as u8),
+        n if n < 65536 => {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(mask_bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask = [7u8, 1, 3, 9];
+    if masked {
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        frame.extend_from_slice(payload);
+    }
+    let _ = s.write_all(&frame).await;
+}
+
+/// Reads server frames (unmasked) until a close frame; returns its code (1006 if the socket
+/// ends without one). Text frames are collected into `texts` when given.
+pub async fn raw_close_code(s: &mut TcpStream) -> u16 {
+    raw_read_until_close(s, &mut Vec::new()).await
+}
+
+pub async fn raw_read_until_close(s: &mut TcpStream, texts: &mut Vec<String>) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if buf.len() >= 2 {
+            let (len, start) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 if buf.len() >= 10 => (
+                    u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")) as usize,
+                    10,
+                ),
+                126 | 127 => (usize::MAX, 0),
+                n => (n as usize, 2),
+            };
+            if len != usize::MAX && buf.len() >= start + len {
+                let payload = buf[start..start + len].to_vec();
+                match buf[0] & 0x0f {
+                    0x8 => {
+                        return if payload.len() >= 2 {
+                            u16::from_be_bytes([payload[0], payload[1]])
+                        } else {
+                            1005
+                        }
+                    }
+                    0x1 => texts.push(String::from_utf8_lossy(&payload).into_owned()),
+                    _ => {}
+                }
+                buf.drain(..start + len);
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("in time")
+        {
+            Ok(0) | Err(_) => return 1006,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}

@@ -34,5 +34,8 @@ cargo build --workspace --all-targets
 echo "== Node ws compatibility (the API document's own client example)"
 (cd compat && npm ci --no-audit --no-fund --silent && BROKER_BIN="$PWD/../target/debug/broker" node --test)
 
+echo "== fuzz (bounded)"
+fuzz/run.sh "${FUZZ_SECONDS:-30}"
+
 echo "== cargo test"
 cargo test --workspace

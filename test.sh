@@ -19,6 +19,7 @@ need_pkg npm npm
 need_pkg promtool prometheus
 need_pkg nats-server nats-server
 need_pkg haproxy haproxy
+need_pkg curl curl
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -36,6 +37,9 @@ echo "== Node ws compatibility (the API document's own client example)"
 
 echo "== fuzz (bounded)"
 fuzz/run.sh "${FUZZ_SECONDS:-30}"
+
+echo "== soak (bounded)"
+loadtest/soak-broker.sh "${SOAK_SECONDS:-120}" 500
 
 echo "== cargo test"
 cargo test --workspace

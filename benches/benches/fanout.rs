@@ -1,9 +1,8 @@
 //! Delivering one event to N recipients: encode once and share the frame, against serialize
 //! per recipient. Throughput is in recipients.
 //!
-//! - `encode_once_registry`: serialize the event once into a `Utf8Bytes`, then
-//!   `broker::registry::Registry::deliver_all` (sharded map; from 4,096 connections it walks
-//!   the shards on all cores with rayon).
+//! - `encode_once_registry`: serialize and frame the event once into a `WireFrame`, then
+//!   `broker::registry::Registry::deliver_all` (sharded map, one outbox per connection).
 //! - `encode_once_plain_queues`: the same shared frame offered to N plain tokio queues in turn
 //!   on one thread: encode-once without the registry's sharding or parallel walk.
 //! - `serialize_per_recipient`: for each of N plain tokio queues, `serde_json::to_string` of the
@@ -18,8 +17,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use broker_benches::fanout::{
-    drain, encode_once, event, queues, registry_with, serialize_per_recipient,
-    shared_to_plain_queues,
+    drain, drain_outboxes, encode_once, event, frame_once, queues, registry_with,
+    serialize_per_recipient, shared_to_plain_queues,
 };
 use criterion::{
     criterion_group, criterion_main, AxisScale, BenchmarkId, Criterion, PlotConfiguration,
@@ -50,17 +49,17 @@ fn fanout(c: &mut Criterion) {
             group.sampling_mode(SamplingMode::Auto).sample_size(50);
         }
 
-        let (registry, mut rxs) = registry_with(n);
+        let (registry, conns) = registry_with(n);
         group.bench_function(BenchmarkId::new("encode_once_registry", n), |b| {
             b.iter_custom(|iters| {
                 timed(
                     iters,
-                    || registry.deliver_all(&encode_once(black_box(&event)), None),
-                    || assert_eq!(drain(&mut rxs), n),
+                    || registry.deliver_all(&frame_once(black_box(&event)), None),
+                    || assert_eq!(drain_outboxes(&conns), n),
                 )
             })
         });
-        drop((registry, rxs));
+        drop((registry, conns));
 
         let (txs, mut rxs) = queues(n);
         group.bench_function(BenchmarkId::new("encode_once_plain_queues", n), |b| {

@@ -1,13 +1,15 @@
 //! Fan-out set-ups: the broker's registry, and plain queues for the straightforward design.
 //!
-//! Both designs hand each recipient a message through a bounded tokio queue with `try_send`,
-//! the way `broker::registry::Conn::offer` does, so the difference measured is where the JSON
-//! work happens: once per event (a shared `Utf8Bytes` whose clone is a reference-count bump)
-//! or once per recipient (a fresh `String` each).
+//! The broker hands each recipient a pre-framed, shared `WireFrame` through its own bounded
+//! outbox (`broker::registry::Conn::offer`). The plain designs use bounded tokio queues with
+//! `try_send`: a shared `Utf8Bytes` (encode once, a reference-count bump per recipient), or a
+//! fresh `String` per recipient (the straightforward design).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use broker::registry::{NewConn, Registry};
+use broker::outbox::WireFrame;
+use broker::registry::{Conn, NewConn, Registry};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -30,20 +32,18 @@ pub fn shard_count() -> usize {
         .next_power_of_two()
 }
 
-/// A registry with `n` anonymous client connections, and the receiving ends of their queues.
-pub fn registry_with(n: usize) -> (Registry, Vec<mpsc::Receiver<Utf8Bytes>>) {
+/// A registry with `n` anonymous client connections (whose outboxes are the queues).
+pub fn registry_with(n: usize) -> (Registry, Vec<Arc<Conn>>) {
     let registry = Registry::new("bench", shard_count(), QUEUE_BOUND);
     let remote: SocketAddr = "127.0.0.1:40000".parse().expect("address");
     let receivers = (0..n)
         .map(|_| {
-            registry
-                .register(NewConn {
-                    remote,
-                    origin: Some("https://app.example.com".into()),
-                    user: None,
-                    publisher: false,
-                })
-                .1
+            registry.register(NewConn {
+                remote,
+                origin: Some("https://app.example.com".into()),
+                user: None,
+                publisher: false,
+            })
         })
         .collect();
     (registry, receivers)
@@ -52,6 +52,23 @@ pub fn registry_with(n: usize) -> (Registry, Vec<mpsc::Receiver<Utf8Bytes>>) {
 /// Encode once: serialize the event a single time into a frame every recipient shares.
 pub fn encode_once<T: Serialize>(event: &T) -> Utf8Bytes {
     Utf8Bytes::from(serde_json::to_string(event).expect("serializes"))
+}
+
+/// The broker's encode once: serialize once, frame once.
+pub fn frame_once<T: Serialize>(event: &T) -> WireFrame {
+    WireFrame::text(&encode_once(event))
+}
+
+/// Empties every connection's outbox, as their tasks would; returns how many frames waited.
+pub fn drain_outboxes(conns: &[Arc<Conn>]) -> usize {
+    let mut batch = Vec::new();
+    conns
+        .iter()
+        .map(|c| {
+            batch.clear();
+            c.outbox.take(&mut batch, usize::MAX).0
+        })
+        .sum()
 }
 
 /// `n` plain bounded queues of messages of type `M`.
@@ -103,10 +120,10 @@ mod tests {
         let event = event();
         // Past the registry's parallel threshold too.
         for n in [1, 10, 5000] {
-            let (registry, mut rxs) = registry_with(n);
-            assert_eq!(registry.deliver_all(&encode_once(&event), None), n);
-            assert_eq!(drain(&mut rxs), n);
-            assert_eq!(drain(&mut rxs), 0);
+            let (registry, conns) = registry_with(n);
+            assert_eq!(registry.deliver_all(&frame_once(&event), None), n);
+            assert_eq!(drain_outboxes(&conns), n);
+            assert_eq!(drain_outboxes(&conns), 0);
 
             let (txs, mut rxs) = queues(n);
             assert_eq!(serialize_per_recipient(&event, &txs), n);

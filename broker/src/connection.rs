@@ -1,39 +1,40 @@
 //! One WebSocket connection: its reader, its writer and its send queue, in one task.
 //!
-//! A single task owns the socket and selects over four things: a close request (kick, slow
-//! consumer, shutdown), frames queued for it by fan-out, frames from the peer, and the ping
-//! timer. One task instead of a reader and a writer keeps an idle connection small and avoids
-//! a lock around the socket. Queued frames are written as a batch: every frame waiting is fed
-//! to the socket and flushed once, so a burst costs one write, not one per frame.
+//! A single task owns the socket and selects over three things: its outbox (frames queued by
+//! fan-out, or a close request: kick, slow consumer, shutdown), frames from the peer, and the
+//! ping timer. One task instead of a reader and a writer keeps an idle connection small and
+//! avoids a lock around the socket. Queued frames arrive already framed and shared by every
+//! recipient ([`WireFrame`]); the waiting ones are written with one vectored write, so a burst
+//! costs one system call, not one per frame, and no copy into a per-connection buffer.
 
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::event::{self, ErrorReason, EventError};
 use crate::fanout::Routed;
-use crate::registry::{CloseReason, CloseRequest, Conn};
+use crate::outbox::WireFrame;
+use crate::registry::{CloseReason, CloseRequest, Conn, Outgoing};
 use crate::server::Shared;
 
-/// At most this many queued frames go into one write.
+/// At most this many queued frames go into one batch.
 const WRITE_BATCH: usize = 256;
+/// At most this many frames go into one `writev` (well under the kernel's `UIO_MAXIOV`).
+const MAX_IOV: usize = 64;
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves `ws` until it ends, then takes the connection out of the registry.
-pub async fn serve<S>(
-    ws: WebSocketStream<S>,
-    conn: Arc<Conn>,
-    rx: mpsc::Receiver<Utf8Bytes>,
-    shared: Arc<Shared>,
-) where
+pub async fn serve<S>(ws: WebSocketStream<S>, conn: Arc<Conn>, shared: Arc<Shared>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut session = Session {
@@ -43,7 +44,7 @@ pub async fn serve<S>(
         errors: ErrorBudget::new(&shared),
         rate: RateLimit::new(shared.config.broker.limits.messages_per_second),
     };
-    let outcome = session.run(rx).await;
+    let outcome = session.run().await;
     shared.registry.unregister(&conn);
     let m = &shared.metrics;
     m.connections_open
@@ -141,32 +142,37 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn run(&mut self, mut rx: mpsc::Receiver<Utf8Bytes>) -> Outcome {
+    async fn run(&mut self) -> Outcome {
         let limits = &self.shared.config.broker.limits;
         let idle = limits.idle_timeout();
         let mut ping = tokio::time::interval(limits.ping_interval());
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut last_heard = Instant::now();
-        let mut batch = Vec::new();
-        let shutdown = self.shared.shutdown.clone();
+        let mut batch: Vec<WireFrame> = Vec::new();
         let conn = self.conn.clone();
+        // Shutdown reaches connections as a close request (see `server::start`); one that
+        // registered after that sweep sees the token here.
+        if self.shared.shutdown.is_cancelled() {
+            conn.request_close(CloseRequest::shutdown());
+        }
 
         let request = loop {
             tokio::select! {
-                biased;
-                req = conn.close_requested() => break Some(req),
-                () = shutdown.cancelled() => break Some(CloseRequest::shutdown()),
-                n = rx.recv_many(&mut batch, WRITE_BATCH) => {
-                    if n == 0 {
-                        break None;
-                    }
-                    self.shared.metrics.send_queue_depth.observe((n + rx.len()) as f64);
+                out = std::future::poll_fn(|cx| conn.poll_outgoing(cx, &mut batch, WRITE_BATCH)) => {
+                    let n = match out {
+                        Outgoing::Close(req) => break Some(req),
+                        Outgoing::Frames { taken, waiting } => {
+                            self.shared.metrics.send_queue_depth.observe((taken + waiting) as f64);
+                            taken
+                        }
+                    };
                     let written = tokio::select! {
                         biased;
                         req = conn.close_requested() => break Some(req),
-                        r = write_batch(&mut self.ws, &mut batch) => r,
+                        r = write_frames(&mut self.ws, &batch) => r,
                     };
+                    batch.clear();
                     match written {
                         Ok(bytes) => {
                             let c = &self.conn.counters;
@@ -345,21 +351,52 @@ where
     }
 }
 
-/// Feeds every frame in `batch` to the socket and flushes once; returns the payload bytes.
-async fn write_batch<S>(
-    ws: &mut WebSocketStream<S>,
-    batch: &mut Vec<Utf8Bytes>,
-) -> Result<u64, WsError>
+/// Writes the pre-framed `frames` to the socket, as many per system call as fit, and returns
+/// the payload bytes.
+///
+/// The frames bypass tungstenite's write buffer, so whatever tungstenite holds (a pong, say) is
+/// flushed first, whole: frames never interleave. tungstenite refuses the flush once the
+/// connection is closing, which ends the writes too.
+async fn write_frames<S>(ws: &mut WebSocketStream<S>, frames: &[WireFrame]) -> Result<u64, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut bytes = 0;
-    for frame in batch.drain(..) {
-        bytes += frame.len() as u64;
-        ws.feed(Message::Text(frame)).await?;
-    }
     ws.flush().await?;
-    Ok(bytes)
+    let stream = ws.get_mut();
+    // Position: frame `i`, byte `off` within it.
+    let (mut i, mut off) = (0, 0);
+    while i < frames.len() {
+        let written = std::future::poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for (j, frame) in frames[i..].iter().take(MAX_IOV).enumerate() {
+                let start = if j == 0 { off } else { 0 };
+                slices[k] = IoSlice::new(&frame.as_bytes()[start..]);
+                k += 1;
+            }
+            Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..k])
+        })
+        .await?;
+        if written == 0 {
+            return Err(WsError::Io(std::io::ErrorKind::WriteZero.into()));
+        }
+        // Advance over what was written.
+        let mut left = written;
+        while left > 0 && i < frames.len() {
+            let rest = frames[i].as_bytes().len() - off;
+            if left >= rest {
+                left -= rest;
+                i += 1;
+                off = 0;
+            } else {
+                off += left;
+                left = 0;
+            }
+        }
+    }
+    // TLS streams hold encrypted records until flushed; for TCP this does nothing.
+    stream.flush().await?;
+    Ok(frames.iter().map(|f| f.payload_len() as u64).sum())
 }
 
 /// The close that a read error calls for; `None` when the socket is simply gone.

@@ -1,8 +1,9 @@
 //! Routing: who receives an event, and handing one encoded frame to all of them.
 //!
-//! An event is encoded once (usually it is the sender's own bytes, untouched) into a
-//! reference-counted [`Utf8Bytes`]; every recipient's queue gets a clone of that handle, so
-//! delivering to 10,000 clients costs 10,000 pointer copies, not 10,000 serializations.
+//! An event is encoded once (usually it is the sender's own bytes, untouched) and framed once
+//! into a reference-counted [`WireFrame`]; every recipient's queue gets a clone of that handle,
+//! so delivering to 10,000 clients costs 10,000 pointer copies, not 10,000 serializations or
+//! 10,000 frame encodings.
 
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::DeliverUserEvents;
 use crate::event::{self, ErrorReason, EventError, EventInfo, EventType};
+use crate::outbox::WireFrame;
 use crate::registry::Conn;
 use crate::server::Shared;
 
@@ -54,6 +56,7 @@ impl Shared {
     pub fn deliver_local(&self, target: &Target<'_>, frame: &Utf8Bytes, _label: &str) -> usize {
         let started = Instant::now();
         let registry = &self.registry;
+        let frame = &WireFrame::text(frame);
         let n = match target {
             Target::All { except } => registry.deliver_all(frame, *except),
             Target::User { user, except } => match self.config.broker.deliver_user_events {
@@ -106,7 +109,9 @@ impl Shared {
                             )
                         })?;
                 self.metrics.event("meta_request");
-                Ok(Routed::Delivered(usize::from(publisher.offer(&forwarded))))
+                Ok(Routed::Delivered(usize::from(
+                    publisher.offer(&WireFrame::text(&forwarded)),
+                )))
             }
             t if t.is_server_event() => Err(EventError::new(
                 Some(t),

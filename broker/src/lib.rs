@@ -26,6 +26,7 @@ pub mod handshake;
 pub mod metrics;
 pub mod ops;
 pub mod origin;
+pub mod outbox;
 pub mod publish;
 pub mod registry;
 pub mod server;

@@ -11,12 +11,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
 use rayon::prelude::*;
-use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::outbox::{Outbox, PushError, WireFrame};
 
 /// Why a connection ends, with the close code the client sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,9 +106,20 @@ pub struct Conn {
     pub connected_at: SystemTime,
     pub shard: usize,
     pub counters: Counters,
-    tx: mpsc::Sender<Utf8Bytes>,
+    /// The send queue; its waker also carries close requests to the connection's task.
+    pub outbox: Outbox,
     close: OnceLock<CloseRequest>,
-    wake: Notify,
+}
+
+/// What a connection's task is to do next.
+#[derive(Debug)]
+pub enum Outgoing {
+    Close(CloseRequest),
+    /// Frames were moved into the caller's batch; `waiting` are still queued.
+    Frames {
+        taken: usize,
+        waiting: usize,
+    },
 }
 
 /// What [`Registry::register`] needs to know of a new connection.
@@ -122,14 +134,14 @@ impl Conn {
     /// Hands `frame` to this connection's queue without waiting. A full queue closes the
     /// connection as a slow consumer; a closed one is already on its way out.
     #[inline]
-    pub fn offer(&self, frame: &Utf8Bytes) -> bool {
-        match self.tx.try_send(frame.clone()) {
+    pub fn offer(&self, frame: &WireFrame) -> bool {
+        match self.outbox.push(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 self.request_close(CloseRequest::slow_consumer());
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(PushError::Closed) => false,
         }
     }
 
@@ -138,7 +150,7 @@ impl Conn {
     pub fn request_close(&self, req: CloseRequest) -> bool {
         let first = self.close.set(req).is_ok();
         if first {
-            self.wake.notify_one();
+            self.outbox.notify();
         }
         first
     }
@@ -148,19 +160,43 @@ impl Conn {
         self.close.get()
     }
 
+    /// Ready with the close request once one is made (for the connection's own task, which
+    /// is the outbox's one consumer).
+    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<CloseRequest> {
+        if let Some(req) = self.close.get() {
+            return Poll::Ready(req.clone());
+        }
+        self.outbox.register(cx);
+        match self.close.get() {
+            Some(req) => Poll::Ready(req.clone()),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The connection task's wait: a close request first, else queued frames (up to `max`,
+    /// moved into `out`).
+    pub fn poll_outgoing(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<WireFrame>,
+        max: usize,
+    ) -> Poll<Outgoing> {
+        if let Poll::Ready(req) = self.poll_close(cx) {
+            return Poll::Ready(Outgoing::Close(req));
+        }
+        self.outbox
+            .poll_take(cx, out, max)
+            .map(|(taken, waiting)| Outgoing::Frames { taken, waiting })
+    }
+
     /// Resolves when a close has been requested.
     pub async fn close_requested(&self) -> CloseRequest {
-        loop {
-            if let Some(req) = self.close.get() {
-                return req.clone();
-            }
-            self.wake.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll_close(cx)).await
     }
 
     /// Frames waiting in the send queue now.
     pub fn queue_depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.outbox.len()
     }
 }
 
@@ -203,10 +239,9 @@ impl Registry {
         &self.instance
     }
 
-    /// Adds a connection; returns it and the receiving end of its send queue.
-    pub fn register(&self, new: NewConn) -> (Arc<Conn>, mpsc::Receiver<Utf8Bytes>) {
+    /// Adds a connection.
+    pub fn register(&self, new: NewConn) -> Arc<Conn> {
         let id = self.next_id.fetch_add(1, Relaxed);
-        let (tx, rx) = mpsc::channel(self.queue_bound);
         let conn = Arc::new(Conn {
             id,
             wire_id: format!("{}.{id}", self.instance).into(),
@@ -217,9 +252,8 @@ impl Registry {
             connected_at: SystemTime::now(),
             shard: self.conns.determine_map(&id),
             counters: Counters::default(),
-            tx,
+            outbox: Outbox::new(self.queue_bound),
             close: OnceLock::new(),
-            wake: Notify::new(),
         });
         if let Some(user) = &conn.user {
             self.users
@@ -231,10 +265,11 @@ impl Registry {
             self.publishers.insert(id, conn.clone());
         }
         self.conns.insert(id, conn.clone());
-        (conn, rx)
+        conn
     }
 
     pub fn unregister(&self, conn: &Conn) {
+        conn.outbox.close();
         self.conns.remove(&conn.id);
         if conn.publisher {
             self.publishers.remove(&conn.id);
@@ -307,7 +342,7 @@ impl Registry {
     }
 
     /// Offers `frame` to every connection except `except`; returns how many took it.
-    pub fn deliver_all(&self, frame: &Utf8Bytes, except: Option<u64>) -> usize {
+    pub fn deliver_all(&self, frame: &WireFrame, except: Option<u64>) -> usize {
         let take = |c: &Arc<Conn>| except != Some(c.id) && c.offer(frame);
         if self.conns.len() >= self.parallel_threshold {
             // Rayon walks the shards in parallel, each under its own read lock.
@@ -318,7 +353,7 @@ impl Registry {
     }
 
     /// Offers `frame` to `user`'s connections and to every publisher except `except`.
-    pub fn deliver_user(&self, user: &str, frame: &Utf8Bytes, except: Option<u64>) -> usize {
+    pub fn deliver_user(&self, user: &str, frame: &WireFrame, except: Option<u64>) -> usize {
         let mut n = 0;
         if let Some(list) = self.users.get(user) {
             n += list
@@ -330,7 +365,7 @@ impl Registry {
     }
 
     /// Offers `frame` to every publisher except `except`.
-    pub fn deliver_publishers(&self, frame: &Utf8Bytes, except: Option<u64>) -> usize {
+    pub fn deliver_publishers(&self, frame: &WireFrame, except: Option<u64>) -> usize {
         self.publishers
             .iter()
             .filter(|e| except != Some(*e.key()) && e.value().offer(frame))
@@ -356,6 +391,16 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn frame(text: &'static str) -> WireFrame {
+        WireFrame::text(&tokio_tungstenite::tungstenite::Utf8Bytes::from_static(
+            text,
+        ))
+    }
+
+    fn take_all(c: &Conn) -> usize {
+        c.outbox.take(&mut Vec::new(), usize::MAX).0
+    }
+
     fn new_conn(user: Option<&str>, publisher: bool) -> NewConn {
         NewConn {
             remote: "127.0.0.1:1".parse().expect("addr"),
@@ -368,16 +413,16 @@ mod tests {
     #[test]
     fn user_and_publisher_targeting() {
         let r = Registry::new("t", 4, 8);
-        let (alice, mut alice_rx) = r.register(new_conn(Some("alice"), false));
-        let (_bob, mut bob_rx) = r.register(new_conn(Some("bob"), false));
-        let (_anon, mut anon_rx) = r.register(new_conn(None, false));
-        let (publ, mut pub_rx) = r.register(new_conn(None, true));
-        let frame = Utf8Bytes::from_static("{}");
+        let alice = r.register(new_conn(Some("alice"), false));
+        let bob = r.register(new_conn(Some("bob"), false));
+        let anon = r.register(new_conn(None, false));
+        let publ = r.register(new_conn(None, true));
+        let frame = frame("{}");
         assert_eq!(r.deliver_user("alice", &frame, None), 2);
-        assert!(alice_rx.try_recv().is_ok());
-        assert!(pub_rx.try_recv().is_ok());
-        assert!(bob_rx.try_recv().is_err());
-        assert!(anon_rx.try_recv().is_err());
+        assert_eq!(take_all(&alice), 1);
+        assert_eq!(take_all(&publ), 1);
+        assert_eq!(take_all(&bob), 0);
+        assert_eq!(take_all(&anon), 0);
         assert_eq!(r.deliver_user("alice", &frame, Some(publ.id)), 1);
         assert_eq!(r.deliver_all(&frame, Some(alice.id)), 3);
         assert_eq!(r.counts().publishers, 1);
@@ -391,8 +436,8 @@ mod tests {
     #[test]
     fn full_queue_requests_close_once() {
         let r = Registry::new("t", 2, 2);
-        let (c, _rx) = r.register(new_conn(None, false));
-        let frame = Utf8Bytes::from_static("x");
+        let c = r.register(new_conn(None, false));
+        let frame = frame("x");
         assert!(c.offer(&frame));
         assert!(c.offer(&frame));
         assert_eq!(c.queue_depth(), 2);
@@ -410,15 +455,19 @@ mod tests {
     #[test]
     fn parallel_broadcast_reaches_everyone_once() {
         let r = Registry::new("t", 8, 4);
-        let rxs: Vec<_> = (0..5000)
-            .map(|_| r.register(new_conn(None, false)).1)
+        let conns: Vec<_> = (0..5000)
+            .map(|_| r.register(new_conn(None, false)))
             .collect();
-        let frame = Utf8Bytes::from_static("y");
-        assert_eq!(r.deliver_all(&frame, None), 5000);
-        for mut rx in rxs {
-            assert!(rx.try_recv().is_ok());
-            assert!(rx.try_recv().is_err());
+        assert_eq!(r.deliver_all(&frame("y"), None), 5000);
+        for c in &conns {
+            assert_eq!(take_all(c), 1);
         }
+        r.unregister(&conns[0]);
+        assert_eq!(r.deliver_all(&frame("z"), None), 4999);
+        assert!(
+            !conns[0].offer(&frame("z")),
+            "an ended connection takes nothing"
+        );
     }
 
     #[test]

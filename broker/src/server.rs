@@ -48,6 +48,8 @@ pub struct Shared {
     connection_slots: Arc<Semaphore>,
     client_ws: WebSocketConfig,
     publisher_ws: WebSocketConfig,
+    /// Every task of the broker (listeners, handshakes, connections), waited for at shutdown.
+    tasks: TaskTracker,
 }
 
 impl Shared {
@@ -208,13 +210,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
         client_ws: ws_config(limits.max_message_size),
         publisher_ws: ws_config(limits.max_publisher_message_size),
+        tasks: TaskTracker::new(),
         origin,
         config,
     });
     shared.metrics.ready.set(1);
 
-    let tracker = TaskTracker::new();
+    let tracker = shared.tasks.clone();
     tracker.spawn(accept_loop(listener, shared.clone(), tracker.clone()));
+    // Shutdown reaches each connection as a close request: its task then waits on nothing
+    // shared, so a wake-up never touches a lock that every connection uses.
+    tracker.spawn({
+        let shared = shared.clone();
+        async move {
+            shared.shutdown.cancelled().await;
+            for conn in shared.registry.snapshot() {
+                conn.request_close(CloseRequest::shutdown());
+            }
+        }
+    });
     tracker.spawn(crate::ops::serve(ops_listener, shared.clone()));
     if let Some(task) = cluster_task {
         tracker.spawn(crate::cluster::run(task, shared.clone()));
@@ -405,8 +419,8 @@ async fn upgrade<S>(
                 .await;
         return;
     }
-    let _address = AddressGuard {
-        shared: &shared,
+    let address = AddressGuard {
+        shared: shared.clone(),
         ip,
     };
     if handshake::write_switching(&mut stream, &accept_key)
@@ -423,7 +437,7 @@ async fn upgrade<S>(
     let ws =
         WebSocketStream::from_partially_read(stream, req.rest, Role::Server, Some(ws_config)).await;
     let publisher = admission.publisher;
-    let (conn, rx) = shared.registry.register(NewConn {
+    let conn = shared.registry.register(NewConn {
         remote: SocketAddr::new(ip, peer.port()),
         origin: admission.origin,
         user: admission.user,
@@ -439,17 +453,24 @@ async fn upgrade<S>(
         .observe(started.elapsed().as_secs_f64());
     shared.events.connected(&conn);
     tracing::debug!(id = %conn.wire_id, peer = %peer, publisher, user = conn.user.as_deref().unwrap_or("-"), "connected");
-    crate::connection::serve(ws, conn, rx, shared.clone()).await;
-    drop(slot);
+    // The connection gets a task of its own, sized for serving alone: the handshake's state
+    // (request head, TLS set-up, admission) is freed now instead of being carried, unused, for
+    // the connection's whole life.
+    let tasks = shared.tasks.clone();
+    tasks.spawn(async move {
+        crate::connection::serve(ws, conn, shared).await;
+        drop(address);
+        drop(slot);
+    });
 }
 
 /// Gives the per-address count back when the connection ends, however it ends.
-struct AddressGuard<'a> {
-    shared: &'a Shared,
+struct AddressGuard {
+    shared: Arc<Shared>,
     ip: std::net::IpAddr,
 }
 
-impl Drop for AddressGuard<'_> {
+impl Drop for AddressGuard {
     fn drop(&mut self) {
         self.shared.registry.release_address(self.ip);
     }

@@ -113,6 +113,11 @@ pub struct OutputArgs {
     /// Hard limit for the whole run; by default computed from the scenario's own bounds.
     #[arg(long, global = true, value_parser = parse_duration)]
     pub deadline: Option<Duration>,
+
+    /// Process id of the server (on this machine): its CPU time and resident memory are read
+    /// from `/proc` at every phase change and reported per phase (`server` in the summary).
+    #[arg(long, global = true, env = "LOADTEST_SERVER_PID")]
+    pub server_pid: Option<u32>,
 }
 
 /// The scenarios.
@@ -220,6 +225,11 @@ pub struct DeliveryArgs {
     /// After sending stops, wait up to this long for the last deliveries.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain: Duration,
+
+    /// Closed loop: at most this many events sent and not yet received by every listener
+    /// (WebSocket publishers only; usually with `--rate max`).
+    #[arg(long)]
+    pub in_flight: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -32,12 +32,17 @@ pub struct RunCtx {
     pub connect_rate: f64,
     pub tracker: Tracker,
     pub(crate) deadline_hit: Arc<AtomicBool>,
+    /// `--server-pid`: sampled at every phase change.
+    pub server: Option<Arc<crate::server::ServerProbe>>,
 }
 
 impl RunCtx {
     /// Shows the current phase (`ramp`, `send`, `drain`, ...) on the progress bar.
     pub fn phase(&self, name: &str) {
         self.tracker.phase(name);
+        if let Some(server) = &self.server {
+            server.enter(name);
+        }
     }
 
     /// The reason to report: `natural` unless the run was cut short.

@@ -28,6 +28,7 @@ pub mod probe;
 pub mod progress;
 pub mod report;
 pub mod scenario;
+pub mod server;
 pub mod stats;
 pub mod summary;
 pub mod tls;
@@ -87,6 +88,10 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
         _ => None,
     };
     let target = Arc::new(Target::new(&cli.target).await?);
+    if let Some(pid) = cli.output.server_pid {
+        // Fail before connecting anything when the pid cannot be read.
+        server::ServerProbe::new(pid)?;
+    }
     let (rate, timeout) = (cli.target.connect_rate, cli.target.connect_timeout);
     let (peak_connections, planned) = match &phases {
         Some(phases) => phases.iter().fold((0, Duration::ZERO), |(c, d), p| {
@@ -139,6 +144,7 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
         progress: progress.clone(),
         window: cli.output.window,
         connect_rate: rate,
+        server_pid: cli.output.server_pid,
     };
     let work = async {
         match &phases {
@@ -171,6 +177,7 @@ struct Env {
     progress: Progress,
     window: Duration,
     connect_rate: f64,
+    server_pid: Option<u32>,
 }
 
 async fn run_one(
@@ -189,6 +196,11 @@ async fn run_one(
         connect_rate: env.connect_rate,
         tracker: env.progress.track(label, stats.clone()),
         deadline_hit: env.deadline_hit.clone(),
+        server: env
+            .server_pid
+            .map(server::ServerProbe::new)
+            .transpose()?
+            .map(Arc::new),
     };
     let sampler = {
         let (stats, window) = (stats.clone(), env.window);
@@ -203,7 +215,9 @@ async fn run_one(
     let outcome = scenario::run(&ctx, scenario).await;
     sampler.abort();
     stats.sample_final(env.window / 4);
-    Ok(Summary::from_run(&ctx, scenario.name(), outcome?))
+    let mut summary = Summary::from_run(&ctx, scenario.name(), outcome?);
+    summary.server = ctx.server.as_ref().map(|s| s.finish());
+    Ok(summary)
 }
 
 async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result<Summary> {
@@ -281,6 +295,7 @@ async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result
         notes: Vec::new(),
         windows: Vec::new(),
         phases: done,
+        server: None,
         histograms: Vec::new(),
     })
 }

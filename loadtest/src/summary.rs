@@ -39,6 +39,9 @@ pub struct Summary {
     pub windows: Vec<Window>,
     /// Mixed: each phase's runs.
     pub phases: Vec<PhaseSummary>,
+    /// `--server-pid`: the server's CPU time and memory per phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::server::ServerSummary>,
     /// Full histograms for the report's plots (not serialized).
     #[serde(skip)]
     pub histograms: Vec<(String, Histogram<u64>)>,
@@ -205,6 +208,7 @@ impl Summary {
             notes: outcome.notes,
             windows,
             phases: Vec::new(),
+            server: None,
             histograms,
         }
     }

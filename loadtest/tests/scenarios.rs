@@ -95,6 +95,61 @@ async fn broadcast_without_a_key_uses_client_echo_broadcasts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_window_bounds_the_queues_and_server_cost_is_sampled() {
+    let b = broker().await;
+    // The broker runs in this process, so the server probe samples the test process itself.
+    let pid = std::process::id().to_string();
+    let s = run(cli(
+        &b,
+        &[
+            "--server-pid",
+            &pid,
+            "broadcast",
+            "-l",
+            "10",
+            "--rate",
+            "max",
+            "--in-flight",
+            "1",
+            "--messages",
+            "300",
+            "-d",
+            "10s",
+        ],
+    ))
+    .await;
+    let d = s.delivery.as_ref().expect("delivery summary");
+    assert_eq!((d.sent, d.listeners), (300, 10), "{s}");
+    assert_eq!(d.completeness, 1.0, "{s}");
+    // With one event in flight, no connection ever finds more than one frame waiting; a window
+    // that let events pile up would show larger queue depths in the broker's histogram.
+    let depth = &b.shared().metrics.send_queue_depth;
+    assert!(
+        depth.get_sample_count() >= 300 * 10,
+        "{}",
+        depth.get_sample_count()
+    );
+    assert_eq!(
+        depth.get_sample_sum(),
+        depth.get_sample_count() as f64,
+        "every wake-up found exactly one frame"
+    );
+
+    let server = s
+        .server
+        .as_ref()
+        .expect("--server-pid adds the server section");
+    let names: Vec<&str> = server.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["ramp", "warm-up", "ramp-pub", "send", "drain", "close"]
+    );
+    assert!(server.cpu_s(&["send"]) > 0.0, "{server:?}");
+    assert!(server.phases.iter().all(|p| p.rss_kib_end > 0));
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_over_http_in_batches_is_complete() {
     let b = broker().await;
     let s = run(cli(

@@ -59,6 +59,10 @@ pub(super) struct Listen {
     /// Listeners that have seen a warm-up event.
     warmed: AtomicUsize,
     warm_notify: Notify,
+    /// `--in-flight`: receipts that make one event (the listener count; 0 when unused), and
+    /// a wake-up each time the receipts pass another multiple of it.
+    per_event: AtomicU64,
+    delivered: Notify,
 }
 
 /// One listener's receipts, handed back when it ends.
@@ -78,6 +82,8 @@ impl Listen {
             unique: AtomicU64::new(0),
             warmed: AtomicUsize::new(0),
             warm_notify: Notify::new(),
+            per_event: AtomicU64::new(0),
+            delivered: Notify::new(),
         }
     }
 
@@ -96,7 +102,11 @@ impl Listen {
             Received::Probe(p) => match p.kind {
                 Kind::Delivery => {
                     if tally.seen.insert(p.seq) {
-                        self.unique.fetch_add(1, Ordering::Relaxed);
+                        let before = self.unique.fetch_add(1, Ordering::Relaxed);
+                        let per_event = self.per_event.load(Ordering::Relaxed);
+                        if per_event > 0 && (before + 1).is_multiple_of(per_event) {
+                            self.delivered.notify_one();
+                        }
                         self.stats.received.fetch_add(1, Ordering::Relaxed);
                         latency.record_ns(probe::now_ns().saturating_sub(p.t_ns));
                     } else {
@@ -164,6 +174,8 @@ pub(super) struct Publish {
     /// Events whose write succeeded, as a count and as a set (the completeness reference).
     pub sent: AtomicU64,
     pub sent_set: Mutex<SeqSet>,
+    /// `--in-flight`: the limit and the listeners whose receipts retire events.
+    pub window: Option<(u64, Arc<Listen>)>,
 }
 
 impl Publish {
@@ -211,6 +223,30 @@ impl Publish {
         }
     }
 
+    /// How many more events the `--in-flight` window admits now (`max` without a window); waits
+    /// while it is full. `None` when the send phase ended first.
+    async fn admitted(&self, max: usize, stop: &CancellationToken) -> Option<usize> {
+        let Some((limit, listen)) = &self.window else {
+            return Some(max);
+        };
+        let per_event = listen.per_event.load(Ordering::Relaxed).max(1);
+        loop {
+            let retired = listen.unique() / per_event;
+            let outstanding = self.sent.load(Ordering::Relaxed).saturating_sub(retired);
+            if outstanding < *limit {
+                return Some(max.min((*limit - outstanding) as usize));
+            }
+            // Woken when an event is complete; the timeout covers lost receipts (a listener
+            // that dropped), so a stuck window still ends with the phase.
+            tokio::select! {
+                _ = listen.delivered.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                _ = self.done.cancelled() => return None,
+                _ = stop.cancelled() => return None,
+            }
+        }
+    }
+
     /// Waits until the next event is due; false if the send phase ended first.
     async fn wait_next(&self, schedule: &Option<Schedule>, stop: &CancellationToken) -> bool {
         let Some(s) = schedule else { return true };
@@ -242,7 +278,10 @@ pub(super) async fn publish_ws(
                 return Ended::Finished;
             }
             batch.clear();
-            let more = sh.take_due(&mut schedule, WS_BATCH, &mut batch);
+            let Some(admitted) = sh.admitted(WS_BATCH, &stop).await else {
+                return Ended::Finished;
+            };
+            let more = sh.take_due(&mut schedule, admitted, &mut batch);
             if batch.is_empty() {
                 if !more || !sh.wait_next(&schedule, &stop).await {
                     return Ended::Finished;
@@ -571,6 +610,13 @@ pub async fn run(
     if args.publishers == 0 {
         anyhow::bail!("--publishers must be at least 1");
     }
+    match (args.in_flight, &transport) {
+        (Some(0), _) => anyhow::bail!("--in-flight must be at least 1"),
+        (Some(_), Transport::Http { .. }) => {
+            anyhow::bail!("--in-flight needs WebSocket publishers (not `--via http`)")
+        }
+        _ => {}
+    }
     let event = match &args.event {
         Some(text) => probe::parse_event(text)?,
         None => probe::echo_event(args.message_size, true),
@@ -628,6 +674,12 @@ pub async fn run(
         publishers: args.publishers,
         sent: AtomicU64::new(0),
         sent_set: Mutex::new(SeqSet::default()),
+        window: args.in_flight.map(|limit| {
+            listen
+                .per_event
+                .store(ramp.established.max(1) as u64, Ordering::Relaxed);
+            (limit, listen.clone())
+        }),
     });
     let (senders, publishers_ready) = match &transport {
         Transport::Ws(role) => {

@@ -96,6 +96,7 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
             publishers: 1,
             sent: AtomicU64::new(0),
             sent_set: Mutex::new(SeqSet::default()),
+            window: None,
         });
         let role = if ctx.target.api_key().is_some() {
             Role::Publisher

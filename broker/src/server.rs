@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -151,6 +151,22 @@ fn ws_config(max_message: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message))
 }
 
+/// Pending connections the kernel may hold for the WebSocket listener (it caps this at
+/// `net.core.somaxconn`). The usual 128 overflows when thousands of clients reconnect at once
+/// after a restart or a drain elsewhere; an overflow costs each client a one-second SYN retry.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 fn random_instance_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -176,8 +192,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         config.broker.instance_id.clone()
     };
     let ws_bind = SocketAddr::new(config.websocket.host, config.websocket.port);
-    let listener = TcpListener::bind(ws_bind)
-        .await
+    let listener = listen(ws_bind)
         .with_context(|| format!("cannot listen on {ws_bind} (websocket.host, websocket.port)"))?;
     let ops_bind = SocketAddr::new(config.broker.ops.host, config.broker.ops.port);
     let ops_listener = TcpListener::bind(ops_bind).await.with_context(|| {

@@ -9,9 +9,12 @@
 
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -132,6 +135,68 @@ impl RateLimit {
     }
 }
 
+/// Polls the socket for reading only when its reader was woken.
+///
+/// The loop waits on the outbox and the socket at once, and most wake-ups (a fan-out queuing
+/// a frame) have nothing to do with reading; polling the reader anyway costs a zeroed read
+/// buffer, a readiness check and a waker registration each time. The gate gives the reader a
+/// waker of its own that raises a flag before waking the task, and polls the reader only when
+/// the flag is up, or when the last poll produced a frame (more may be buffered).
+struct ReadGate {
+    flag: Arc<ReadFlag>,
+    waker: Waker,
+}
+
+struct ReadFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl ReadGate {
+    fn new() -> Self {
+        let flag = Arc::new(ReadFlag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        ReadGate {
+            waker: Waker::from(flag.clone()),
+            flag,
+        }
+    }
+
+    fn poll_next<S>(
+        &self,
+        cx: &mut Context<'_>,
+        ws: &mut WebSocketStream<S>,
+    ) -> Poll<Option<Result<Message, WsError>>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.flag.task.register(cx.waker());
+        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        match ws.poll_next_unpin(&mut Context::from_waker(&self.waker)) {
+            Poll::Ready(msg) => {
+                self.flag.woken.store(true, Ordering::Release);
+                Poll::Ready(msg)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// How a session ended.
 struct Outcome {
     reason: CloseReason,
@@ -150,6 +215,7 @@ where
         ping.tick().await;
         let mut last_heard = Instant::now();
         let mut batch: Vec<WireFrame> = Vec::new();
+        let read_gate = ReadGate::new();
         let conn = self.conn.clone();
         // Shutdown reaches connections as a close request (see `server::start`); one that
         // registered after that sweep sees the token here.
@@ -184,7 +250,7 @@ where
                         Err(_) => return Outcome { reason: CloseReason::Io, code: 1006 },
                     }
                 }
-                msg = self.ws.next() => {
+                msg = std::future::poll_fn(|cx| read_gate.poll_next(cx, &mut self.ws)) => {
                     last_heard = Instant::now();
                     match msg {
                         Some(Ok(msg)) => {

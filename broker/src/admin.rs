@@ -269,9 +269,17 @@ async fn kick(
     while reason.len() > 123 {
         reason.pop();
     }
-    conn.request_close(CloseRequest::new(CloseReason::Kicked, code, reason.clone()));
-    tracing::info!(who = %who, action = "kick", id = %id, code, reason = %reason, "admin kicked a connection");
-    Json(json!({ "kicked": id })).into_response()
+    // A kick means now: frames still queued for the connection are dropped (the reply says
+    // how many), the one being written is finished, then the close frame.
+    let discarded =
+        conn.request_close(CloseRequest::new(CloseReason::Kicked, code, reason.clone()));
+    tracing::info!(who = %who, action = "kick", id = %id, code, reason = %reason, discarded, "admin kicked a connection");
+    match discarded {
+        Some(n) => Json(json!({ "kicked": id, "discarded": n })).into_response(),
+        None => {
+            Json(json!({ "kicked": id, "discarded": 0, "alreadyClosing": true })).into_response()
+        }
+    }
 }
 
 async fn drain(

@@ -149,6 +149,8 @@ pub struct BrokerConfig {
     pub limits: Limits,
     /// Seconds over which a draining instance closes its clients (spread, not all at once).
     pub drain_window: f64,
+    /// Whether ordinary clients may send broadcast Echoes (the original server let them).
+    pub client_broadcast: bool,
 }
 
 impl Default for BrokerConfig {
@@ -164,6 +166,7 @@ impl Default for BrokerConfig {
             cluster: ClusterConfig::default(),
             limits: Limits::default(),
             drain_window: 5.0,
+            client_broadcast: true,
         }
     }
 }
@@ -226,13 +229,29 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Bytes in one message (or publish body) from a publisher at most.
     pub max_publisher_message_size: usize,
-    /// Frames waiting for one connection at most; past it the connection is dropped.
-    pub send_queue: usize,
+    /// Bytes waiting for one connection at most (frames on the wire plus 48 bytes each); past
+    /// it the connection is closed as a slow consumer (1013).
+    pub send_queue_bytes: usize,
+    /// Seconds a connection's socket may take no byte while frames wait for it; then it is
+    /// closed as a slow consumer (1013).
+    pub slow_consumer_timeout: f64,
+    /// Seconds a closing connection has to take its last frames and close frame before its TCP
+    /// connection is reset (a drain adds `drainWindow`).
+    pub close_grace: f64,
+    /// Replaced by `sendQueueBytes`; kept only to name the replacement when it is set.
+    #[serde(skip_serializing)]
+    pub send_queue: Option<serde_json::Value>,
     /// Bad messages tolerated per `error_window` seconds before closing with 1008.
     pub error_budget: u32,
     pub error_window: f64,
     /// Messages per second one client may send (0: no limit); publishers are not limited.
     pub messages_per_second: u32,
+    /// Broadcast Echoes and MetaRequests per second one ordinary client may send (0: no limit);
+    /// past it they are refused with an error event. Publishers are not limited.
+    pub client_fanout_per_second: u32,
+    /// Bytes per second of broadcast Echoes and MetaRequests from one ordinary client (0: no
+    /// limit); one message of `maxMessageSize` always fits.
+    pub client_fanout_bytes_per_second: usize,
     /// Seconds between server pings.
     pub ping_interval: f64,
     /// Seconds without any frame from a client before it is dropped.
@@ -248,10 +267,15 @@ impl Default for Limits {
             handshake_timeout: 10.0,
             max_message_size: 64 * 1024,
             max_publisher_message_size: 1024 * 1024,
-            send_queue: 1024,
+            send_queue_bytes: 4 * 1024 * 1024,
+            slow_consumer_timeout: 10.0,
+            close_grace: 2.0,
+            send_queue: None,
             error_budget: 20,
             error_window: 10.0,
             messages_per_second: 0,
+            client_fanout_per_second: 20,
+            client_fanout_bytes_per_second: 64 * 1024,
             ping_interval: 30.0,
             idle_timeout: 75.0,
         }
@@ -309,6 +333,11 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     ("BROKER_INSTANCE_ID", "broker.instanceId", EnvKind::Text),
     ("BROKER_LOG_FORMAT", "broker.logFormat", EnvKind::Text),
     ("BROKER_DRAIN_WINDOW", "broker.drainWindow", EnvKind::Json),
+    (
+        "BROKER_CLIENT_BROADCAST",
+        "broker.clientBroadcast",
+        EnvKind::Json,
+    ),
     ("BROKER_OPS_HOST", "broker.ops.host", EnvKind::Text),
     ("BROKER_OPS_PORT", "broker.ops.port", EnvKind::Json),
     ("BROKER_ADMIN_TOKEN", "broker.admin.token", EnvKind::Text),
@@ -349,8 +378,28 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         EnvKind::Json,
     ),
     (
-        "BROKER_SEND_QUEUE",
-        "broker.limits.sendQueue",
+        "BROKER_SEND_QUEUE_BYTES",
+        "broker.limits.sendQueueBytes",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_SLOW_CONSUMER_TIMEOUT",
+        "broker.limits.slowConsumerTimeout",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_CLOSE_GRACE",
+        "broker.limits.closeGrace",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_CLIENT_FANOUT_PER_SECOND",
+        "broker.limits.clientFanoutPerSecond",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_CLIENT_FANOUT_BYTES_PER_SECOND",
+        "broker.limits.clientFanoutBytesPerSecond",
         EnvKind::Json,
     ),
     (
@@ -507,6 +556,14 @@ impl Config {
         positive_secs("broker.limits.errorWindow", l.error_window)?;
         positive_secs("broker.limits.pingInterval", l.ping_interval)?;
         positive_secs("broker.limits.idleTimeout", l.idle_timeout)?;
+        positive_secs("broker.limits.slowConsumerTimeout", l.slow_consumer_timeout)?;
+        positive_secs("broker.limits.closeGrace", l.close_grace)?;
+        if l.send_queue.is_some() {
+            return Err(ConfigError::invalid(
+                "broker.limits.sendQueue",
+                "was replaced by broker.limits.sendQueueBytes (a bound in bytes, default 4194304) and broker.limits.slowConsumerTimeout (seconds, default 10): remove sendQueue",
+            ));
+        }
         if !(l.drain_window_ok(self.broker.drain_window)) {
             return Err(ConfigError::invalid(
                 "broker.drainWindow",
@@ -520,7 +577,7 @@ impl Config {
                 "broker.limits.maxPublisherMessageSize",
                 l.max_publisher_message_size,
             ),
-            ("broker.limits.sendQueue", l.send_queue),
+            ("broker.limits.sendQueueBytes", l.send_queue_bytes),
         ] {
             if v == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
@@ -650,6 +707,12 @@ impl Limits {
     }
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.idle_timeout)
+    }
+    pub fn slow_consumer_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.slow_consumer_timeout)
+    }
+    pub fn close_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.close_grace)
     }
 }
 
@@ -823,10 +886,21 @@ mod tests {
 
     #[test]
     fn limits_are_checked() {
-        let err = Config::from_json_str(r#"{"broker":{"limits":{"sendQueue":0}}}"#, "c")
+        let err = Config::from_json_str(r#"{"broker":{"limits":{"sendQueueBytes":0}}}"#, "c")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("broker.limits.sendQueue"), "{err}");
+        assert!(err.starts_with("broker.limits.sendQueueBytes"), "{err}");
+        let err = Config::from_json_str(r#"{"broker":{"limits":{"sendQueue":1024}}}"#, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("broker.limits.sendQueue:") && err.contains("sendQueueBytes"),
+            "an old key names its replacement: {err}"
+        );
+        let err = Config::from_json_str(r#"{"broker":{"limits":{"closeGrace":0}}}"#, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("broker.limits.closeGrace"), "{err}");
         let err = Config::from_json_str(
             r#"{"broker":{"limits":{"pingInterval":10,"idleTimeout":5}}}"#,
             "c",

@@ -1,51 +1,98 @@
 //! One WebSocket connection: its reader, its writer and its send queue, in one task.
 //!
-//! A single task owns the socket and selects over three things: its outbox (frames queued by
-//! fan-out, or a close request: kick, slow consumer, shutdown), frames from the peer, and the
-//! ping timer. One task instead of a reader and a writer keeps an idle connection small and
-//! avoids a lock around the socket. Queued frames arrive already framed and shared by every
-//! recipient ([`WireFrame`]); the waiting ones are written with one vectored write, so a burst
-//! costs one system call, not one per frame, and no copy into a per-connection buffer.
+//! A single task owns the socket. Every frame it sends goes through one path, in order: events
+//! fanned out to it, its own Echo answers and error events all wait in its queue ([`Outbox`],
+//! bounded in bytes), and the task writes them as they are, several frames per `writev`. Queued
+//! frames arrive already framed and shared by every recipient ([`WireFrame`]), so a burst costs
+//! one system call and no copy. The control frames tungstenite writes itself (the pong to a
+//! ping, the close frame) are written only between two whole frames.
+//!
+//! The task is one hand-written poll ([`Session::poll_step`]) rather than a `select!`, because
+//! reading and writing share the socket and their order matters:
+//! - a frame, once started, is always finished: a close request never cancels a write; it stops
+//!   new frames from being queued, then (for a drain) lets the queued ones be written, or (for a
+//!   slow consumer or a kick) drops those not yet started, and the close frame follows the last
+//!   whole frame. Only when even that does not fit into the close's deadline is the TCP
+//!   connection reset;
+//! - the socket is read only between two whole frames and while the queue is under half its
+//!   bound: a client that sends faster than it reads is slowed by TCP, not buffered;
+//! - a client whose socket has taken no byte for `slowConsumerTimeout` while frames wait, or whose
+//!   queue passes `sendQueueBytes`, is a slow consumer: closed with 1013, the others unaffected.
+//!
+//! One timer serves the pings, the idle check, the stall check and the close deadline.
+//!
+//! [`Outbox`]: crate::outbox::Outbox
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::task::{ready, Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_util::{Sink, SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::event::{self, ErrorReason, EventError};
+use crate::event::{self, ErrorReason, EventError, EventType};
 use crate::fanout::Routed;
 use crate::outbox::WireFrame;
-use crate::registry::{CloseReason, CloseRequest, Conn, Outgoing};
+use crate::registry::{CloseReason, CloseRequest, Conn};
 use crate::server::Shared;
 
 /// At most this many queued frames go into one batch.
 const WRITE_BATCH: usize = 256;
 /// At most this many frames go into one `writev` (well under the kernel's `UIO_MAXIOV`).
 const MAX_IOV: usize = 64;
-/// How long a closing connection waits for the peer's close frame.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a closed connection waits for the peer's close frame once its own is written.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// A socket the broker serves WebSocket connections on: plain TCP or TLS over TCP.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Makes the coming close of the socket a reset (RST) instead of an orderly shutdown, for a
+    /// peer that could not take even its close frame within the grace.
+    fn reset_on_close(&self);
+}
+
+impl Transport for TcpStream {
+    fn reset_on_close(&self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn reset_on_close(&self) {
+        let _ = self.get_ref().0.set_zero_linger();
+    }
+}
 
 /// Serves `ws` until it ends, then takes the connection out of the registry.
-pub async fn serve<S>(ws: WebSocketStream<S>, conn: Arc<Conn>, shared: Arc<Shared>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn serve<S: Transport>(ws: WebSocketStream<S>, conn: Arc<Conn>, shared: Arc<Shared>) {
+    let limits = &shared.config.broker.limits;
+    let now = Instant::now();
     let mut session = Session {
         ws,
         conn: conn.clone(),
-        shared: shared.clone(),
         errors: ErrorBudget::new(&shared),
-        rate: RateLimit::new(shared.config.broker.limits.messages_per_second),
+        rate: TokenBucket::new(f64::from(limits.messages_per_second), 0.0),
+        fanout: FanoutLimit::new(limits),
+        read_gate: ReadGate::new(),
+        writer: Writer::default(),
+        ws_dirty: false,
+        timer: Box::pin(tokio::time::sleep_until(now + limits.ping_interval())),
+        next_ping: now + limits.ping_interval(),
+        last_heard: now,
+        blocked_since: None,
+        closing: None,
+        high_water: limits.send_queue_bytes / 2,
+        shared: shared.clone(),
     };
     let outcome = session.run().await;
     shared.registry.unregister(&conn);
@@ -59,8 +106,11 @@ where
     if outcome.reason == CloseReason::SlowConsumer {
         m.slow_consumer_disconnects.inc();
     }
+    if outcome.reset {
+        m.close_resets.inc();
+    }
     shared.events.disconnected(&conn, outcome.reason);
-    tracing::debug!(id = %conn.wire_id, reason = outcome.reason.label(), code = outcome.code, "connection closed");
+    tracing::debug!(id = %conn.wire_id, reason = outcome.reason.label(), code = outcome.code, reset = outcome.reset, "connection closed");
 }
 
 struct Session<S> {
@@ -68,7 +118,29 @@ struct Session<S> {
     conn: Arc<Conn>,
     shared: Arc<Shared>,
     errors: ErrorBudget,
-    rate: RateLimit,
+    /// `messagesPerSecond`: every message from a client (off by default).
+    rate: TokenBucket,
+    /// What one client may push to others: broadcast Echoes and MetaRequests.
+    fanout: FanoutLimit,
+    read_gate: ReadGate,
+    writer: Writer,
+    /// tungstenite may hold bytes of its own (a pong, a ping): flush them before raw frames.
+    ws_dirty: bool,
+    /// The one timer: the earliest of the next ping, the stall limit and the close deadline.
+    timer: Pin<Box<Sleep>>,
+    next_ping: Instant,
+    last_heard: Instant,
+    /// Since when the socket has taken no byte while frames wait.
+    blocked_since: Option<Instant>,
+    closing: Option<Closing>,
+    /// Reading pauses while this many bytes or more wait in the queue.
+    high_water: usize,
+}
+
+/// A close in progress: the request, and by when it must be on the wire.
+struct Closing {
+    req: CloseRequest,
+    deadline: Instant,
 }
 
 /// Bad messages within a fixed window; past the budget the connection is closed (1008).
@@ -102,36 +174,76 @@ impl ErrorBudget {
     }
 }
 
-/// Messages per second from one client: a token bucket holding one second's worth.
-struct RateLimit {
+/// A token bucket: `per_second` tokens a second, holding at most `capacity` (at least one
+/// second's worth). A rate of 0 lets everything through.
+struct TokenBucket {
     per_second: f64,
+    capacity: f64,
     tokens: f64,
-    last: Instant,
+    last: std::time::Instant,
 }
 
-impl RateLimit {
-    fn new(per_second: u32) -> Self {
-        RateLimit {
-            per_second: f64::from(per_second),
-            tokens: f64::from(per_second),
-            last: Instant::now(),
+impl TokenBucket {
+    fn new(per_second: f64, capacity: f64) -> Self {
+        let capacity = capacity.max(per_second);
+        TokenBucket {
+            per_second,
+            capacity,
+            tokens: capacity,
+            last: std::time::Instant::now(),
         }
     }
 
-    fn allow(&mut self) -> bool {
-        if self.per_second == 0.0 {
+    fn is_off(&self) -> bool {
+        self.per_second == 0.0
+    }
+
+    /// Whether `cost` tokens are there now (then taken).
+    fn allow(&mut self, cost: f64) -> bool {
+        if self.is_off() {
             return true;
         }
-        let now = Instant::now();
+        let now = std::time::Instant::now();
         let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
-        self.tokens = (self.tokens + refill).min(self.per_second);
+        self.tokens = (self.tokens + refill).min(self.capacity);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             true
         } else {
             false
         }
+    }
+}
+
+/// What one ordinary client may make the broker send to others (broadcast Echoes, reaching
+/// every connection, and MetaRequests, reaching a publisher): messages and bytes per second.
+/// Over either, the message is refused with an error event, which spends the error budget.
+struct FanoutLimit {
+    messages: TokenBucket,
+    bytes: TokenBucket,
+}
+
+impl FanoutLimit {
+    fn new(limits: &crate::config::Limits) -> Self {
+        FanoutLimit {
+            messages: TokenBucket::new(f64::from(limits.client_fanout_per_second), 0.0),
+            // One message of the largest size a client may send must always fit.
+            bytes: TokenBucket::new(
+                limits.client_fanout_bytes_per_second as f64,
+                limits.max_message_size as f64,
+            ),
+        }
+    }
+
+    /// Takes one message of `bytes` from both buckets, or from neither.
+    fn allow(&mut self, bytes: usize) -> bool {
+        // Refill the byte bucket first (a zero-cost take), so the look below is current.
+        self.bytes.allow(0.0);
+        if !self.bytes.is_off() && self.bytes.tokens < bytes as f64 {
+            return false;
+        }
+        self.messages.allow(1.0) && self.bytes.allow(bytes as f64)
     }
 }
 
@@ -197,106 +309,359 @@ impl ReadGate {
     }
 }
 
+/// The frames being written: a batch taken from the queue, and how far it has got.
+#[derive(Default)]
+struct Writer {
+    batch: Vec<WireFrame>,
+    /// Position: frame `i`, byte `off` within it.
+    i: usize,
+    off: usize,
+}
+
+impl Writer {
+    fn is_empty(&self) -> bool {
+        self.i >= self.batch.len()
+    }
+
+    /// Between two whole frames (nothing half-written).
+    fn at_boundary(&self) -> bool {
+        self.off == 0
+    }
+
+    /// Drops the frames not yet started; returns how many.
+    fn drop_unstarted(&mut self) -> usize {
+        let keep = self.i + usize::from(self.off > 0);
+        let dropped = self.batch.len().saturating_sub(keep);
+        self.batch.truncate(keep);
+        dropped
+    }
+
+    fn clear(&mut self) {
+        self.batch.clear();
+        self.i = 0;
+        self.off = 0;
+    }
+
+    /// Writes until the batch is done (`Ready(Ok(true))`) or the socket is full (`Pending`).
+    /// `progress` is raised when any byte was written.
+    fn poll_write<S: Transport>(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut S,
+        progress: &mut bool,
+    ) -> Poll<std::io::Result<()>> {
+        while self.i < self.batch.len() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for (j, frame) in self.batch[self.i..].iter().take(MAX_IOV).enumerate() {
+                let start = if j == 0 { self.off } else { 0 };
+                slices[k] = IoSlice::new(&frame.as_bytes()[start..]);
+                k += 1;
+            }
+            let written = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..k]))?;
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            *progress = true;
+            let mut left = written;
+            while left > 0 && self.i < self.batch.len() {
+                let rest = self.batch[self.i].as_bytes().len() - self.off;
+                if left >= rest {
+                    left -= rest;
+                    self.i += 1;
+                    self.off = 0;
+                } else {
+                    self.off += left;
+                    left = 0;
+                }
+            }
+        }
+        // TLS streams hold encrypted records until flushed; for TCP this does nothing.
+        ready!(Pin::new(&mut *stream).poll_flush(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Payload bytes of the whole batch, for the counters.
+    fn payload_bytes(&self) -> u64 {
+        self.batch.iter().map(|f| f.payload_len() as u64).sum()
+    }
+}
+
+/// What woke the connection's task, for [`Session::run`] to act on.
+enum Step {
+    /// A close was requested (by anyone: fan-out, an operator, a drain, the task itself).
+    Close(CloseRequest),
+    /// A batch was written whole.
+    Wrote { frames: usize, bytes: u64 },
+    /// A frame from the peer, an error, or the end of the stream.
+    Read(Option<Result<Message, WsError>>),
+    /// The timer fired: a ping, the idle limit, the stall limit or the close deadline is due.
+    Timer,
+    /// Closing, and every frame to be written is written.
+    Flushed,
+    /// The socket failed.
+    Failed,
+}
+
 /// How a session ended.
 struct Outcome {
     reason: CloseReason,
     code: u16,
+    /// The TCP connection was reset: the peer could not take its frames within the deadline.
+    reset: bool,
 }
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl Outcome {
+    fn new(reason: CloseReason, code: u16) -> Self {
+        Outcome {
+            reason,
+            code,
+            reset: false,
+        }
+    }
+}
+
+impl<S: Transport> Session<S> {
     async fn run(&mut self) -> Outcome {
-        let limits = &self.shared.config.broker.limits;
-        let idle = limits.idle_timeout();
-        let mut ping = tokio::time::interval(limits.ping_interval());
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        let mut last_heard = Instant::now();
-        let mut batch: Vec<WireFrame> = Vec::new();
-        let read_gate = ReadGate::new();
-        let conn = self.conn.clone();
         // Shutdown reaches connections as a close request (see `server::start`); one that
         // registered after that sweep sees the token here.
         if self.shared.shutdown.is_cancelled() {
-            conn.request_close(CloseRequest::shutdown());
+            self.conn
+                .request_close(CloseRequest::shutdown().by(Instant::now() + self.grace()));
         }
-
-        let request = loop {
-            tokio::select! {
-                out = std::future::poll_fn(|cx| conn.poll_outgoing(cx, &mut batch, WRITE_BATCH)) => {
-                    let n = match out {
-                        Outgoing::Close(req) => break Some(req),
-                        Outgoing::Frames { taken, waiting } => {
-                            self.shared.metrics.send_queue_depth.observe((taken + waiting) as f64);
-                            taken
-                        }
-                    };
-                    let written = tokio::select! {
-                        biased;
-                        req = conn.close_requested() => break Some(req),
-                        r = write_frames(&mut self.ws, &batch) => r,
-                    };
-                    batch.clear();
-                    match written {
-                        Ok(bytes) => {
-                            let c = &self.conn.counters;
-                            c.messages_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                            c.bytes_out.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-                            self.shared.metrics.messages_sent.inc_by(n as u64);
-                            self.shared.metrics.bytes_sent.inc_by(bytes);
-                        }
-                        Err(_) => return Outcome { reason: CloseReason::Io, code: 1006 },
-                    }
+        loop {
+            match std::future::poll_fn(|cx| self.poll_step(cx)).await {
+                Step::Close(req) => self.begin_close(req),
+                Step::Wrote { frames, bytes } => {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let c = &self.conn.counters;
+                    c.messages_out.fetch_add(frames as u64, Relaxed);
+                    c.bytes_out.fetch_add(bytes, Relaxed);
+                    self.shared.metrics.messages_sent.inc_by(frames as u64);
+                    self.shared.metrics.bytes_sent.inc_by(bytes);
                 }
-                msg = std::future::poll_fn(|cx| read_gate.poll_next(cx, &mut self.ws)) => {
-                    last_heard = Instant::now();
+                Step::Read(msg) => {
+                    self.last_heard = Instant::now();
+                    self.ws_dirty = true;
                     match msg {
+                        Some(Ok(Message::Close(_))) => {
+                            // tungstenite has queued the reply; flushing sends it. No frame is
+                            // half-written: the socket is read only between whole frames.
+                            let _ = tokio::time::timeout(CLOSE_WAIT, self.ws.flush()).await;
+                            return Outcome::new(CloseReason::Client, 1000);
+                        }
                         Some(Ok(msg)) => {
-                            if let Some(req) = self.on_message(msg).await {
-                                break Some(req);
+                            if let Some(req) = self.on_message(msg) {
+                                self.conn.request_close(req);
                             }
                         }
                         Some(Err(e)) => match read_error(e) {
-                            Some(req) => break Some(req),
-                            None => return Outcome { reason: CloseReason::Io, code: 1006 },
+                            Some(req) => {
+                                self.conn.request_close(req);
+                            }
+                            None => return Outcome::new(CloseReason::Io, 1006),
                         },
-                        None => return Outcome { reason: CloseReason::Client, code: 1000 },
+                        None => return Outcome::new(CloseReason::Client, 1000),
                     }
                 }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() >= idle {
-                        break Some(CloseRequest::new(CloseReason::Idle, 1001, "idle timeout"));
+                Step::Timer => {
+                    if let Some(outcome) = self.on_timer() {
+                        return outcome;
                     }
-                    let sent = tokio::select! {
-                        biased;
-                        req = conn.close_requested() => break Some(req),
-                        r = self.ws.send(Message::Ping(Default::default())) => r,
-                    };
-                    if sent.is_err() {
-                        return Outcome { reason: CloseReason::Io, code: 1006 };
+                }
+                Step::Flushed => return self.finish_close().await,
+                Step::Failed => return Outcome::new(CloseReason::Io, 1006),
+            }
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        self.shared.config.broker.limits.close_grace()
+    }
+
+    /// Everything the task waits for, polled in one place (see the module docs for the order).
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        if self.closing.is_none() {
+            self.conn.outbox.register(cx);
+            if let Some(req) = self.conn.close_request() {
+                return Poll::Ready(Step::Close(req.clone()));
+            }
+        }
+        // Writing: tungstenite's own bytes first, then the queued frames.
+        if self.ws_dirty {
+            match Pin::new(&mut self.ws).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.ws_dirty = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(Step::Failed),
+                Poll::Pending => {}
+            }
+        }
+        if !self.ws_dirty {
+            if self.writer.is_empty() {
+                self.writer.clear();
+                if let Poll::Ready((taken, waiting)) =
+                    self.conn
+                        .outbox
+                        .poll_take(cx, &mut self.writer.batch, WRITE_BATCH)
+                {
+                    self.shared
+                        .metrics
+                        .send_queue_depth
+                        .observe((taken + waiting) as f64);
+                }
+            }
+            if !self.writer.is_empty() {
+                let mut progress = false;
+                let polled = self.writer.poll_write(cx, self.ws.get_mut(), &mut progress);
+                if progress {
+                    self.blocked_since = None;
+                }
+                match polled {
+                    Poll::Ready(Ok(())) => {
+                        let step = Step::Wrote {
+                            frames: self.writer.batch.len(),
+                            bytes: self.writer.payload_bytes(),
+                        };
+                        self.writer.clear();
+                        return Poll::Ready(step);
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(Step::Failed),
+                    Poll::Pending => {
+                        if self.blocked_since.is_none() {
+                            self.blocked_since = Some(Instant::now());
+                            self.arm_timer();
+                        }
                     }
                 }
             }
+        }
+        if self.closing.is_some() {
+            if !self.ws_dirty && self.writer.is_empty() && self.conn.outbox.is_empty() {
+                return Poll::Ready(Step::Flushed);
+            }
+        } else if self.writer.at_boundary()
+            && (self.writer.is_empty() || self.conn.outbox.bytes() < self.high_water)
+        {
+            if let Poll::Ready(msg) = self.read_gate.poll_next(cx, &mut self.ws) {
+                return Poll::Ready(Step::Read(msg));
+            }
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Step::Timer);
+        }
+        Poll::Pending
+    }
+
+    /// Sets the timer to the earliest thing due.
+    fn arm_timer(&mut self) {
+        let limits = &self.shared.config.broker.limits;
+        let mut due = self.next_ping;
+        if let Some(since) = self.blocked_since {
+            due = due.min(since + limits.slow_consumer_timeout());
+        }
+        if let Some(closing) = &self.closing {
+            due = due.min(closing.deadline);
+        }
+        self.timer.as_mut().reset(due);
+    }
+
+    /// A close was requested: no new frames; the ones already started are finished, the queued
+    /// ones written (a drain) or dropped (a slow consumer, a kick); then the close frame.
+    fn begin_close(&mut self, req: CloseRequest) {
+        if req.reason.discards_queue() {
+            // The queue itself was emptied by `Conn::request_close`.
+            self.writer.drop_unstarted();
+        }
+        let deadline = req
+            .deadline
+            .unwrap_or_else(|| Instant::now() + self.grace());
+        tracing::debug!(id = %self.conn.wire_id, reason = req.reason.label(), "closing");
+        self.closing = Some(Closing { req, deadline });
+        self.arm_timer();
+    }
+
+    fn on_timer(&mut self) -> Option<Outcome> {
+        let now = Instant::now();
+        let limits = &self.shared.config.broker.limits;
+        if let Some(closing) = &self.closing {
+            if now >= closing.deadline {
+                return Some(self.reset(closing.req.reason, closing.req.code));
+            }
+        }
+        if let Some(since) = self.blocked_since {
+            if now >= since + limits.slow_consumer_timeout() && self.closing.is_none() {
+                self.conn.request_close(CloseRequest::new(
+                    CloseReason::SlowConsumer,
+                    1013,
+                    "send queue not drained in time: reading too slowly",
+                ));
+            }
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + limits.ping_interval();
+            if self.closing.is_none() {
+                if now.duration_since(self.last_heard) >= limits.idle_timeout() {
+                    self.conn.request_close(CloseRequest::new(
+                        CloseReason::Idle,
+                        1001,
+                        "idle timeout",
+                    ));
+                } else if self.writer.is_empty() && !self.ws_dirty {
+                    // A busy connection needs no ping: its writes show it is there.
+                    let ws = Pin::new(&mut self.ws);
+                    if ws.start_send(Message::Ping(Default::default())).is_ok() {
+                        self.ws_dirty = true;
+                    }
+                }
+            }
+        }
+        self.arm_timer();
+        None
+    }
+
+    /// Every frame that was to be written is written: the close frame, then a short wait for
+    /// the peer's own close frame, within the deadline.
+    async fn finish_close(&mut self) -> Outcome {
+        let Some(Closing { req, deadline }) = self.closing.take() else {
+            return Outcome::new(CloseReason::Io, 1006);
         };
-        match request {
-            Some(req) => {
-                self.close(&req).await;
-                Outcome {
-                    reason: req.reason,
-                    code: req.code,
-                }
+        if !req.reason.sends_close_frame() {
+            return Outcome::new(req.reason, req.code);
+        }
+        let frame = CloseFrame {
+            code: CloseCode::from(req.code),
+            reason: req.text.as_str().into(),
+        };
+        let sent =
+            tokio::time::timeout_at(deadline, self.ws.send(Message::Close(Some(frame)))).await;
+        match sent {
+            Ok(Ok(())) => {
+                let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                    while let Some(Ok(msg)) = self.ws.next().await {
+                        if msg.is_close() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                Outcome::new(req.reason, req.code)
             }
-            None => Outcome {
-                reason: CloseReason::Io,
-                code: 1006,
-            },
+            Ok(Err(_)) => Outcome::new(req.reason, req.code),
+            Err(_) => self.reset(req.reason, req.code),
+        }
+    }
+
+    /// The peer could not take its frames within the deadline: reset the TCP connection.
+    fn reset(&mut self, reason: CloseReason, code: u16) -> Outcome {
+        self.ws.get_ref().reset_on_close();
+        Outcome {
+            reason,
+            code,
+            reset: true,
         }
     }
 
     /// Handles one frame from the peer; a returned request closes the connection.
-    async fn on_message(&mut self, msg: Message) -> Option<CloseRequest> {
+    fn on_message(&mut self, msg: Message) -> Option<CloseRequest> {
         let frame = match msg {
             Message::Text(t) => t,
             Message::Binary(b) => match event::text_from_binary(b) {
@@ -308,18 +673,15 @@ where
                         ErrorReason::NotJson,
                         "a binary frame must hold UTF-8 JSON",
                     );
-                    return self.reject(err).await;
+                    return self.reject(err);
                 }
             },
-            Message::Close(_) => {
-                // tungstenite has queued the reply; flushing sends it.
-                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.flush()).await;
-                return Some(CloseRequest::new(CloseReason::Client, 1000, ""));
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => {
+                return None
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return None,
         };
         self.count_in(frame.len());
-        if !self.conn.publisher && !self.rate.allow() {
+        if !self.conn.publisher && !self.rate.allow(1.0) {
             return Some(CloseRequest::new(
                 CloseReason::RateLimit,
                 1008,
@@ -328,19 +690,48 @@ where
         }
         let info = match event::decode(frame.as_bytes()) {
             Ok(info) => info,
-            Err(err) => return self.reject(err).await,
+            Err(err) => return self.reject(err),
         };
         let routed = if self.conn.publisher {
             Ok(self
                 .shared
                 .route_from_publisher(Some(&self.conn), &info, &frame))
         } else {
-            self.shared.route_from_client(&self.conn, &info, &frame)
+            self.check_fanout(&info, frame.len())
+                .and_then(|()| self.shared.route_from_client(&self.conn, &info, &frame))
         };
         match routed {
-            Ok(Routed::Reply(reply)) => self.send_now(Message::Text(reply)).await,
+            Ok(Routed::Reply(reply)) => {
+                self.conn.offer(&WireFrame::text(&reply));
+                None
+            }
             Ok(Routed::Delivered(_)) => None,
-            Err(err) => self.reject(err).await,
+            Err(err) => self.reject(err),
+        }
+    }
+
+    /// What an ordinary client may push to others: broadcast Echoes (if allowed at all) and
+    /// MetaRequests, within `clientFanoutPerSecond` and `clientFanoutBytesPerSecond`.
+    fn check_fanout(&mut self, info: &event::EventInfo, bytes: usize) -> Result<(), EventError> {
+        let broadcast = info.event_type == EventType::ECHO && info.broadcast;
+        if !broadcast && info.event_type != EventType::META_REQUEST {
+            return Ok(());
+        }
+        if broadcast && !self.shared.config.broker.client_broadcast {
+            return Err(EventError::new(
+                Some(info.event_type),
+                ErrorReason::NotAllowed,
+                "broadcast Echo from clients is turned off (broker.clientBroadcast)",
+            ));
+        }
+        if self.fanout.allow(bytes) {
+            Ok(())
+        } else {
+            Err(EventError::new(
+                Some(info.event_type),
+                ErrorReason::RateLimited,
+                "too many broadcasts or MetaRequests per second (broker.limits.clientFanoutPerSecond, clientFanoutBytesPerSecond)",
+            ))
         }
     }
 
@@ -354,17 +745,16 @@ where
         m.bytes_received.inc_by(bytes as u64);
     }
 
-    /// Answers the sender with an error event, and closes it once it has used its budget.
-    async fn reject(&mut self, err: EventError) -> Option<CloseRequest> {
+    /// Answers the sender with an error event (through its queue, after what waits there), and
+    /// closes it once it has used its budget.
+    fn reject(&mut self, err: EventError) -> Option<CloseRequest> {
         self.shared
             .metrics
             .decode_errors
             .with_label_values(&[err.reason.label()])
             .inc();
         tracing::debug!(id = %self.conn.wire_id, reason = err.reason.label(), error = %err.message, "bad message");
-        if let Some(req) = self.send_now(Message::Text(err.to_frame())).await {
-            return Some(req);
-        }
+        self.conn.offer(&WireFrame::text(&err.to_frame()));
         if self.errors.spend() {
             None
         } else {
@@ -375,94 +765,6 @@ where
             ))
         }
     }
-
-    /// Writes one frame to this connection now (replies and errors skip the queue).
-    async fn send_now(&mut self, msg: Message) -> Option<CloseRequest> {
-        let len = msg.len() as u64;
-        let conn = self.conn.clone();
-        let result = tokio::select! {
-            biased;
-            req = conn.close_requested() => return Some(req),
-            r = self.ws.send(msg) => r,
-        };
-        match result {
-            Ok(()) => {
-                use std::sync::atomic::Ordering::Relaxed;
-                self.conn.counters.messages_out.fetch_add(1, Relaxed);
-                self.conn.counters.bytes_out.fetch_add(len, Relaxed);
-                self.shared.metrics.messages_sent.inc();
-                self.shared.metrics.bytes_sent.inc_by(len);
-                None
-            }
-            Err(_) => Some(CloseRequest::new(CloseReason::Io, 1006, "")),
-        }
-    }
-
-    /// Sends a close frame (unless the socket is gone) and waits briefly for the peer's reply,
-    /// so that the peer reads the close code rather than a reset.
-    async fn close(&mut self, req: &CloseRequest) {
-        if matches!(req.reason, CloseReason::Io | CloseReason::Client) {
-            return;
-        }
-        let frame = CloseFrame {
-            code: CloseCode::from(req.code),
-            reason: req.text.as_str().into(),
-        };
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            if self.ws.send(Message::Close(Some(frame))).await.is_ok() {
-                while let Some(Ok(_)) = self.ws.next().await {}
-            }
-        })
-        .await;
-    }
-}
-
-/// Writes the pre-framed `frames` to the socket, as many per system call as fit, and returns
-/// the payload bytes.
-///
-/// The frames bypass tungstenite's write buffer, so whatever tungstenite holds (a pong, say) is
-/// flushed first, whole: frames never interleave. tungstenite refuses the flush once the
-/// connection is closing, which ends the writes too.
-async fn write_frames<S>(ws: &mut WebSocketStream<S>, frames: &[WireFrame]) -> Result<u64, WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    ws.flush().await?;
-    let stream = ws.get_mut();
-    // Position: frame `i`, byte `off` within it.
-    let (mut i, mut off) = (0, 0);
-    while i < frames.len() {
-        let written = std::future::poll_fn(|cx| {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut k = 0;
-            for (j, frame) in frames[i..].iter().take(MAX_IOV).enumerate() {
-                let start = if j == 0 { off } else { 0 };
-                slices[k] = IoSlice::new(&frame.as_bytes()[start..]);
-                k += 1;
-            }
-            Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..k])
-        })
-        .await?;
-        if written == 0 {
-            return Err(WsError::Io(std::io::ErrorKind::WriteZero.into()));
-        }
-        // Advance over what was written.
-        let mut left = written;
-        while left > 0 && i < frames.len() {
-            let rest = frames[i].as_bytes().len() - off;
-            if left >= rest {
-                left -= rest;
-                i += 1;
-                off = 0;
-            } else {
-                off += left;
-                left = 0;
-            }
-        }
-    }
-    // TLS streams hold encrypted records until flushed; for TCP this does nothing.
-    stream.flush().await?;
-    Ok(frames.iter().map(|f| f.payload_len() as u64).sum())
 }
 
 /// The close that a read error calls for; `None` when the socket is simply gone.

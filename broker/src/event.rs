@@ -106,10 +106,12 @@ pub enum ErrorReason {
     WrongFieldType,
     NotAllowed,
     NoPublisher,
+    /// Over the client's fan-out rate (broadcast Echoes and MetaRequests).
+    RateLimited,
 }
 
 impl ErrorReason {
-    pub const ALL: [ErrorReason; 7] = [
+    pub const ALL: [ErrorReason; 8] = [
         ErrorReason::NotJson,
         ErrorReason::NotObject,
         ErrorReason::NoEventType,
@@ -117,6 +119,7 @@ impl ErrorReason {
         ErrorReason::WrongFieldType,
         ErrorReason::NotAllowed,
         ErrorReason::NoPublisher,
+        ErrorReason::RateLimited,
     ];
 
     pub fn label(self) -> &'static str {
@@ -128,6 +131,7 @@ impl ErrorReason {
             ErrorReason::WrongFieldType => "wrong_field_type",
             ErrorReason::NotAllowed => "not_allowed",
             ErrorReason::NoPublisher => "no_publisher",
+            ErrorReason::RateLimited => "rate_limited",
         }
     }
 }

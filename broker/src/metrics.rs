@@ -53,6 +53,7 @@ pub struct Metrics {
     pub events: IntCounterVec,
     pub decode_errors: IntCounterVec,
     pub slow_consumer_disconnects: IntCounter,
+    pub close_resets: IntCounter,
     pub send_queue_depth: Histogram,
     pub fanout_duration: Histogram,
     pub fanout_recipients: Histogram,
@@ -207,7 +208,12 @@ impl Metrics {
             slow_consumer_disconnects: counter(
                 &r,
                 "broker_slow_consumer_disconnects_total",
-                "Connections closed because their send queue was full.",
+                "Connections closed because they read too slowly (queue over its bytes, or not drained in time).",
+            ),
+            close_resets: counter(
+                &r,
+                "broker_close_resets_total",
+                "Closing connections whose TCP connection was reset: they could not take their last frames and close frame within the deadline.",
             ),
             send_queue_depth: histogram(
                 &r,

@@ -75,6 +75,8 @@ pub fn connection_json(c: &Conn) -> serde_json::Value {
         "bytesIn": c.counters.bytes_in.load(Relaxed),
         "bytesOut": c.counters.bytes_out.load(Relaxed),
         "sendQueueDepth": c.queue_depth(),
+        "sendQueueBytes": c.outbox.bytes(),
+        "closing": c.close_request().map(|r| r.reason.label()),
         "shard": c.shard,
     })
 }

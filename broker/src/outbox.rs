@@ -6,7 +6,8 @@
 //! as they are, several frames per system call.
 //!
 //! The queue is a short critical section around a `VecDeque` (no allocation while it has
-//! room, none at all for a connection that never receives anything), and the connection's
+//! room, none at all for a connection that never receives anything), bounded in bytes, and the
+//! connection's
 //! task is woken only when the queue goes from empty to non-empty or a close is requested, so
 //! a burst of events costs one wake-up per connection, not one per event.
 
@@ -50,24 +51,48 @@ impl WireFrame {
     pub fn payload_len(&self) -> usize {
         self.payload_len
     }
+
+    /// What a queued frame is charged against the queue's bound: its bytes on the wire plus the
+    /// queue slot and handle it occupies, so that many tiny frames are bounded too.
+    #[inline]
+    pub fn cost(&self) -> usize {
+        self.bytes.len() + 48
+    }
 }
 
 /// Why [`Outbox::push`] did not queue a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
-    /// The queue holds its bound already: the reader is too slow.
+    /// The queue holds its byte bound already: the reader is too slow.
     Full,
-    /// The connection has ended.
+    /// The connection is closing or has ended.
+    Closed,
+}
+
+/// What a queue still accepts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Takes frames.
+    #[default]
+    Open,
+    /// Takes no new frames; the waiting ones are still written (a drain).
+    Sealed,
+    /// Takes nothing and holds nothing.
     Closed,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<WireFrame>,
-    closed: bool,
+    /// What the waiting frames cost (see [`WireFrame::cost`]).
+    bytes: usize,
+    state: State,
 }
 
-/// A bounded multi-producer, single-consumer queue of frames with one waker.
+/// A multi-producer, single-consumer queue of frames with one waker, bounded in bytes.
+///
+/// The bound is in bytes rather than frames, so that it bounds memory whatever the frame size:
+/// a thousand 64 KiB broadcasts and a thousand 20-byte events are not the same load.
 #[derive(Debug)]
 pub struct Outbox {
     queue: Mutex<Queue>,
@@ -76,10 +101,12 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// A queue holding at most `bound` bytes of frames (see [`WireFrame::cost`]); whatever the
+    /// bound, one frame always fits into an empty queue.
     pub fn new(bound: usize) -> Outbox {
         Outbox {
             queue: Mutex::new(Queue::default()),
-            bound: bound.max(1),
+            bound,
             waker: AtomicWaker::new(),
         }
     }
@@ -94,13 +121,15 @@ impl Outbox {
     pub fn push(&self, frame: &WireFrame) -> Result<(), PushError> {
         let was_empty = {
             let mut q = self.lock();
-            if q.closed {
+            if q.state != State::Open {
                 return Err(PushError::Closed);
             }
-            if q.frames.len() >= self.bound {
+            let cost = frame.cost();
+            if q.bytes + cost > self.bound && !q.frames.is_empty() {
                 return Err(PushError::Full);
             }
             q.frames.push_back(frame.clone());
+            q.bytes += cost;
             q.frames.len() == 1
         };
         if was_empty {
@@ -112,6 +141,11 @@ impl Outbox {
     /// Wakes the consumer without queuing anything (a close request, say).
     pub fn notify(&self) {
         self.waker.wake();
+    }
+
+    /// Registers the consumer's waker for [`Outbox::notify`] and [`Outbox::push`].
+    pub fn register(&self, cx: &mut Context<'_>) {
+        self.waker.register(cx.waker());
     }
 
     /// Moves up to `max` frames into `out`; `Pending` (with the waker registered) when there
@@ -130,17 +164,14 @@ impl Outbox {
         }
     }
 
-    /// Registers the consumer's waker for [`Outbox::notify`] and [`Outbox::push`].
-    pub fn register(&self, cx: &mut Context<'_>) {
-        self.waker.register(cx.waker());
-    }
-
     /// Moves up to `max` frames into `out` without waiting; returns how many, and how many
     /// are still waiting.
     pub fn take(&self, out: &mut Vec<WireFrame>, max: usize) -> (usize, usize) {
         let mut q = self.lock();
         let n = q.frames.len().min(max);
-        out.extend(q.frames.drain(..n));
+        let mut cost = 0;
+        out.extend(q.frames.drain(..n).inspect(|f| cost += f.cost()));
+        q.bytes -= cost;
         if q.frames.is_empty() && q.frames.capacity() > 64 {
             // A burst grew the queue: give the memory back once it has drained.
             q.frames = VecDeque::new();
@@ -153,15 +184,29 @@ impl Outbox {
         self.lock().frames.len()
     }
 
+    /// Bytes waiting now (see [`WireFrame::cost`]).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Refuses further frames and drops the waiting ones (the connection has ended).
-    pub fn close(&self) {
+    /// Refuses further frames but keeps the waiting ones for the consumer (a drain).
+    pub fn seal(&self) {
         let mut q = self.lock();
-        q.closed = true;
-        q.frames = VecDeque::new();
+        if q.state == State::Open {
+            q.state = State::Sealed;
+        }
+    }
+
+    /// Refuses further frames and drops the waiting ones; returns how many were dropped.
+    pub fn close(&self) -> usize {
+        let mut q = self.lock();
+        q.state = State::Closed;
+        q.bytes = 0;
+        std::mem::take(&mut q.frames).len()
     }
 }
 
@@ -197,8 +242,8 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = std::task::Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
-        let outbox = Outbox::new(3);
         let frame = WireFrame::text(&Utf8Bytes::from_static("{}"));
+        let outbox = Outbox::new(3 * frame.cost());
         let mut out = Vec::new();
         assert_eq!(outbox.poll_take(&mut cx, &mut out, 10), Poll::Pending);
         assert_eq!(outbox.push(&frame), Ok(()));
@@ -217,8 +262,43 @@ mod tests {
         assert_eq!(outbox.poll_take(&mut cx, &mut out, 2), Poll::Pending);
         assert_eq!(outbox.push(&frame), Ok(()));
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
-        outbox.close();
+        assert_eq!(outbox.bytes(), frame.cost());
+        assert_eq!(outbox.close(), 1, "closing drops what waits");
         assert!(outbox.is_empty());
+        assert_eq!(outbox.bytes(), 0);
         assert_eq!(outbox.push(&frame), Err(PushError::Closed));
+    }
+
+    #[test]
+    fn bound_in_bytes_and_one_frame_always_fits() {
+        let big = WireFrame::text(&Utf8Bytes::from("x".repeat(1000)));
+        let small = WireFrame::text(&Utf8Bytes::from_static("{}"));
+        let outbox = Outbox::new(100);
+        assert_eq!(
+            outbox.push(&big),
+            Ok(()),
+            "an empty queue takes any one frame"
+        );
+        assert_eq!(outbox.push(&small), Err(PushError::Full));
+        outbox.take(&mut Vec::new(), 1);
+        assert_eq!(outbox.bytes(), 0);
+        assert_eq!(outbox.push(&small), Ok(()));
+        assert_eq!(
+            outbox.push(&small),
+            Err(PushError::Full),
+            "100 bytes hold one small frame"
+        );
+    }
+
+    #[test]
+    fn a_sealed_queue_keeps_what_waits_and_takes_nothing_new() {
+        let frame = WireFrame::text(&Utf8Bytes::from_static("{}"));
+        let outbox = Outbox::new(1 << 20);
+        assert_eq!(outbox.push(&frame), Ok(()));
+        assert_eq!(outbox.push(&frame), Ok(()));
+        outbox.seal();
+        assert_eq!(outbox.push(&frame), Err(PushError::Closed));
+        let mut out = Vec::new();
+        assert_eq!(outbox.take(&mut out, 10), (2, 0));
     }
 }

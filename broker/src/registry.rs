@@ -11,7 +11,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
@@ -53,12 +52,29 @@ impl CloseReason {
     }
 }
 
-/// A request to close a connection: why, and the close frame to send.
+impl CloseReason {
+    /// Whether the frames already queued are thrown away rather than written before the close
+    /// frame: a slow consumer cannot take them (that is why it is closed), and an operator's kick
+    /// means now. Every other close writes what was queued first, within its deadline.
+    pub fn discards_queue(self) -> bool {
+        matches!(self, CloseReason::SlowConsumer | CloseReason::Kicked)
+    }
+
+    /// Whether the peer gets a close frame (not when it closed first or the socket is gone).
+    pub fn sends_close_frame(self) -> bool {
+        !matches!(self, CloseReason::Client | CloseReason::Io)
+    }
+}
+
+/// A request to close a connection: why, the close frame to send, and by when.
 #[derive(Debug, Clone)]
 pub struct CloseRequest {
     pub reason: CloseReason,
     pub code: u16,
     pub text: String,
+    /// By when the queued frames (unless discarded) and the close frame must be written; past
+    /// it the TCP connection is reset. `None`: the connection's close grace from now.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl CloseRequest {
@@ -67,6 +83,7 @@ impl CloseRequest {
             reason,
             code,
             text: text.into(),
+            deadline: None,
         }
     }
 
@@ -80,6 +97,12 @@ impl CloseRequest {
 
     pub fn shutdown() -> Self {
         Self::new(CloseReason::Shutdown, 1001, "server going away")
+    }
+
+    /// The same request with a deadline.
+    pub fn by(mut self, deadline: tokio::time::Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 }
 
@@ -105,20 +128,10 @@ pub struct Conn {
     pub connected_at: SystemTime,
     pub shard: usize,
     pub counters: Counters,
-    /// The send queue; its waker also carries close requests to the connection's task.
+    /// The send queue, bounded in bytes; its waker also carries close requests to the
+    /// connection's task.
     pub outbox: Outbox,
     close: OnceLock<CloseRequest>,
-}
-
-/// What a connection's task is to do next.
-#[derive(Debug)]
-pub enum Outgoing {
-    Close(CloseRequest),
-    /// Frames were moved into the caller's batch; `waiting` are still queued.
-    Frames {
-        taken: usize,
-        waiting: usize,
-    },
 }
 
 /// What [`Registry::register`] needs to know of a new connection.
@@ -144,53 +157,27 @@ impl Conn {
         }
     }
 
-    /// Asks the connection's task to close with `req`; the first request wins.
-    /// Returns whether this request was the first.
-    pub fn request_close(&self, req: CloseRequest) -> bool {
-        let first = self.close.set(req).is_ok();
-        if first {
-            self.outbox.notify();
+    /// Asks the connection's task to close with `req`; the first request wins. The queue takes
+    /// no new frame from now on; a request that discards the queue empties it at once.
+    /// Returns `None` when an earlier request won, else the frames discarded.
+    pub fn request_close(&self, req: CloseRequest) -> Option<usize> {
+        let discards = req.reason.discards_queue();
+        if self.close.set(req).is_err() {
+            return None;
         }
-        first
+        let discarded = if discards {
+            self.outbox.close()
+        } else {
+            self.outbox.seal();
+            0
+        };
+        self.outbox.notify();
+        Some(discarded)
     }
 
     /// The close request, once one was made.
     pub fn close_request(&self) -> Option<&CloseRequest> {
         self.close.get()
-    }
-
-    /// Ready with the close request once one is made (for the connection's own task, which
-    /// is the outbox's one consumer).
-    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<CloseRequest> {
-        if let Some(req) = self.close.get() {
-            return Poll::Ready(req.clone());
-        }
-        self.outbox.register(cx);
-        match self.close.get() {
-            Some(req) => Poll::Ready(req.clone()),
-            None => Poll::Pending,
-        }
-    }
-
-    /// The connection task's wait: a close request first, else queued frames (up to `max`,
-    /// moved into `out`).
-    pub fn poll_outgoing(
-        &self,
-        cx: &mut Context<'_>,
-        out: &mut Vec<WireFrame>,
-        max: usize,
-    ) -> Poll<Outgoing> {
-        if let Poll::Ready(req) = self.poll_close(cx) {
-            return Poll::Ready(Outgoing::Close(req));
-        }
-        self.outbox
-            .poll_take(cx, out, max)
-            .map(|(taken, waiting)| Outgoing::Frames { taken, waiting })
-    }
-
-    /// Resolves when a close has been requested.
-    pub async fn close_requested(&self) -> CloseRequest {
-        std::future::poll_fn(|cx| self.poll_close(cx)).await
     }
 
     /// Frames waiting in the send queue now.
@@ -410,7 +397,7 @@ mod tests {
 
     #[test]
     fn user_and_publisher_targeting() {
-        let r = Registry::new("t", 4, 8);
+        let r = Registry::new("t", 4, 1 << 20);
         let alice = r.register(new_conn(Some("alice"), false));
         let bob = r.register(new_conn(Some("bob"), false));
         let anon = r.register(new_conn(None, false));
@@ -433,9 +420,9 @@ mod tests {
 
     #[test]
     fn full_queue_requests_close_once() {
-        let r = Registry::new("t", 2, 2);
-        let c = r.register(new_conn(None, false));
         let frame = frame("x");
+        let r = Registry::new("t", 2, 2 * frame.cost());
+        let c = r.register(new_conn(None, false));
         assert!(c.offer(&frame));
         assert!(c.offer(&frame));
         assert_eq!(c.queue_depth(), 2);
@@ -444,15 +431,16 @@ mod tests {
             c.close_request().map(|r| r.reason),
             Some(CloseReason::SlowConsumer)
         );
+        assert_eq!(c.queue_depth(), 0, "a slow consumer's queue is dropped");
         assert!(
-            !c.request_close(CloseRequest::shutdown()),
+            c.request_close(CloseRequest::shutdown()).is_none(),
             "first request wins"
         );
     }
 
     #[test]
     fn large_broadcast_reaches_everyone_once() {
-        let r = Registry::new("t", 8, 4);
+        let r = Registry::new("t", 8, 1 << 20);
         let conns: Vec<_> = (0..5000)
             .map(|_| r.register(new_conn(None, false)))
             .collect();

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -20,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::TokenVerifier;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::connection::Transport;
 use crate::handshake::{self, Admission, HeadError, Refusal, Request};
 use crate::metrics::{kind_label, Metrics};
 use crate::ops::Activity;
@@ -80,14 +80,16 @@ impl Shared {
             "draining"
         );
         let start = tokio::time::Instant::now();
+        // Each client is asked to close at its moment of the window, and has until the end of
+        // the window plus the close grace to take what was queued for it, then its 1001.
+        let deadline = start + window + self.config.broker.limits.close_grace();
         let n = conns.len().max(1) as u32;
         for (i, conn) in conns.iter().enumerate() {
             tokio::time::sleep_until(start + window * i as u32 / n).await;
-            conn.request_close(CloseRequest::new(
-                CloseReason::Shutdown,
-                1001,
-                "server draining: reconnect",
-            ));
+            conn.request_close(
+                CloseRequest::new(CloseReason::Shutdown, 1001, "server draining: reconnect")
+                    .by(deadline),
+            );
         }
         self.shutdown.cancel();
     }
@@ -116,16 +118,23 @@ impl RunningBroker {
         &self.shared
     }
 
-    /// Stops accepting, closes every client with 1001, and waits for the tasks to end.
+    /// Stops accepting, closes every client with 1001 (each first takes what was queued for
+    /// it, within the close grace), and waits for the tasks to end.
     pub async fn shutdown(self) {
         self.shared.set_not_ready();
         self.shared.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+        // Every connection has the close grace to take its frames and close frame, then a
+        // short wait for the peer's close frame; a little more for the tasks to finish.
+        let limit = self.shared.config.broker.limits.close_grace() + Duration::from_secs(5);
+        if tokio::time::timeout(limit, self.tracker.wait())
             .await
             .is_err()
         {
-            tracing::warn!("some connections did not close within 10 s");
+            tracing::warn!(
+                seconds = limit.as_secs_f64(),
+                "some connections did not close in time"
+            );
         }
     }
 
@@ -213,7 +222,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
     let shared = Arc::new(Shared {
         tls,
         cluster,
-        registry: Registry::new(&instance, config.shard_count(), limits.send_queue),
+        registry: Registry::new(&instance, config.shard_count(), limits.send_queue_bytes),
         tokens: TokenVerifier::new(config.broker.jwt_secret.as_deref()),
         metrics: Metrics::new(),
         events: Activity::new(),
@@ -239,8 +248,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         let shared = shared.clone();
         async move {
             shared.shutdown.cancelled().await;
+            let deadline = tokio::time::Instant::now() + shared.config.broker.limits.close_grace();
             for conn in shared.registry.snapshot() {
-                conn.request_close(CloseRequest::shutdown());
+                conn.request_close(CloseRequest::shutdown().by(deadline));
             }
         }
     });
@@ -306,10 +316,7 @@ async fn serve_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) 
 }
 
 /// One socket (plain or TLS): read its request, then upgrade it, publish, or refuse it.
-async fn handle_socket<S>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+async fn handle_socket<S: Transport>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>) {
     let started = Instant::now();
     let timeout = shared.config.broker.limits.handshake_timeout();
     let head = tokio::select! {
@@ -390,15 +397,13 @@ fn admit(req: &Request, shared: &Shared) -> Result<Admission, Refusal> {
     })
 }
 
-async fn upgrade<S>(
+async fn upgrade<S: Transport>(
     mut stream: S,
     peer: SocketAddr,
     req: Request,
     shared: Arc<Shared>,
     started: Instant,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let m = &shared.metrics;
     let refuse =
         |status: u16, reason: &'static str, message: String| Refusal::new(status, reason, message);

@@ -235,7 +235,7 @@ async fn meta_request_round_trip_through_a_publisher() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_dropped_while_others_get_everything() {
     rlimit::increase_nofile_limit(u64::MAX).expect("raise the open files limit");
-    let b = start_with(json!({"broker": {"limits": {"sendQueue": 16}}})).await;
+    let b = start_with(json!({"broker": {"limits": {"sendQueueBytes": 140_000}}})).await;
     let addr = b.ws_addr();
     // A client that never reads, with a tiny receive window so backpressure comes quickly.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");

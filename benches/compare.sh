@@ -112,7 +112,10 @@ cat >"$cfg" <<EOF
       "maxConnections": 100000,
       "maxConnectionsPerAddress": 0,
       "messagesPerSecond": 0,
-      "sendQueue": 4096,
+      // loadtest broadcasts from ordinary clients at the rates it measures.
+      "clientFanoutPerSecond": 0,
+      "clientFanoutBytesPerSecond": 0,
+      "sendQueueBytes": 16777216,
       "handshakeTimeout": 30
     }
   }

@@ -16,8 +16,10 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::event::{files_uploaded, FilesEvent};
 
-/// The broker's default send-queue bound (`broker.limits.sendQueue`).
-pub const QUEUE_BOUND: usize = 1024;
+/// The broker's default send-queue bound in bytes (`broker.limits.sendQueueBytes`).
+pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// The channel bound of the per-connection baseline: what 4 MiB hold of the ~1 KiB event.
+pub const QUEUE_BOUND: usize = 4096;
 
 /// The event every fan-out benchmark delivers: a FilesUploaded of two files, about 1 KiB.
 pub fn event() -> FilesEvent {
@@ -34,7 +36,7 @@ pub fn shard_count() -> usize {
 
 /// A registry with `n` anonymous client connections (whose outboxes are the queues).
 pub fn registry_with(n: usize) -> (Registry, Vec<Arc<Conn>>) {
-    let registry = Registry::new("bench", shard_count(), QUEUE_BOUND);
+    let registry = Registry::new("bench", shard_count(), QUEUE_BYTES);
     let remote: SocketAddr = "127.0.0.1:40000".parse().expect("address");
     let receivers = (0..n)
         .map(|_| {

@@ -457,3 +457,93 @@ async fn read_to_close_lenient(
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_faster_than_it_reads_is_slowed_not_buffered() {
+    let bound = 1024 * 1024;
+    let b = start_with(json!({"broker": {"limits": {"sendQueueBytes": bound}}})).await;
+    let origin = "http://localhost:4008";
+    let ws = paused_client(b.ws_addr(), &[("origin", origin)]).await;
+    let (mut tx, mut rx) = ws.split();
+    const N: u64 = 1000;
+    let blob = "e".repeat(16 * 1024);
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            let ev = json!({"eventType": 10, "message": blob, "seq": i});
+            tx.send(Message::text(ev.to_string())).await.expect("send");
+        }
+        tx
+    });
+    // While the client reads nothing, the broker stops reading it: its socket is full, and the
+    // broker reads a connection only between whole frames and while less than half the bound
+    // waits. Two samples in a row with the same count (a publisher round trip apart) show it.
+    let mut publ = publisher(b.ws_addr()).await;
+    let mut last = u64::MAX;
+    let mut stable = 0;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let row = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker kept reading"
+        );
+        sync_publisher(&mut publ).await;
+        let row = admin_row(b.ops_addr(), origin).await.expect("listed");
+        let n = row["messagesIn"].as_u64().expect("in");
+        stable = if n == last && n > 0 { stable + 1 } else { 0 };
+        last = n;
+        if stable >= 5 {
+            break row;
+        }
+    };
+    assert!(
+        row["messagesIn"].as_u64().expect("in") < N,
+        "the rest waits in TCP, not in the broker: {row}"
+    );
+    assert!(
+        row["sendQueueBytes"].as_u64().expect("bytes") <= (bound / 2 + 17 * 1024) as u64,
+        "at most half the bound and one answer wait: {row}"
+    );
+    // Reading again, the client gets every answer, in order.
+    let mut got = Vec::new();
+    while (got.len() as u64) < N {
+        let msg = tokio::time::timeout(DEADLINE, rx.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("no error");
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(t.as_str()).expect("json");
+            got.push(v["seq"].as_u64().expect("seq"));
+        }
+    }
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    let _tx = writer.await.expect("writer");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_broadcast_can_be_turned_off() {
+    let b = start_with(json!({"broker": {"clientBroadcast": false}})).await;
+    let mut ws = client(b.ws_addr()).await;
+    let mut other = client(b.ws_addr()).await;
+    send_json(
+        &mut ws,
+        &json!({"eventType": 10, "message": "to all", "broadcast": true}),
+    )
+    .await;
+    let err = recv_json(&mut ws).await;
+    assert_eq!(err["eventType"], 10);
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("clientBroadcast")),
+        "{err}"
+    );
+    assert_nothing_pending(&mut other).await;
+    // Publishers still broadcast.
+    let mut publ = publisher(b.ws_addr()).await;
+    let ev = json!({"eventType": 10, "message": "from the back end", "broadcast": true});
+    send_json(&mut publ, &ev).await;
+    assert_eq!(recv_json(&mut other).await, ev);
+    b.shutdown().await;
+}

@@ -14,9 +14,11 @@ pub const API_KEY: &str = "k";
 pub const TEST_LIMIT: Duration = Duration::from_secs(40);
 
 /// Starts a broker on 127.0.0.1 with an ephemeral port, approving `http://localhost` only.
+/// The per-client fan-out limits are off: the scenarios broadcast from ordinary clients at
+/// rates a capacity test sets, not the rates the broker allows one browser by default.
 pub async fn broker() -> RunningBroker {
     let config = Config::from_json_str(
-        r#"{"websocket":{"port":0,"host":"127.0.0.1","approvedSocketDomains":["^http://localhost$"],"socketApiKey":"k"},"broker":{"ops":{"host":"127.0.0.1","port":0}}}"#,
+        r#"{"websocket":{"port":0,"host":"127.0.0.1","approvedSocketDomains":["^http://localhost$"],"socketApiKey":"k"},"broker":{"ops":{"host":"127.0.0.1","port":0},"limits":{"clientFanoutPerSecond":0,"clientFanoutBytesPerSecond":0}}}"#,
         "test",
     )
     .expect("valid test config");

@@ -297,7 +297,7 @@ async fn mixed_plain_and_broadcast_echoes_come_back_in_order() {
     const N: u64 = 2000;
     let writer = tokio::spawn(async move {
         for i in 0..N {
-            let ev = json!({"eventType": 10, "message": format!("m{i}"), "broadcast": i % 3 == 0});
+            let ev = json!({"eventType": 10, "message": format!("m{i}"), "broadcast": i.is_multiple_of(3)});
             tx.send(Message::text(ev.to_string())).await.expect("send");
         }
         tx
@@ -321,7 +321,7 @@ async fn mixed_plain_and_broadcast_echoes_come_back_in_order() {
     assert_eq!(order, (0..N).collect::<Vec<_>>());
     // The other client sees the broadcast ones, in order, and nothing else.
     let mut seen = Vec::new();
-    for _ in (0..N).filter(|i| i % 3 == 0) {
+    for _ in (0..N).filter(|i| i.is_multiple_of(3)) {
         let v = recv_json(&mut listener).await;
         seen.push(
             v["message"].as_str().expect("echo")[1..]
@@ -329,7 +329,10 @@ async fn mixed_plain_and_broadcast_echoes_come_back_in_order() {
                 .expect("n"),
         );
     }
-    assert_eq!(seen, (0..N).filter(|i| i % 3 == 0).collect::<Vec<_>>());
+    assert_eq!(
+        seen,
+        (0..N).filter(|i| i.is_multiple_of(3)).collect::<Vec<_>>()
+    );
     assert_nothing_pending(&mut listener).await;
     b.shutdown().await;
 }
@@ -377,7 +380,7 @@ async fn a_flooder_cannot_get_a_paused_listener_or_publisher_dropped() {
     let flood = tokio::spawn(async move {
         let mut sent = 0u64;
         while sent < 3000 {
-            let ev = if sent % 2 == 0 {
+            let ev = if sent.is_multiple_of(2) {
                 json!({"eventType": 10, "message": blob, "broadcast": true, "seq": sent})
             } else {
                 json!({"eventType": 9, "username": "x", "property": "p", "val": sent, "seq": sent})

@@ -5,6 +5,10 @@ mod common;
 use common::*;
 use serde_json::json;
 
+/// The memory test reads this process's RSS, which the other tests of this file (running on
+/// other threads) would move: it takes this lock exclusively, they take it shared.
+static MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A well-behaved client that must see every broadcast while the others misbehave.
 async fn bystander_gets(ws: &mut Client, publ: &mut Client, n: usize) {
     for i in 0..n {
@@ -16,6 +20,7 @@ async fn bystander_gets(ws: &mut Client, publ: &mut Client, n: usize) {
 
 #[tokio::test]
 async fn fragmented_messages_are_reassembled() {
+    let _memory = MEMORY.read().await;
     let b = start().await;
     let mut s = raw_upgrade(b.ws_addr(), "").await;
     let msg = br#"{"eventType":10,"message":"in three parts"}"#;
@@ -32,6 +37,7 @@ async fn fragmented_messages_are_reassembled() {
 
 #[tokio::test]
 async fn protocol_violations_close_with_1002_and_hurt_no_one() {
+    let _memory = MEMORY.read().await;
     let b = start().await;
     let mut ws = client(b.ws_addr()).await;
     let mut publ = publisher(b.ws_addr()).await;
@@ -61,6 +67,7 @@ async fn protocol_violations_close_with_1002_and_hurt_no_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_flood_does_not_slow_the_others() {
+    let _memory = MEMORY.read().await;
     let b = start().await;
     let mut ws = client(b.ws_addr()).await;
     let mut publ = publisher(b.ws_addr()).await;
@@ -91,6 +98,7 @@ fn rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_connect_disconnect_cycles_leave_no_trace() {
+    let _memory = MEMORY.write().await;
     rlimit::increase_nofile_limit(u64::MAX).expect("raise the open files limit");
     let b = start().await;
     let mut ws = client(b.ws_addr()).await;

@@ -209,3 +209,84 @@ async fn no_pause_no_pause_section() {
     assert!(json["delivery"].get("pause").is_none());
     b.shutdown().await;
 }
+
+/// With `--in-flight`, only the steady listeners' receipts retire events: the publishers keep
+/// sending while the paused listener is away, instead of waiting for it. 300 small events with
+/// 4 in flight take a fraction of a second; the pause lasts 3 s, so a window that counted the
+/// paused listener could not have finished sending before the resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_window_does_not_wait_for_paused_listeners() {
+    let b = broker_with_queue(1024).await;
+    let s = run(cli(
+        &b,
+        &[
+            "broadcast",
+            "-l",
+            "4",
+            "--rate",
+            "max",
+            "--in-flight",
+            "4",
+            "--messages",
+            "300",
+            "-d",
+            "10s",
+            "--pause-share",
+            "0.25",
+            "--pause-at",
+            "0s",
+            "--pause-for",
+            "3s",
+        ],
+    ))
+    .await;
+    let d = s.delivery.as_ref().expect("delivery summary");
+    let p = d.pause.as_ref().expect("pause summary");
+    assert_eq!(d.sent, 300, "{s}");
+    assert!(s.measured_s < 3.0, "sending ended before the resume: {s}");
+    assert_eq!(p.steady.completeness, 1.0, "{s}");
+    // 300 events of 32 bytes wait in the kernel buffers: the paused listener loses nothing.
+    assert_eq!(p.paused.completeness, 1.0, "{s}");
+    assert_eq!(
+        p.paused.catch_up.as_ref().map(|c| c.caught_up),
+        Some(1),
+        "{s}"
+    );
+    b.shutdown().await;
+}
+
+/// The pause options are checked like any other.
+#[test]
+fn pause_options_are_validated() {
+    use clap::Parser;
+    for bad in [
+        &["--pause-share", "1.5"][..],
+        &["--pause-share", "-0.1"],
+        &["--pause-for", "soon"],
+        &["--pause-rcvbuf", "0"],
+        &["--pause-rcvbuf", "-5"],
+    ] {
+        let mut argv = vec!["loadtest", "broadcast"];
+        argv.extend_from_slice(bad);
+        assert!(loadtest::Cli::try_parse_from(&argv).is_err(), "{bad:?}");
+    }
+    let ok = loadtest::Cli::try_parse_from([
+        "loadtest",
+        "publish",
+        "--pause-share",
+        "10%",
+        "--pause-for",
+        "2s",
+        "--pause-at",
+        "500ms",
+        "--pause-rcvbuf",
+        "8192",
+    ])
+    .expect("parses");
+    let loadtest::cli::Scenario::Publish(a) = ok.scenario else {
+        panic!("publish");
+    };
+    assert_eq!(a.delivery.pause.pause_share, 0.1);
+    assert_eq!(a.delivery.pause.paused_count(100), 10);
+    assert_eq!(a.delivery.pause.pause_rcvbuf, Some(8192));
+}

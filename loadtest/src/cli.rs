@@ -247,11 +247,11 @@ pub struct PauseArgs {
 
     /// How long the paused listeners leave their socket unread (TCP backpressure reaches the
     /// server), after which they read everything that is waiting.
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = parse_pause, default_value = "5s")]
     pub pause_for: Duration,
 
     /// When the pause starts, counted from the start of the send phase.
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = parse_pause, default_value = "1s")]
     pub pause_at: Duration,
 
     /// SO_RCVBUF in bytes for the paused listeners' sockets (set before connecting, so the
@@ -381,6 +381,19 @@ impl fmt::Display for Rate {
     }
 }
 
+/// The longest `--pause-at` and `--pause-for` accepted: a day (and instants stay far from
+/// overflowing when they are added up).
+pub const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a duration for `--pause-at`/`--pause-for`: as [`parse_duration`], at most a day.
+pub fn parse_pause(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_PAUSE {
+        return Err(format!("`{s}` is longer than the 24 h a pause may last"));
+    }
+    Ok(d)
+}
+
 /// Parses a share between 0 and 1 (`0.1`, or `10%`).
 pub fn parse_share(s: &str) -> Result<f64, String> {
     let t = s.trim();
@@ -400,11 +413,8 @@ pub fn parse_share(s: &str) -> Result<f64, String> {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 {
-            Ok(Duration::from_secs_f64(secs))
-        } else {
-            Err(format!("`{s}` is not a duration"))
-        };
+        // `try_from`: a huge number of seconds is an error, not a panic.
+        return Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a duration"));
     }
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration ({e}); examples: 500ms, 10s, 2m"))
@@ -421,6 +431,10 @@ mod tests {
         assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("1e30").is_err());
+        assert!(parse_duration("inf").is_err());
+        assert_eq!(parse_pause("5s"), Ok(Duration::from_secs(5)));
+        assert!(parse_pause("25h").is_err());
     }
 
     #[test]

@@ -263,6 +263,8 @@ fn pause_options_are_validated() {
         &["--pause-share", "1.5"][..],
         &["--pause-share", "-0.1"],
         &["--pause-for", "soon"],
+        &["--pause-for", "25h"],
+        &["--pause-at", "1e30"],
         &["--pause-rcvbuf", "0"],
         &["--pause-rcvbuf", "-5"],
     ] {

@@ -124,12 +124,17 @@ async fn long_pause_with_a_small_queue_is_closed_by_the_server_and_loses_events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_pause_with_a_generous_queue_loses_nothing_and_catches_up() {
     let b = broker_with_queue(1024).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("report");
+    let out_s = out.to_string_lossy().into_owned();
     let s = run(cli(
         &b,
         &[
             "--api-key",
             API_KEY,
             "--json",
+            "--report",
+            &out_s,
             "broadcast",
             "-l",
             "10",
@@ -190,6 +195,14 @@ async fn short_pause_with_a_generous_queue_loses_nothing_and_catches_up() {
     assert_eq!(pause["steady"]["missing"], 0);
     assert_eq!(pause["paused"]["catch_up"]["caught_up"], 3);
     assert!(pause["details"][0]["catch_up_ms"].is_f64());
+
+    // The report shows paused against steady in a table.
+    let index = std::fs::read_to_string(out.join("index.html")).expect("index.html");
+    assert!(index.contains("<th>paused</th><th>steady</th>"), "{index}");
+    assert!(
+        index.contains("<tr><th>caught up after resuming</th><td>3 of 3</td><td>-</td></tr>"),
+        "{index}"
+    );
     b.shutdown().await;
 }
 

@@ -227,9 +227,59 @@ pub struct DeliveryArgs {
     pub drain: Duration,
 
     /// Closed loop: at most this many events sent and not yet received by every listener
-    /// (WebSocket publishers only; usually with `--rate max`).
+    /// (WebSocket publishers only; usually with `--rate max`). With `--pause-share`, only the
+    /// steady listeners' receipts retire events, so the pause does not stall the publishers.
     #[arg(long)]
     pub in_flight: Option<u64>,
+
+    #[command(flatten)]
+    pub pause: PauseArgs,
+}
+
+/// Slow consumers: a share of the listeners stops reading for a while, then resumes.
+#[derive(Args, Debug, Clone, PartialEq)]
+#[command(next_help_heading = "Slow consumers (broadcast, publish)")]
+pub struct PauseArgs {
+    /// Share of the listeners (0 to 1) that stop reading their socket for --pause-for; at least
+    /// one when above 0. They are spread evenly over the listeners. 0 (the default): none.
+    #[arg(long, value_parser = parse_share, default_value = "0")]
+    pub pause_share: f64,
+
+    /// How long the paused listeners leave their socket unread (TCP backpressure reaches the
+    /// server), after which they read everything that is waiting.
+    #[arg(long, value_parser = parse_pause, default_value = "5s")]
+    pub pause_for: Duration,
+
+    /// When the pause starts, counted from the start of the send phase.
+    #[arg(long, value_parser = parse_pause, default_value = "1s")]
+    pub pause_at: Duration,
+
+    /// SO_RCVBUF in bytes for the paused listeners' sockets (set before connecting, so the
+    /// kernel's receive window stays that small and the pause reaches the server sooner). By
+    /// default the kernel sizes it, and autotuning can let it grow to megabytes.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pause_rcvbuf: Option<u32>,
+}
+
+impl PauseArgs {
+    /// How many of `listeners` pause: the share rounded, at least one when the share is above 0.
+    pub fn paused_count(&self, listeners: usize) -> usize {
+        if self.pause_share <= 0.0 || listeners == 0 {
+            return 0;
+        }
+        ((self.pause_share * listeners as f64).round() as usize).clamp(1, listeners)
+    }
+
+    /// Whether listener number `i` (0-based, of `listeners`) is one that pauses: the `k` paused
+    /// ones are spread evenly, so they share source addresses and ramp slots with the others.
+    pub fn is_paused(&self, i: usize, listeners: usize) -> bool {
+        let k = self.paused_count(listeners);
+        if k == 0 || i >= listeners {
+            return false;
+        }
+        // Listener i pauses when the running quota floor((i + 1) k / n) steps up at i.
+        (i + 1) * k / listeners > i * k / listeners
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -331,15 +381,40 @@ impl fmt::Display for Rate {
     }
 }
 
+/// The longest `--pause-at` and `--pause-for` accepted: a day (and instants stay far from
+/// overflowing when they are added up).
+pub const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a duration for `--pause-at`/`--pause-for`: as [`parse_duration`], at most a day.
+pub fn parse_pause(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_PAUSE {
+        return Err(format!("`{s}` is longer than the 24 h a pause may last"));
+    }
+    Ok(d)
+}
+
+/// Parses a share between 0 and 1 (`0.1`, or `10%`).
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let value = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    };
+    match value {
+        Ok(v) if v.is_finite() && (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a share: give a number from 0 to 1 (0.1) or a percentage (10%)"
+        )),
+    }
+}
+
 /// Parses `1.5s`, `250ms`, `2m`, `1h 30m` (humantime syntax) or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 {
-            Ok(Duration::from_secs_f64(secs))
-        } else {
-            Err(format!("`{s}` is not a duration"))
-        };
+        // `try_from`: a huge number of seconds is an error, not a panic.
+        return Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a duration"));
     }
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration ({e}); examples: 500ms, 10s, 2m"))
@@ -356,6 +431,10 @@ mod tests {
         assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("1e30").is_err());
+        assert!(parse_duration("inf").is_err());
+        assert_eq!(parse_pause("5s"), Ok(Duration::from_secs(5)));
+        assert!(parse_pause("25h").is_err());
     }
 
     #[test]
@@ -364,6 +443,43 @@ mod tests {
         assert_eq!("250".parse::<Rate>(), Ok(Rate::PerSecond(250.0)));
         assert!("0".parse::<Rate>().is_err());
         assert!("fast".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn shares_accept_fractions_and_percentages() {
+        assert_eq!(parse_share("0.1"), Ok(0.1));
+        assert_eq!(parse_share("25%"), Ok(0.25));
+        assert_eq!(parse_share("0"), Ok(0.0));
+        assert!(parse_share("1.5").is_err());
+        assert!(parse_share("-0.1").is_err());
+        assert!(parse_share("NaN").is_err());
+        assert!(parse_share("some").is_err());
+    }
+
+    #[test]
+    fn paused_listeners_are_spread_and_counted() {
+        let pause = |share: f64| PauseArgs {
+            pause_share: share,
+            pause_for: Duration::from_secs(1),
+            pause_at: Duration::ZERO,
+            pause_rcvbuf: None,
+        };
+        for (share, n, k) in [
+            (0.1, 100, 10),
+            (0.0, 100, 0),
+            (0.01, 10, 1),
+            (1.0, 7, 7),
+            (0.5, 3, 2),
+        ] {
+            let p = pause(share);
+            assert_eq!(p.paused_count(n), k, "{share} of {n}");
+            let picked: Vec<usize> = (0..n).filter(|&i| p.is_paused(i, n)).collect();
+            assert_eq!(picked.len(), k, "{share} of {n}: {picked:?}");
+        }
+        let p = pause(0.25);
+        let picked: Vec<usize> = (0..8).filter(|&i| p.is_paused(i, 8)).collect();
+        assert_eq!(picked, [3, 7], "spread evenly");
+        assert!(!p.is_paused(8, 8));
     }
 
     #[test]

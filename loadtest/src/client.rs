@@ -190,21 +190,45 @@ impl Target {
         index: usize,
         role: Role,
     ) -> Result<(Ws, Duration), ConnectFailure> {
+        self.connect_with(index, role, None).await
+    }
+
+    /// As [`Target::connect`], with the socket's receive buffer (`SO_RCVBUF`) set to
+    /// `recv_buffer` bytes before connecting, when given.
+    pub async fn connect_with(
+        &self,
+        index: usize,
+        role: Role,
+        recv_buffer: Option<u32>,
+    ) -> Result<(Ws, Duration), ConnectFailure> {
         let _slot = self
             .inflight
             .acquire()
             .await
             .map_err(|_| ConnectFailure::Io(io::ErrorKind::Other.into()))?;
         let started = Instant::now();
-        match tokio::time::timeout(self.connect_timeout, self.handshake(index, role)).await {
+        match tokio::time::timeout(
+            self.connect_timeout,
+            self.handshake(index, role, recv_buffer),
+        )
+        .await
+        {
             Err(_) => Err(ConnectFailure::Timeout),
             Ok(Err(e)) => Err(e),
             Ok(Ok(ws)) => Ok((ws, started.elapsed())),
         }
     }
 
-    async fn handshake(&self, index: usize, role: Role) -> Result<Ws, ConnectFailure> {
-        let tcp = self.tcp(index).await.map_err(ConnectFailure::Tcp)?;
+    async fn handshake(
+        &self,
+        index: usize,
+        role: Role,
+        recv_buffer: Option<u32>,
+    ) -> Result<Ws, ConnectFailure> {
+        let tcp = self
+            .tcp_with(index, recv_buffer)
+            .await
+            .map_err(ConnectFailure::Tcp)?;
         let mut uri = format!(
             "{}://{}{}",
             if self.tls { "wss" } else { "ws" },
@@ -267,11 +291,20 @@ impl Target {
 
     /// A TCP connection to the target from the source address of connection `index`.
     pub async fn tcp(&self, index: usize) -> io::Result<TcpStream> {
+        self.tcp_with(index, None).await
+    }
+
+    /// As [`Target::tcp`], with `SO_RCVBUF` set before connecting (the window scale is agreed
+    /// in the handshake, so setting it later would not shrink the advertised window as much).
+    pub async fn tcp_with(&self, index: usize, recv_buffer: Option<u32>) -> io::Result<TcpStream> {
         let socket = if self.addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
+        if let Some(bytes) = recv_buffer {
+            socket.set_recv_buffer_size(bytes)?;
+        }
         if !self.sources.is_empty() {
             let source = self.sources[index % self.sources.len()];
             bind_address_no_port(&socket);

@@ -261,6 +261,12 @@ impl SeqSet {
         true
     }
 
+    pub fn contains(&self, seq: u64) -> bool {
+        self.words
+            .get((seq / 64) as usize)
+            .is_some_and(|w| w & (1u64 << (seq % 64)) != 0)
+    }
+
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -323,6 +329,8 @@ mod tests {
         assert!(a.insert(3));
         assert!(!a.insert(3));
         assert!(a.insert(200));
+        assert!(a.contains(3) && a.contains(200));
+        assert!(!a.contains(4) && !a.contains(100_000));
         let mut b = SeqSet::default();
         b.insert(3);
         assert_eq!(a.count_common(&b), 1);

@@ -28,8 +28,11 @@ pub enum Ended {
     Dropped(String),
 }
 
+/// Picks the connections (by index) whose sockets get a receive buffer of the given size.
+pub type RecvBufferFor = (u32, Arc<dyn Fn(usize) -> bool + Send + Sync>);
+
 /// How many connections, of which kind.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct FleetSpec {
     pub count: usize,
     pub role: Role,
@@ -37,6 +40,8 @@ pub struct FleetSpec {
     pub first_index: usize,
     /// Reconnect (after a short pause) when the server drops a connection.
     pub reconnect: bool,
+    /// `SO_RCVBUF` for the connections the function picks (by index); `None`: kernel default.
+    pub recv_buffer: Option<RecvBufferFor>,
 }
 
 /// The connection tasks of one fleet.
@@ -77,6 +82,11 @@ where
         let (body, stop, tx) = (body.clone(), stop.clone(), tx.clone());
         let (target, stats) = (ctx.target.clone(), ctx.stats.clone());
         let mut state = init(index);
+        let (role, reconnect) = (spec.role, spec.reconnect);
+        let recv_buffer = spec
+            .recv_buffer
+            .as_ref()
+            .and_then(|(bytes, pick)| pick(index).then_some(*bytes));
         tasks.spawn(async move {
             let mut reported = false;
             let mut at = slot;
@@ -85,7 +95,7 @@ where
                     _ = stop.cancelled() => break,
                     r = async {
                         tokio::time::sleep_until(at.into()).await;
-                        target.connect(index, spec.role).await
+                        target.connect_with(index, role, recv_buffer).await
                     } => r,
                 };
                 match connected {
@@ -116,7 +126,7 @@ where
                         }
                     }
                 }
-                if !spec.reconnect || stop.is_cancelled() {
+                if !reconnect || stop.is_cancelled() {
                     break;
                 }
                 stats

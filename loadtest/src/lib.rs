@@ -187,7 +187,8 @@ async fn run_one(
     label: &str,
 ) -> anyhow::Result<Summary> {
     let (primary, secondary) = scenario::measures(scenario);
-    let stats = Arc::new(Stats::new(primary, secondary));
+    let stats =
+        Arc::new(Stats::new(primary, secondary).with_extra(scenario::extra_measure(scenario)));
     let ctx = RunCtx {
         target: env.target.clone(),
         stats: stats.clone(),

@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use plotters::prelude::*;
 
 use crate::progress::si;
-use crate::summary::Summary;
+use crate::summary::{ListenerGroup, PauseSummary, Summary};
 
 const SIZE: (u32, u32) = (960, 480);
 
@@ -65,6 +65,9 @@ fn section(dir: &Path, s: &Summary, prefix: &str) -> anyhow::Result<String> {
         escape(&s.run_id),
         escape(&s.to_string())
     );
+    if let Some(pause) = s.delivery.as_ref().and_then(|d| d.pause.as_ref()) {
+        html.push_str(&pause_table(pause));
+    }
     if let Some(name) = latency_over_time(dir, s, prefix)? {
         let _ = writeln!(
             html,
@@ -88,6 +91,67 @@ fn section(dir: &Path, s: &Summary, prefix: &str) -> anyhow::Result<String> {
         );
     }
     Ok(html)
+}
+
+/// Paused against steady listeners, one row per figure.
+fn pause_table(p: &PauseSummary) -> String {
+    let mut html = format!(
+        "<p>{} listeners stopped reading {:.2} s into sending for {:.2} s{}</p>\n\
+         <table><tr><th></th><th>paused</th><th>steady</th></tr>\n",
+        p.paused_listeners,
+        p.at_s,
+        p.for_s,
+        p.rcvbuf_bytes
+            .map(|b| format!(" (SO_RCVBUF {b} B)"))
+            .unwrap_or_default()
+    );
+    for ((label, paused), (_, steady)) in group_cells(&p.paused)
+        .into_iter()
+        .zip(group_cells(&p.steady))
+    {
+        let _ = writeln!(
+            html,
+            "<tr><th>{label}</th><td>{}</td><td>{}</td></tr>",
+            escape(&paused),
+            escape(&steady)
+        );
+    }
+    html.push_str("</table>\n");
+    html
+}
+
+/// One group's figures as table cells, labelled.
+fn group_cells(g: &ListenerGroup) -> Vec<(&'static str, String)> {
+    let codes = |m: &std::collections::BTreeMap<String, usize>| {
+        if m.is_empty() {
+            "-".to_owned()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
+    let (caught_up, catch_up) = match &g.catch_up {
+        Some(c) => (
+            format!("{} of {}", c.caught_up, c.resumed),
+            format!("{} / {} / {}", ms(c.min_ms), ms(c.p50_ms), ms(c.max_ms)),
+        ),
+        None => ("-".to_owned(), "-".to_owned()),
+    };
+    vec![
+        ("listeners", g.listeners.to_string()),
+        ("completeness", format!("{:.4}%", g.completeness * 100.0)),
+        ("listeners that lost events", g.lossy_listeners.to_string()),
+        ("events missing in all", g.missing.to_string()),
+        ("most missed by one", g.max_missing.to_string()),
+        ("closed by server, by code", codes(&g.closed_by_server)),
+        ("no close frame (1006)", codes(&g.no_close_frame_by)),
+        ("open at end", g.open_at_end.to_string()),
+        ("caught up after resuming", caught_up),
+        ("catch-up min / p50 / max", catch_up),
+    ]
 }
 
 fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {

@@ -184,6 +184,8 @@ pub struct Stats {
     pub handshake: Latency,
     pub primary: Latency,
     pub secondary: Option<Latency>,
+    /// A further measure reported in the summary but not per window (`delivery_paused`).
+    pub extra: Option<Latency>,
     failures: Mutex<BTreeMap<String, u64>>,
     drops: Mutex<BTreeMap<String, u64>>,
     errors_by_kind: Mutex<BTreeMap<String, u64>>,
@@ -206,11 +208,18 @@ impl Stats {
             handshake: Latency::new("handshake", false),
             primary,
             secondary,
+            extra: None,
             failures: Mutex::new(BTreeMap::new()),
             drops: Mutex::new(BTreeMap::new()),
             errors_by_kind: Mutex::new(BTreeMap::new()),
             windows: Mutex::new((Vec::new(), Marks::default())),
         }
+    }
+
+    /// Adds a measure that is summarised for the whole run only.
+    pub fn with_extra(mut self, extra: Option<Latency>) -> Self {
+        self.extra = extra;
+        self
     }
 
     pub fn elapsed(&self) -> Duration {

@@ -102,6 +102,103 @@ pub struct DeliverySummary {
     pub complete_listeners: usize,
     /// Probes of other runs seen by the listeners (ignored).
     pub foreign: u64,
+    /// `--pause-share`: the paused and the steady listeners apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseSummary>,
+}
+
+/// Slow consumers: a share of the listeners stopped reading for a while, then read on.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PauseSummary {
+    /// `--pause-share`.
+    pub share: f64,
+    /// Listeners chosen to pause (the share of `--listeners`, at least one).
+    pub paused_listeners: usize,
+    /// `--pause-at`: the pause began this long after sending started.
+    pub at_s: f64,
+    /// `--pause-for`: how long the paused listeners left their socket unread.
+    pub for_s: f64,
+    /// `--pause-rcvbuf`: SO_RCVBUF of the paused listeners' sockets (`null`: kernel default).
+    pub rcvbuf_bytes: Option<u32>,
+    /// The listeners that paused (those that connected).
+    pub paused: ListenerGroup,
+    /// The listeners that kept reading.
+    pub steady: ListenerGroup,
+    /// One entry per paused listener, and per steady one that lost events or was ended by the
+    /// server; at most 1,000 (paused ones first).
+    pub details: Vec<ListenerDetail>,
+    /// Entries left out of `details` past that bound.
+    pub details_omitted: usize,
+}
+
+/// Delivery and endings of one group of listeners (paused or steady).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ListenerGroup {
+    /// Listeners of the group that connected.
+    pub listeners: usize,
+    /// `sent × listeners`.
+    pub expected: u64,
+    /// Distinct receipts of sent events.
+    pub received: u64,
+    /// `expected − received`: the events the group lost in all.
+    pub missing: u64,
+    /// `received / expected`.
+    pub completeness: f64,
+    /// Listeners that received every sent event.
+    pub complete_listeners: usize,
+    /// Listeners that missed at least one sent event.
+    pub lossy_listeners: usize,
+    /// The most events one listener of the group missed.
+    pub max_missing: u64,
+    /// Listeners the server closed with a close frame, by its code (`"1013"`: slow consumer,
+    /// `"1001"`: going away, `"1008"`: policy; `"1005"`: a close frame without a code).
+    pub closed_by_server: BTreeMap<String, usize>,
+    /// Listeners that ended without a close frame (1006: EOF, reset, a broken frame).
+    pub no_close_frame: usize,
+    /// The same by how they ended: `eof`, `reset`, `protocol` (e.g. a frame cut short), ...
+    pub no_close_frame_by: BTreeMap<String, usize>,
+    /// Listeners still open when the run closed them.
+    pub open_at_end: usize,
+    /// Paused listeners: how fast they caught up after resuming.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<CatchUp>,
+}
+
+/// Time from resuming to having received every event sent before the resume.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CatchUp {
+    /// Paused listeners that reached the end of their pause while the run still went on.
+    pub resumed: usize,
+    /// Of those, listeners that then received every event sent before they resumed.
+    pub caught_up: usize,
+    /// Over the listeners that caught up; `null` when none did.
+    pub min_ms: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+/// One listener's figures (paused listeners, and steady ones that lost events or were ended).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ListenerDetail {
+    /// Listener number (0-based, in ramp order).
+    pub index: usize,
+    pub paused: bool,
+    /// Distinct sent events it received.
+    pub received: u64,
+    /// Sent events it did not receive.
+    pub missing: u64,
+    /// How the server or the network ended it (`close_1013`, `eof`, `reset`, `protocol`, ...);
+    /// `null` if it was open until the run closed it.
+    pub ended: Option<String>,
+    /// The close code when it ended with a close frame.
+    pub close_code: Option<u16>,
+    /// When it ended, in seconds since sending started (when it read the end: a paused
+    /// listener sees a close only after it resumes).
+    pub ended_at_s: Option<f64>,
+    /// When it stopped reading, in seconds since sending started.
+    pub paused_at_s: Option<f64>,
+    /// Time from resuming to having every event sent before the resume.
+    pub catch_up_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -154,6 +251,7 @@ impl Summary {
             measures.push(&stats.primary);
         }
         measures.extend(stats.secondary.as_ref());
+        measures.extend(stats.extra.as_ref());
         for m in measures {
             let total = m.total();
             if let Some(p) = Percentiles::of(&total) {
@@ -260,6 +358,55 @@ fn ms(v: f64) -> String {
     }
 }
 
+/// The human lines of one listener group.
+fn write_group(f: &mut fmt::Formatter<'_>, name: &str, g: &ListenerGroup) -> fmt::Result {
+    let count_line = |m: &BTreeMap<String, usize>| {
+        if m.is_empty() {
+            "none".to_owned()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k} x{v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    writeln!(
+        f,
+        "    {name:<10} {} listeners, completeness {:.4}%; {} lost events ({} missing in all, at most {} by one)",
+        g.listeners,
+        g.completeness * 100.0,
+        g.lossy_listeners,
+        g.missing,
+        g.max_missing
+    )?;
+    writeln!(
+        f,
+        "               closed by server: {}; no close frame (1006): {}{}; open at end {}",
+        count_line(&g.closed_by_server),
+        g.no_close_frame,
+        if g.no_close_frame > 0 {
+            format!(" ({})", count_line(&g.no_close_frame_by))
+        } else {
+            String::new()
+        },
+        g.open_at_end
+    )?;
+    if let Some(c) = &g.catch_up {
+        write!(
+            f,
+            "               caught up after resuming: {} of {} resumed",
+            c.caught_up, c.resumed
+        )?;
+        match (c.min_ms, c.p50_ms, c.max_ms) {
+            (Some(min), Some(p50), Some(max)) => {
+                writeln!(f, ", min {}, p50 {}, max {}", ms(min), ms(p50), ms(max))?
+            }
+            _ => writeln!(f)?,
+        }
+    }
+    Ok(())
+}
+
 fn map_line(m: &BTreeMap<String, u64>) -> String {
     m.iter()
         .map(|(k, v)| format!("{k} {v}"))
@@ -336,6 +483,20 @@ impl fmt::Display for Summary {
                 d.complete_listeners,
                 d.listeners
             )?;
+            if let Some(p) = &d.pause {
+                write!(
+                    f,
+                    "  pause        {} of {} listeners stopped reading {:.2} s into sending for {:.2} s",
+                    p.paused_listeners, d.listeners, p.at_s, p.for_s
+                )?;
+                match p.rcvbuf_bytes {
+                    Some(b) => writeln!(f, " (SO_RCVBUF {b} B)")?,
+                    None => writeln!(f)?,
+                }
+                for (name, g) in [("paused", &p.paused), ("steady", &p.steady)] {
+                    write_group(f, name, g)?;
+                }
+            }
         }
         if !self.latency.is_empty() {
             writeln!(

@@ -20,6 +20,7 @@ pub async fn run(ctx: &RunCtx, args: &ConnectArgs) -> anyhow::Result<Outcome> {
         role: Role::Client,
         first_index: 0,
         reconnect: false,
+        recv_buffer: None,
     };
     let mut fleet = fleet::launch(ctx, spec, |_| (), |_, ws, (), stop| hold(ws, stop));
     let ramp = fleet

@@ -10,9 +10,15 @@
 //! 4. **drain**: wait until every listener has every sent event, or `--drain` passes;
 //! 5. **count**: each listener hands back the set of sequence numbers it received; intersected
 //!    with the set of events whose send succeeded, that gives completeness without estimation.
+//!
+//! With `--pause-share`, some listeners stop polling their socket at `--pause-at` into the send
+//! phase for `--pause-for` (TCP backpressure then reaches the server, whose per-connection queue
+//! fills), then read on. Each listener's receipts, how it ended (close code, or no close frame)
+//! and, for the paused ones, the time to receive everything sent before they resumed, are
+//! reported for the paused and the steady listeners apart (see [`PauseSummary`]).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -21,14 +27,14 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{DeliveryArgs, Rate};
+use crate::cli::{DeliveryArgs, PauseArgs, Rate};
 use crate::client::{self, Incoming, Role, Ws};
 use crate::context::{Gate, Outcome, RunCtx, Schedule, SeqSet, Sequence, StopReason};
 use crate::fleet::{self, Ended, Fleet, FleetSpec};
 use crate::http;
 use crate::probe::{self, Encoder, Kind, Received};
 use crate::stats::{Latency, Stats};
-use crate::summary::DeliverySummary;
+use crate::summary::{CatchUp, DeliverySummary, ListenerDetail, ListenerGroup, PauseSummary};
 
 /// How events reach the broker.
 #[derive(Debug, Clone)]
@@ -63,6 +69,26 @@ pub(super) struct Listen {
     /// a wake-up each time the receipts pass another multiple of it.
     per_event: AtomicU64,
     delivered: Notify,
+    /// Distinct receipts of the steady (never paused) listeners: what the `--in-flight` window
+    /// counts, so a paused listener does not hold the publishers back.
+    steady_unique: AtomicU64,
+    /// Steady listeners that connected.
+    steady_connected: AtomicUsize,
+    /// `--pause-share`: when the paused listeners pause and what they must catch up on.
+    pause: Option<PausePlan>,
+}
+
+/// When the paused listeners stop reading, and the reference for their catch-up.
+pub(super) struct PausePlan {
+    at: Duration,
+    length: Duration,
+    /// Opened at the start of the send phase (the publishers' gate).
+    gate: Gate,
+    /// Events whose send succeeded so far (shared with the publishers).
+    sent_set: Arc<Mutex<SeqSet>>,
+    /// The events sent before the paused listeners resumed: taken by the first one to resume
+    /// (they all resume at the same moment). A listener has caught up once it has all of them.
+    backlog: OnceLock<Arc<SeqSet>>,
 }
 
 /// One listener's receipts, handed back when it ends.
@@ -72,6 +98,67 @@ pub(super) struct Tally {
     pub duplicates: u64,
     pub foreign: u64,
     warmed: bool,
+    /// Listener number (0-based).
+    index: usize,
+    /// This listener is one of those that pause.
+    paused: bool,
+    /// It was connected (its receipts count).
+    connected: bool,
+    /// How the server or the network ended it (`close_1013`, `eof`, ...); `None` when it was
+    /// still open when the run closed it.
+    ended: Option<(String, Instant)>,
+    paused_at: Option<Instant>,
+    resumed_at: Option<Instant>,
+    /// Events of the backlog not received yet, once resumed.
+    backlog_left: Option<(Arc<SeqSet>, u64)>,
+    caught_up: Option<Duration>,
+}
+
+impl Tally {
+    fn new(index: usize, paused: bool) -> Self {
+        Tally {
+            index,
+            paused,
+            ..Tally::default()
+        }
+    }
+
+    /// Resumed reading now: what is left to catch up on is the backlog it has not seen yet.
+    fn resume(&mut self, plan: &PausePlan) {
+        let now = Instant::now();
+        self.resumed_at = Some(now);
+        let backlog = plan
+            .backlog
+            .get_or_init(|| {
+                Arc::new(
+                    plan.sent_set
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone(),
+                )
+            })
+            .clone();
+        let left = backlog.len() - backlog.count_common(&self.seen);
+        if left == 0 {
+            self.caught_up = Some(Duration::ZERO);
+        } else {
+            self.backlog_left = Some((backlog, left));
+        }
+    }
+
+    /// Counts a first receipt of `seq` towards the catch-up.
+    fn on_new(&mut self, seq: u64) {
+        let Some((backlog, left)) = &mut self.backlog_left else {
+            return;
+        };
+        if backlog.contains(seq) {
+            *left -= 1;
+            if *left == 0 {
+                self.caught_up = self.resumed_at.map(|r| r.elapsed());
+                self.backlog_left = None;
+            }
+        }
+    }
 }
 
 impl Listen {
@@ -84,6 +171,30 @@ impl Listen {
             warm_notify: Notify::new(),
             per_event: AtomicU64::new(0),
             delivered: Notify::new(),
+            steady_unique: AtomicU64::new(0),
+            steady_connected: AtomicUsize::new(0),
+            pause: None,
+        }
+    }
+
+    fn with_pause(ctx: &RunCtx, pause: Option<PausePlan>) -> Self {
+        Listen {
+            pause,
+            ..Listen::new(ctx)
+        }
+    }
+
+    /// Receipts that retire events in the `--in-flight` window (the steady listeners').
+    fn window_unique(&self) -> u64 {
+        self.steady_unique.load(Ordering::Relaxed)
+    }
+
+    /// The measure a listener's delivery latency goes to: paused listeners have their own
+    /// (`delivery_paused`), so the pause does not hide in the steady listeners' figures.
+    fn latency_for(&self, tally: &Tally) -> &Latency {
+        match (&self.stats.extra, tally.paused) {
+            (Some(extra), true) => extra,
+            _ => &self.stats.primary,
         }
     }
 
@@ -102,10 +213,15 @@ impl Listen {
             Received::Probe(p) => match p.kind {
                 Kind::Delivery => {
                     if tally.seen.insert(p.seq) {
-                        let before = self.unique.fetch_add(1, Ordering::Relaxed);
-                        let per_event = self.per_event.load(Ordering::Relaxed);
-                        if per_event > 0 && (before + 1).is_multiple_of(per_event) {
-                            self.delivered.notify_one();
+                        self.unique.fetch_add(1, Ordering::Relaxed);
+                        if tally.paused {
+                            tally.on_new(p.seq);
+                        } else {
+                            let before = self.steady_unique.fetch_add(1, Ordering::Relaxed);
+                            let per_event = self.per_event.load(Ordering::Relaxed);
+                            if per_event > 0 && (before + 1).is_multiple_of(per_event) {
+                                self.delivered.notify_one();
+                            }
                         }
                         self.stats.received.fetch_add(1, Ordering::Relaxed);
                         latency.record_ns(probe::now_ns().saturating_sub(p.t_ns));
@@ -130,28 +246,80 @@ impl Listen {
     }
 }
 
+/// What woke a listener.
+enum Woke {
+    Stop,
+    Frame(Incoming),
+    /// Time to stop reading (paused listeners only), at this instant.
+    Pause(Instant),
+}
+
 async fn listen_loop(
     sh: Arc<Listen>,
     mut ws: Ws,
     mut tally: Tally,
     stop: CancellationToken,
 ) -> (Tally, Ended) {
+    tally.connected = true;
+    if !tally.paused {
+        sh.steady_connected.fetch_add(1, Ordering::Relaxed);
+    }
+    let plan = sh.pause.as_ref().filter(|_| tally.paused);
     // One stop future for the whole loop: re-creating it per frame registers and unregisters a
     // waiter each time, which showed up at 5% of the tool's CPU at 500k deliveries/s.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
+    // Paused listeners: the moment the pause starts (once the send phase has started).
+    let pause_begins = async {
+        match plan {
+            Some(p) => match p.gate.wait(&stop).await {
+                Some(start) => {
+                    let at = start + p.at;
+                    tokio::time::sleep_until(at.into()).await;
+                    at
+                }
+                None => std::future::pending().await,
+            },
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(pause_begins);
+    let mut pause_pending = plan.is_some();
     loop {
-        let incoming = tokio::select! {
-            _ = &mut stopped => None,
-            i = client::recv(&mut ws) => Some(i),
+        let woke = tokio::select! {
+            _ = &mut stopped => Woke::Stop,
+            i = client::recv(&mut ws) => Woke::Frame(i),
+            at = &mut pause_begins, if pause_pending => Woke::Pause(at),
         };
-        match incoming {
-            None => {
+        match woke {
+            Woke::Stop => {
                 client::close(ws, client::CLOSE_TIMEOUT).await;
                 return (tally, Ended::Finished);
             }
-            Some(Incoming::Closed(reason)) => return (tally, Ended::Dropped(reason)),
-            Some(Incoming::Text(text)) => sh.handle(&mut tally, &text, &sh.stats.primary),
+            Woke::Frame(Incoming::Closed(reason)) => {
+                tally.ended = Some((reason.clone(), Instant::now()));
+                return (tally, Ended::Dropped(reason));
+            }
+            Woke::Frame(Incoming::Text(text)) => {
+                let latency = sh.latency_for(&tally);
+                sh.handle(&mut tally, &text, latency)
+            }
+            Woke::Pause(at) => {
+                pause_pending = false;
+                let Some(p) = plan else { continue };
+                tally.paused_at = Some(at);
+                // The socket is not polled at all until the pause is over: what the server
+                // sends piles up in the kernel buffers, then in the server's queue.
+                let resumed = tokio::select! {
+                    _ = &mut stopped => false,
+                    _ = tokio::time::sleep_until((at + p.length).into()) => true,
+                };
+                if !resumed {
+                    client::close(ws, client::CLOSE_TIMEOUT).await;
+                    return (tally, Ended::Finished);
+                }
+                tally.resume(p);
+            }
         }
     }
 }
@@ -173,7 +341,7 @@ pub(super) struct Publish {
     pub publishers: usize,
     /// Events whose write succeeded, as a count and as a set (the completeness reference).
     pub sent: AtomicU64,
-    pub sent_set: Mutex<SeqSet>,
+    pub sent_set: Arc<Mutex<SeqSet>>,
     /// `--in-flight`: the limit and the listeners whose receipts retire events.
     pub window: Option<(u64, Arc<Listen>)>,
 }
@@ -231,7 +399,7 @@ impl Publish {
         };
         let per_event = listen.per_event.load(Ordering::Relaxed).max(1);
         loop {
-            let retired = listen.unique() / per_event;
+            let retired = listen.window_unique() / per_event;
             let outstanding = self.sent.load(Ordering::Relaxed).saturating_sub(retired);
             if outstanding < *limit {
                 return Some(max.min((*limit - outstanding) as usize));
@@ -617,6 +785,12 @@ pub async fn run(
         }
         _ => {}
     }
+    let paused_n = args.pause.paused_count(args.listeners);
+    if args.in_flight.is_some() && paused_n > 0 && paused_n == args.listeners {
+        anyhow::bail!(
+            "--in-flight needs at least one listener that does not pause (lower --pause-share)"
+        );
+    }
     let event = match &args.event {
         Some(text) => probe::parse_event(text)?,
         None => probe::echo_event(args.message_size, true),
@@ -625,18 +799,38 @@ pub async fn run(
     let mut notes = Vec::new();
 
     ctx.phase("ramp");
-    let listen = Arc::new(Listen::new(ctx));
+    let gate = Gate::new();
+    let sent_set = Arc::new(Mutex::new(SeqSet::default()));
+    let plan = (paused_n > 0).then(|| PausePlan {
+        at: args.pause.pause_at,
+        length: args.pause.pause_for,
+        gate: gate.clone(),
+        sent_set: sent_set.clone(),
+        backlog: OnceLock::new(),
+    });
+    let listen = Arc::new(Listen::with_pause(ctx, plan));
+    let n_listeners = args.listeners;
+    let picks = args.pause.clone();
+    let recv_buffer =
+        args.pause
+            .pause_rcvbuf
+            .filter(|_| paused_n > 0)
+            .map(|bytes| -> fleet::RecvBufferFor {
+                let picks = picks.clone();
+                (bytes, Arc::new(move |i| picks.is_paused(i, n_listeners)))
+            });
     let spec = FleetSpec {
         count: args.listeners,
         role: Role::Client,
         first_index: 0,
         reconnect: false,
+        recv_buffer,
     };
     let l = listen.clone();
     let mut listeners = fleet::launch(
         ctx,
         spec,
-        |_| Tally::default(),
+        |i| Tally::new(i, picks.is_paused(i, n_listeners)),
         move |_, ws, tally, stop| listen_loop(l.clone(), ws, tally, stop),
     );
     let ramp = listeners
@@ -661,7 +855,7 @@ pub async fn run(
     ctx.phase("ramp-pub");
     let done = ctx.cancel.child_token();
     let publish = Arc::new(Publish {
-        gate: Gate::new(),
+        gate,
         done: done.clone(),
         seq: Sequence::new(args.messages, done.clone()),
         encoder,
@@ -673,11 +867,13 @@ pub async fn run(
         },
         publishers: args.publishers,
         sent: AtomicU64::new(0),
-        sent_set: Mutex::new(SeqSet::default()),
+        sent_set,
         window: args.in_flight.map(|limit| {
+            // Only the steady listeners' receipts retire events (all of them without a pause).
+            let steady = listen.steady_connected.load(Ordering::Relaxed);
             listen
                 .per_event
-                .store(ramp.established.max(1) as u64, Ordering::Relaxed);
+                .store(steady.max(1) as u64, Ordering::Relaxed);
             (limit, listen.clone())
         }),
     });
@@ -688,6 +884,7 @@ pub async fn run(
                 role: *role,
                 first_index: args.listeners,
                 reconnect: false,
+                recv_buffer: None,
             };
             let (p, first) = (publish.clone(), args.listeners);
             let mut fleet = fleet::launch(
@@ -752,7 +949,13 @@ pub async fn run(
     ctx.phase("drain");
     let sent = publish.sent.load(Ordering::Relaxed);
     let expected = sent * ramp.established as u64;
-    let drain_limit = Instant::now() + args.drain;
+    let mut drain_limit = Instant::now() + args.drain;
+    if paused_n > 0 {
+        // Paused listeners get the whole --drain after they resume, even when the pause
+        // outlasts the send phase.
+        let resume = start + args.pause.pause_at + args.pause.pause_for;
+        drain_limit = drain_limit.max(resume + args.drain);
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     while listen.unique() < expected && Instant::now() < drain_limit {
         tokio::select! {
@@ -788,6 +991,26 @@ pub async fn run(
         notes.push(format!(
             "{lost} listeners did not close in time; their receipts count as missing"
         ));
+    }
+    if paused_n > 0 {
+        let p = &args.pause;
+        if p.pause_at >= measured {
+            notes.push(format!(
+                "the pause was due {:?} into sending, but sending stopped after {:.2} s: \
+                 the paused listeners paused after the events were sent",
+                p.pause_at,
+                measured.as_secs_f64()
+            ));
+        } else if p.pause_at + p.pause_for > measured {
+            notes.push(format!(
+                "the pause ({:?} from {:?}) outlasted sending ({:.2} s): the drain waited \
+                 up to --drain after the resume",
+                p.pause_for,
+                p.pause_at,
+                measured.as_secs_f64()
+            ));
+        }
+        d.pause = Some(pause_summary(p, paused_n, &tallies, sent, &sent_set, start));
     }
     if let Some(note) = behind_note(args.rate, measured, sent, natural) {
         notes.push(note);
@@ -835,4 +1058,200 @@ pub(super) fn behind_note(
             sent as f64 * 100.0 / scheduled as f64
         )
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pause accounting
+
+/// Entries in `pause.details` at most (the paused listeners first), so a run of 100,000
+/// listeners keeps a JSON of a sensible size; the group figures always cover every listener.
+const MAX_DETAILS: usize = 1000;
+
+/// The paused and the steady listeners' figures, apart.
+fn pause_summary(
+    args: &PauseArgs,
+    paused_n: usize,
+    tallies: &[Tally],
+    sent: u64,
+    sent_set: &SeqSet,
+    start: Instant,
+) -> PauseSummary {
+    let mut steady = ListenerGroup::default();
+    let mut paused = ListenerGroup::default();
+    let mut catch_ups = Vec::new();
+    let mut resumed = 0;
+    let mut details = Vec::new();
+    let mut sorted: Vec<&Tally> = tallies.iter().filter(|t| t.connected).collect();
+    sorted.sort_by_key(|t| (!t.paused, t.index));
+    for t in sorted {
+        let got = t.seen.count_common(sent_set);
+        let missing = sent.saturating_sub(got);
+        let ended = t.ended.as_ref().map(|(label, _)| label.as_str());
+        let group = if t.paused { &mut paused } else { &mut steady };
+        group.add(got, missing, sent, ended);
+        if t.paused {
+            if t.resumed_at.is_some() {
+                resumed += 1;
+            }
+            if let Some(c) = t.caught_up {
+                catch_ups.push(c.as_secs_f64() * 1000.0);
+            }
+        }
+        if t.paused || missing > 0 || ended.is_some() {
+            details.push(ListenerDetail {
+                index: t.index,
+                paused: t.paused,
+                received: got,
+                missing,
+                ended: ended.map(str::to_owned),
+                close_code: ended.and_then(close_code),
+                ended_at_s: t.ended.as_ref().map(|(_, at)| signed_secs(start, *at)),
+                paused_at_s: t.paused_at.map(|at| signed_secs(start, at)),
+                catch_up_ms: t.caught_up.map(|c| c.as_secs_f64() * 1000.0),
+            });
+        }
+    }
+    steady.finish();
+    paused.finish();
+    catch_ups.sort_by(f64::total_cmp);
+    paused.catch_up = Some(CatchUp {
+        resumed,
+        caught_up: catch_ups.len(),
+        min_ms: catch_ups.first().copied(),
+        p50_ms: catch_ups.get(catch_ups.len() / 2).copied(),
+        max_ms: catch_ups.last().copied(),
+    });
+    let details_omitted = details.len().saturating_sub(MAX_DETAILS);
+    details.truncate(MAX_DETAILS);
+    PauseSummary {
+        share: args.pause_share,
+        paused_listeners: paused_n,
+        at_s: args.pause_at.as_secs_f64(),
+        for_s: args.pause_for.as_secs_f64(),
+        rcvbuf_bytes: args.pause_rcvbuf,
+        paused,
+        steady,
+        details,
+        details_omitted,
+    }
+}
+
+/// Seconds from `start` to `at`, negative when `at` came first.
+fn signed_secs(start: Instant, at: Instant) -> f64 {
+    if at >= start {
+        (at - start).as_secs_f64()
+    } else {
+        -(start - at).as_secs_f64()
+    }
+}
+
+/// The close code in an end label: `close_1013` is 1013; a close frame without a code is
+/// reported as 1005 (as RFC 6455 names it); anything else had no close frame.
+pub(crate) fn close_code(label: &str) -> Option<u16> {
+    match label.strip_prefix("close_")? {
+        "no_code" => Some(1005),
+        code => code.parse().ok(),
+    }
+}
+
+impl ListenerGroup {
+    /// Adds one listener that received `got` of the `sent` events and ended as `ended`.
+    fn add(&mut self, got: u64, missing: u64, sent: u64, ended: Option<&str>) {
+        self.listeners += 1;
+        self.expected += sent;
+        self.received += got;
+        self.missing += missing;
+        if missing == 0 && sent > 0 {
+            self.complete_listeners += 1;
+        }
+        if missing > 0 {
+            self.lossy_listeners += 1;
+            self.max_missing = self.max_missing.max(missing);
+        }
+        match ended {
+            None => self.open_at_end += 1,
+            Some(label) => match close_code(label) {
+                Some(code) => *self.closed_by_server.entry(code.to_string()).or_default() += 1,
+                None => {
+                    self.no_close_frame += 1;
+                    *self.no_close_frame_by.entry(label.to_owned()).or_default() += 1;
+                }
+            },
+        }
+    }
+
+    fn finish(&mut self) {
+        self.completeness = if self.expected > 0 {
+            self.received as f64 / self.expected as f64
+        } else {
+            0.0
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn close_labels_give_codes() {
+        assert_eq!(close_code("close_1013"), Some(1013));
+        assert_eq!(close_code("close_no_code"), Some(1005));
+        assert_eq!(close_code("eof"), None);
+        assert_eq!(close_code("protocol"), None);
+    }
+
+    #[test]
+    fn groups_count_losses_and_ends() {
+        let mut g = ListenerGroup::default();
+        g.add(10, 0, 10, None);
+        g.add(4, 6, 10, Some("close_1013"));
+        g.add(7, 3, 10, Some("eof"));
+        g.finish();
+        assert_eq!(
+            (g.listeners, g.expected, g.received, g.missing),
+            (3, 30, 21, 9)
+        );
+        assert_eq!(
+            (g.complete_listeners, g.lossy_listeners, g.max_missing),
+            (1, 2, 6)
+        );
+        assert_eq!(g.closed_by_server, BTreeMap::from([("1013".to_owned(), 1)]));
+        assert_eq!((g.no_close_frame, g.open_at_end), (1, 1));
+        assert_eq!(g.no_close_frame_by, BTreeMap::from([("eof".to_owned(), 1)]));
+        assert!((g.completeness - 0.7).abs() < 1e-9);
+    }
+
+    #[test]
+    fn catch_up_counts_the_backlog_only() {
+        let mut sent = SeqSet::default();
+        for seq in 0..5 {
+            sent.insert(seq);
+        }
+        let plan = PausePlan {
+            at: Duration::ZERO,
+            length: Duration::ZERO,
+            gate: Gate::new(),
+            sent_set: Arc::new(Mutex::new(sent)),
+            backlog: OnceLock::new(),
+        };
+        let mut t = Tally::new(0, true);
+        t.seen.insert(0);
+        t.seen.insert(1);
+        t.resume(&plan);
+        assert!(t.caught_up.is_none());
+        for seq in [2, 7, 3] {
+            t.seen.insert(seq);
+            t.on_new(seq);
+        }
+        assert!(
+            t.caught_up.is_none(),
+            "event 4 is still missing; 7 is not in the backlog"
+        );
+        t.seen.insert(4);
+        t.on_new(4);
+        assert!(t.caught_up.is_some());
+    }
 }

@@ -49,6 +49,7 @@ pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
         role: Role::Client,
         first_index: 0,
         reconnect: false,
+        recv_buffer: None,
     };
     let body_shared = shared.clone();
     let mut fleet = fleet::launch(

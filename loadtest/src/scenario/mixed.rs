@@ -232,4 +232,22 @@ mod tests {
         let phases = parse(&v, "x.json").expect("valid");
         assert!(matches!(&phases[0].runs[0], Scenario::Connect(a) if a.connections == 3));
     }
+
+    #[test]
+    fn pause_options_work_in_files() {
+        let v: Value = serde_json::from_str(
+            r#"{"phases":[{"scenario":"broadcast","listeners":20,"pause-share":0.1,"pause_for":"2s","pause-rcvbuf":4096}]}"#,
+        )
+        .expect("json");
+        let phases = parse(&v, "x.json").expect("valid");
+        let Scenario::Broadcast(a) = &phases[0].runs[0] else {
+            panic!("broadcast");
+        };
+        assert_eq!(a.delivery.pause.paused_count(a.delivery.listeners), 2);
+        assert_eq!(
+            a.delivery.pause.pause_for,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(a.delivery.pause.pause_rcvbuf, Some(4096));
+    }
 }

@@ -70,6 +70,18 @@ pub fn measures(scenario: &Scenario) -> (Latency, Option<Latency>) {
     }
 }
 
+/// A measure summarised for the whole run only: `delivery_paused`, the delivery latency of the
+/// listeners that pause (kept out of `delivery`, which then describes the steady listeners).
+pub fn extra_measure(scenario: &Scenario) -> Option<Latency> {
+    let d = match scenario {
+        Scenario::Broadcast(a) => &a.delivery,
+        Scenario::Publish(a) => &a.delivery,
+        _ => return None,
+    };
+    (d.pause.paused_count(d.listeners) > 0)
+        .then(|| Latency::new("delivery_paused", d.rate != Rate::Max))
+}
+
 /// Connections a scenario holds at once (for the file-descriptor limit).
 pub fn connections(scenario: &Scenario) -> usize {
     match scenario {
@@ -99,7 +111,13 @@ pub fn planned(scenario: &Scenario, connect_rate: f64, connect_timeout: Duration
 }
 
 fn delivery_plan(d: &DeliveryArgs, ramp: impl Fn(usize) -> Duration) -> Duration {
-    ramp(d.listeners) + ramp(d.publishers) + d.duration + d.drain + CLOSE_GRACE
+    // A pause that outlasts the send phase delays the drain until it is over.
+    let pause_overrun = if d.pause.paused_count(d.listeners) > 0 {
+        (d.pause.pause_at + d.pause.pause_for).saturating_sub(d.duration)
+    } else {
+        Duration::ZERO
+    };
+    ramp(d.listeners) + ramp(d.publishers) + d.duration + pause_overrun + d.drain + CLOSE_GRACE
 }
 
 /// Sends one text frame unless `stop` comes first (a server that stopped reading would otherwise

@@ -71,6 +71,7 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
         role: Role::Client,
         first_index: 0,
         reconnect: !args.no_reconnect,
+        recv_buffer: None,
     };
     let sh = shared.clone();
     let mut held = fleet::launch(
@@ -95,7 +96,7 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
             rate: Some(args.broadcast_rate),
             publishers: 1,
             sent: AtomicU64::new(0),
-            sent_set: Mutex::new(SeqSet::default()),
+            sent_set: Arc::new(Mutex::new(SeqSet::default())),
             window: None,
         });
         let role = if ctx.target.api_key().is_some() {
@@ -108,6 +109,7 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
             role,
             first_index: args.connections,
             reconnect: !args.no_reconnect,
+            recv_buffer: None,
         };
         let p = publish.clone();
         let fleet = fleet::launch(

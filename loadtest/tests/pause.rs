@@ -6,11 +6,14 @@ use broker::config::Config;
 use broker::server::RunningBroker;
 use common::{cli, run, API_KEY};
 
-/// A broker on 127.0.0.1 whose per-connection send queue holds `send_queue` frames.
-async fn broker_with_queue(send_queue: usize) -> RunningBroker {
+/// A broker on 127.0.0.1 whose per-connection send queue holds `send_queue_bytes` bytes (the
+/// fan-out limits off: the scenarios broadcast at the rates they measure). The close grace
+/// outlasts the pauses, so a paused listener that resumes reads its close frame instead of
+/// finding its connection reset.
+async fn broker_with_queue(send_queue_bytes: usize) -> RunningBroker {
     let config = Config::from_json_str(
         &format!(
-            r#"{{"websocket":{{"port":0,"host":"127.0.0.1","approvedSocketDomains":["^http://localhost$"],"socketApiKey":"{API_KEY}"}},"broker":{{"ops":{{"host":"127.0.0.1","port":0}},"limits":{{"sendQueue":{send_queue}}}}}}}"#
+            r#"{{"websocket":{{"port":0,"host":"127.0.0.1","approvedSocketDomains":["^http://localhost$"],"socketApiKey":"{API_KEY}"}},"broker":{{"ops":{{"host":"127.0.0.1","port":0}},"limits":{{"closeGrace":10,"sendQueueBytes":{send_queue_bytes},"clientFanoutPerSecond":0,"clientFanoutBytesPerSecond":0}}}}}}"#
         ),
         "test",
     )
@@ -23,13 +26,13 @@ async fn broker_with_queue(send_queue: usize) -> RunningBroker {
 ///
 /// The sizes make the outcome certain rather than likely: each listener is sent 100 events of
 /// 32 KiB a second (3.2 MB/s). During the 5 s pause that is 16 MB for each paused listener,
-/// against at most 1 MiB in the broker's queue (32 frames), 4 MiB of server send buffer (the
+/// against at most 1 MiB in the broker's queue (`sendQueueBytes`), 4 MiB of server send buffer (the
 /// kernel's `tcp_wmem` maximum) and the 4 KiB receive buffer set with `--pause-rcvbuf`. A steady
 /// listener, read as it arrives, would need the broker's connection task to stall for 320 ms
-/// (32 frames at 100/s) before its queue filled.
+/// (about 32 frames at 100/s) before its queue filled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_pause_with_a_small_queue_is_closed_by_the_server_and_loses_events() {
-    let b = broker_with_queue(32).await;
+    let b = broker_with_queue(1024 * 1024).await;
     let s = run(cli(
         &b,
         &[
@@ -82,17 +85,15 @@ async fn long_pause_with_a_small_queue_is_closed_by_the_server_and_loses_events(
     assert!(g.missing > 0 && g.completeness < 1.0, "{s}");
     assert_eq!(g.missing, g.expected - g.received, "{s}");
     assert_eq!(g.open_at_end, 0, "{s}");
-    // The broker closes a slow consumer with 1013. The committed broker may cut the frame it
-    // was writing (issue 12), and then the listener reads a broken frame or the end of the
-    // stream instead of the close frame: that is reported as "no close frame", never as
-    // another code.
-    let with_1013 = g.closed_by_server.get("1013").copied().unwrap_or(0);
+    // The broker closes a slow consumer with 1013 after the frame it was writing: both
+    // listeners read whole frames, then the close frame (within the broker's close grace).
+    assert_eq!(g.closed_by_server.get("1013").copied(), Some(2), "{s}");
     assert_eq!(
-        g.closed_by_server.keys().collect::<Vec<_>>().len(),
-        usize::from(with_1013 > 0),
+        g.closed_by_server.len(),
+        1,
         "the only close code is 1013: {s}"
     );
-    assert_eq!(with_1013 + g.no_close_frame, 2, "{s}");
+    assert_eq!(g.no_close_frame, 0, "{s}");
     let c = g.catch_up.as_ref().expect("catch-up figures");
     assert_eq!(c.resumed, 2, "{s}");
     assert_eq!(c.caught_up, 0, "a closed listener never catches up: {s}");
@@ -123,7 +124,7 @@ async fn long_pause_with_a_small_queue_is_closed_by_the_server_and_loses_events(
 /// never near its bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_pause_with_a_generous_queue_loses_nothing_and_catches_up() {
-    let b = broker_with_queue(1024).await;
+    let b = broker_with_queue(64 * 1024 * 1024).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("report");
     let out_s = out.to_string_lossy().into_owned();
@@ -209,7 +210,7 @@ async fn short_pause_with_a_generous_queue_loses_nothing_and_catches_up() {
 /// Without `--pause-share` the summary has no pause section and the JSON no `pause` field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_pause_no_pause_section() {
-    let b = broker_with_queue(1024).await;
+    let b = broker_with_queue(64 * 1024 * 1024).await;
     let s = run(cli(
         &b,
         &["broadcast", "-l", "3", "--messages", "20", "-d", "5s"],
@@ -229,7 +230,7 @@ async fn no_pause_no_pause_section() {
 /// paused listener could not have finished sending before the resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_window_does_not_wait_for_paused_listeners() {
-    let b = broker_with_queue(1024).await;
+    let b = broker_with_queue(64 * 1024 * 1024).await;
     let s = run(cli(
         &b,
         &[

@@ -6,8 +6,10 @@
 //! read is typed, and a wrong one fails start-up with one line that names the key, and the
 //! environment variable when the value came from one.
 //!
-//! The file is read with a JSON5 reader, so the Users example config (trailing commas inside
-//! arrays) and files with `//` comments load as they are.
+//! The file is read as JSON exactly as Node's `JSON.parse` reads it (the same string escapes),
+//! plus `//` and `/* */` comments and trailing commas ([`crate::jsonc`]), so the Users example
+//! config (trailing commas inside arrays) loads as it is, and an escape JSON does not know
+//! (`"\."`) is an error naming the key instead of silently becoming a bare `.`.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -37,12 +39,10 @@ pub enum ConfigError {
         file: String,
         source: std::io::Error,
     },
-    #[error("{file}: line {line}, column {column}: not valid JSON: {message}")]
+    #[error("{file}: {error}")]
     Syntax {
         file: String,
-        line: usize,
-        column: usize,
-        message: String,
+        error: crate::jsonc::JsoncError,
     },
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
@@ -276,7 +276,7 @@ fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBu
 enum EnvKind {
     /// Taken verbatim as a string.
     Text,
-    /// Parsed as JSON5 (numbers, booleans, arrays).
+    /// Parsed as JSON (numbers, booleans, arrays), with the file's comments and trailing commas.
     Json,
 }
 
@@ -423,7 +423,10 @@ impl Config {
         name: &str,
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let mut root = parse_json5(text, name)?;
+        let mut root = crate::jsonc::parse(text).map_err(|error| ConfigError::Syntax {
+            file: name.to_string(),
+            error,
+        })?;
         if !root.is_object() {
             return Err(ConfigError::Parse {
                 file: name.to_string(),
@@ -437,13 +440,15 @@ impl Config {
             };
             let json = match kind {
                 EnvKind::Text => Value::String(value.clone()),
-                EnvKind::Json => {
-                    json5::from_str::<Value>(value).map_err(|e| ConfigError::Invalid {
-                        key: key.to_string(),
-                        from: format!(" (from {var})"),
-                        message: format!("{value:?} is not a valid value: {e}"),
-                    })?
-                }
+                EnvKind::Json => crate::jsonc::parse(value).map_err(|e| ConfigError::Invalid {
+                    key: match &e.path {
+                        Some(sub) if sub.starts_with('[') => format!("{key}{sub}"),
+                        Some(sub) => format!("{key}.{sub}"),
+                        None => key.to_string(),
+                    },
+                    from: format!(" (from {var})"),
+                    message: format!("column {}: {}", e.column, e.message),
+                })?,
             };
             set_path(&mut root, key, json);
             from_env.push((var.as_str(), *key));
@@ -664,25 +669,6 @@ fn positive_secs(key: &str, v: f64) -> Result<(), ConfigError> {
     }
 }
 
-fn parse_json5(text: &str, name: &str) -> Result<Value, ConfigError> {
-    json5::from_str::<Value>(text).map_err(|e| {
-        let (line, column) = e.position().map_or((0, 0), |p| (p.line + 1, p.column + 1));
-        let message = e.to_string();
-        // json5 appends its own position; keep only the description.
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
-            .to_string();
-        ConfigError::Syntax {
-            file: name.to_string(),
-            line,
-            column,
-            message,
-        }
-    })
-}
-
 fn get_path<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(root, |v, k| v.get(k))
 }
@@ -755,6 +741,48 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("x.json: line 3, column"), "{err}");
+    }
+
+    #[test]
+    fn invalid_escape_is_an_error_naming_the_key_and_the_fix() {
+        let text = "{\n  \"websocket\": {\n    \"approvedSocketDomains\": [\"^https://app\\.example\\.com(:\\d+)?$\"],\n  },\n}";
+        let err = Config::from_json_str(text, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("c.json: line 3, column 44 (in websocket.approvedSocketDomains[0]): invalid escape \"\\.\""),
+            "{err}"
+        );
+        assert!(err.contains("write \\\\. for a literal dot"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        // The same from the environment variable.
+        let err = Config::from_parts(
+            "{}",
+            "t",
+            &env(&[(
+                "BROKER_APPROVED_SOCKET_DOMAINS",
+                r#"["^https://a\\.example$", "^https://app\.example\.com$"]"#,
+            )]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "websocket.approvedSocketDomains[1] (from BROKER_APPROVED_SOCKET_DOMAINS): column 40: invalid escape"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("write \\\\. for a literal dot"), "{err}");
+        // Escaped as JSON wants, the pattern keeps its backslashes.
+        let c = Config::from_json_str(
+            r#"{"websocket":{"approvedSocketDomains":["^https://app\\.example\\.com(:\\d+)?$",]},}"#,
+            "c.json",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.websocket.approved_socket_domains,
+            vec![r"^https://app\.example\.com(:\d+)?$"]
+        );
     }
 
     #[test]

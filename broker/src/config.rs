@@ -541,14 +541,10 @@ impl Config {
             ));
         }
         let id = &self.broker.instance_id;
-        if !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            || id.len() > 64
-        {
+        if !valid_instance_id(id) {
             return Err(ConfigError::invalid(
                 "broker.instanceId",
-                format!("{id:?}: use at most 64 letters, digits, '-' or '_' (it is part of connection ids and NATS subjects)"),
+                format!("{id:?}: use at most 64 ASCII letters, digits, '-' or '_' (it is part of connection ids and NATS subjects), or leave it empty for a random one"),
             ));
         }
         let subject = &self.broker.cluster.subject;
@@ -656,6 +652,15 @@ impl Limits {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.idle_timeout)
     }
+}
+
+/// `broker.instanceId`: at most 64 of `[A-Za-z0-9_-]` (empty: a random one). No `.`, `*`, `>`
+/// or space, so it is one NATS subject token and one part of a wire id.
+pub fn valid_instance_id(id: &str) -> bool {
+    id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn positive_secs(key: &str, v: f64) -> Result<(), ConfigError> {

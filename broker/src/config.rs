@@ -64,6 +64,10 @@ impl ConfigError {
     }
 }
 
+/// The longest `broker.drainWindow` accepted (seconds): larger values would overflow the
+/// drain's timer arithmetic, and no rolling restart waits longer.
+pub const MAX_DRAIN_WINDOW_SECS: f64 = 3600.0;
+
 /// The whole effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -455,6 +459,10 @@ impl Config {
         }
         let mut config = Self::from_value(root, name, &from_env)?;
         config.source = name.to_string();
+        // Compared with the peer's canonical address: `::ffff:127.0.0.1` is `127.0.0.1`.
+        for ip in &mut config.broker.limits.trusted_proxies {
+            *ip = ip.to_canonical();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -515,7 +523,10 @@ impl Config {
         if !(l.drain_window_ok(self.broker.drain_window)) {
             return Err(ConfigError::invalid(
                 "broker.drainWindow",
-                "must be a number of seconds, 0 or more",
+                format!(
+                    "{} is not a number of seconds from 0 to {MAX_DRAIN_WINDOW_SECS} (an hour); write e.g. 30",
+                    self.broker.drain_window
+                ),
             ));
         }
         for (key, v) in [
@@ -637,7 +648,7 @@ impl Config {
 
 impl Limits {
     fn drain_window_ok(&self, w: f64) -> bool {
-        w.is_finite() && w >= 0.0
+        w.is_finite() && (0.0..=MAX_DRAIN_WINDOW_SECS).contains(&w)
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -877,6 +888,32 @@ mod tests {
             err.starts_with("sslKey") && err.contains("no such file"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_huge_drain_window_is_refused() {
+        for w in ["1e300", "3600.5", "-1"] {
+            let err = Config::from_json_str(&format!(r#"{{"broker":{{"drainWindow":{w}}}}}"#), "c")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("broker.drainWindow") && err.contains("3600"),
+                "{err}"
+            );
+        }
+        let c = Config::from_json_str(r#"{"broker":{"drainWindow":3600}}"#, "c").expect("ok");
+        assert_eq!(c.broker.drain_window, 3600.0);
+    }
+
+    #[test]
+    fn trusted_proxies_are_compared_in_canonical_form() {
+        let c = Config::from_json_str(
+            r#"{"broker":{"limits":{"trustedProxies":["::ffff:127.0.0.1","::1"]}}}"#,
+            "c",
+        )
+        .expect("valid");
+        let want: Vec<IpAddr> = vec!["127.0.0.1".parse().expect("ip"), "::1".parse().expect("ip")];
+        assert_eq!(c.broker.limits.trusted_proxies, want);
     }
 
     #[test]

@@ -26,6 +26,8 @@ impl TokenVerifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.required_spec_claims = HashSet::from(["sub".to_string()]);
         validation.validate_exp = true;
+        // `nbf` (not before) is checked when present, with the same leeway as `exp`.
+        validation.validate_nbf = true;
         validation.leeway = 5;
         TokenVerifier {
             key: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
@@ -43,6 +45,7 @@ impl TokenVerifier {
             Ok(_) => Err("the token's sub claim is empty".into()),
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => "the token has expired".into(),
+                ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".into(),
                 ErrorKind::InvalidSignature => "the token's signature does not verify".into(),
                 ErrorKind::MissingRequiredClaim(c) => format!("the token has no {c} claim"),
                 ErrorKind::InvalidAlgorithm => "the token is not signed with HS256".into(),
@@ -96,5 +99,29 @@ mod tests {
         assert!(v.verify(&forged).is_err());
         assert!(v.verify("not.a.token").is_err());
         assert!(TokenVerifier::new(None).verify(&good).is_err());
+    }
+
+    #[test]
+    fn not_before_is_checked_with_the_exp_leeway() {
+        let v = TokenVerifier::new(Some(SECRET));
+        let early = token(
+            SECRET,
+            serde_json::json!({"sub": "alice", "nbf": now() + 600, "exp": now() + 1200}),
+        );
+        assert_eq!(
+            v.verify(&early),
+            Err("the token is not valid yet (nbf)".into())
+        );
+        // Within the 5 s leeway (clock skew), and in the past: accepted.
+        let skewed = token(
+            SECRET,
+            serde_json::json!({"sub": "alice", "nbf": now() + 2}),
+        );
+        assert_eq!(v.verify(&skewed).as_deref(), Ok("alice"));
+        let past = token(
+            SECRET,
+            serde_json::json!({"sub": "alice", "nbf": now() - 60}),
+        );
+        assert_eq!(v.verify(&past).as_deref(), Ok("alice"));
     }
 }

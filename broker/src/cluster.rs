@@ -8,8 +8,10 @@
 //! Subjects (prefix `broker.cluster.subject`, default `broker`):
 //! - `<prefix>.all`: every connection;
 //! - `<prefix>.user`: one user's connections (header `Broker-User`);
-//! - `<prefix>.conn.<instance>`: one connection of that instance (header `Broker-To`), so a
-//!   MetaRequest reply reaches only the instance that holds the client.
+//! - `<prefix>.conn.<instanceId>.<run>`: one connection of that instance's current run
+//!   (header `Broker-To`), so a MetaRequest reply reaches only the instance that holds the
+//!   client. Subjects are compared whole on receipt, and the connection subject has two more
+//!   tokens than the others, so no `instanceId` can alias `<prefix>.all` or `<prefix>.user`.
 //!
 //! Publishing goes through a bounded queue to one task, so a publisher is never slowed by NATS
 //! and events from one instance keep their order. While NATS is unreachable the instance keeps
@@ -256,14 +258,84 @@ fn deliver_incoming(shared: &Shared, msg: async_nats::Message) {
         .and_then(|t| TYPE_LABELS.iter().find(|l| **l == t))
         .copied()
         .unwrap_or("other");
-    let target = if msg.subject.ends_with(".all") {
-        Target::All { except: None }
-    } else if let Some(user) = header(H_USER) {
-        Target::User { user, except: None }
-    } else if let Some(to) = header(H_TO) {
-        Target::Connection(to)
-    } else {
-        return;
+    let target = match subject_kind(&cluster.prefix, &cluster.instance, msg.subject.as_str()) {
+        Some(SubjectKind::All) => Target::All { except: None },
+        Some(SubjectKind::User) => match header(H_USER) {
+            Some(user) => Target::User { user, except: None },
+            None => return,
+        },
+        Some(SubjectKind::Conn) => match header(H_TO) {
+            Some(to) => Target::Connection(to),
+            None => return,
+        },
+        None => return,
     };
     shared.deliver_local(&target, &frame, label);
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum SubjectKind {
+    All,
+    User,
+    Conn,
+}
+
+/// What a subject we received on is, compared whole (never by suffix: an `instanceId` of
+/// `all` once made `<prefix>.conn.all` a broadcast). `node` is `<instanceId>.<run>`.
+fn subject_kind(prefix: &str, node: &str, subject: &str) -> Option<SubjectKind> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    match rest {
+        "all" => Some(SubjectKind::All),
+        "user" => Some(SubjectKind::User),
+        _ if rest.strip_prefix("conn.") == Some(node) => Some(SubjectKind::Conn),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_instance_id_aliases_a_broadcast_subject() {
+        for id in ["all", "user", "conn", "x"] {
+            let r = Registry::new(id, 2, 8);
+            let node = r.instance();
+            let conn_subject = format!("broker.conn.{node}");
+            assert_eq!(
+                subject_kind("broker", node, &conn_subject),
+                Some(SubjectKind::Conn),
+                "{id}"
+            );
+            assert_eq!(
+                subject_kind("broker", node, "broker.all"),
+                Some(SubjectKind::All)
+            );
+            assert_eq!(
+                subject_kind("broker", node, "broker.user"),
+                Some(SubjectKind::User)
+            );
+            // Another instance's connection subject, or a near miss, is nothing to us.
+            assert_eq!(subject_kind("broker", node, "broker.conn.all"), None);
+            assert_eq!(subject_kind("broker", node, "broker.conn.all.all"), None);
+            assert_eq!(subject_kind("broker", node, "other.all"), None);
+            assert_eq!(subject_kind("broker", node, "brokerx.all"), None);
+        }
+        // A `to` field that is not a well-formed id is never turned into a subject.
+        for bad in [
+            "all",
+            "all.1",
+            "x.*.1",
+            "x.>.1",
+            "a b.0123abcd.1",
+            "x.0123abcd.+1",
+            "x.0123ABCD.1",
+        ] {
+            assert!(Registry::parse_wire_id(bad).is_none(), "{bad}");
+        }
+        assert_eq!(
+            Registry::parse_wire_id("all.0123abcd.7"),
+            Some(("all.0123abcd", 7))
+        );
+    }
 }

@@ -6,8 +6,10 @@
 //! read is typed, and a wrong one fails start-up with one line that names the key, and the
 //! environment variable when the value came from one.
 //!
-//! The file is read with a JSON5 reader, so the Users example config (trailing commas inside
-//! arrays) and files with `//` comments load as they are.
+//! The file is read as JSON exactly as Node's `JSON.parse` reads it (the same string escapes),
+//! plus `//` and `/* */` comments and trailing commas ([`crate::jsonc`]), so the Users example
+//! config (trailing commas inside arrays) loads as it is, and an escape JSON does not know
+//! (`"\."`) is an error naming the key instead of silently becoming a bare `.`.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -37,12 +39,10 @@ pub enum ConfigError {
         file: String,
         source: std::io::Error,
     },
-    #[error("{file}: line {line}, column {column}: not valid JSON: {message}")]
+    #[error("{file}: {error}")]
     Syntax {
         file: String,
-        line: usize,
-        column: usize,
-        message: String,
+        error: crate::jsonc::JsoncError,
     },
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
@@ -63,6 +63,10 @@ impl ConfigError {
         }
     }
 }
+
+/// The longest `broker.drainWindow` accepted (seconds): larger values would overflow the
+/// drain's timer arithmetic, and no rolling restart waits longer.
+pub const MAX_DRAIN_WINDOW_SECS: f64 = 3600.0;
 
 /// The whole effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -300,7 +304,7 @@ fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBu
 enum EnvKind {
     /// Taken verbatim as a string.
     Text,
-    /// Parsed as JSON5 (numbers, booleans, arrays).
+    /// Parsed as JSON (numbers, booleans, arrays), with the file's comments and trailing commas.
     Json,
 }
 
@@ -472,7 +476,10 @@ impl Config {
         name: &str,
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let mut root = parse_json5(text, name)?;
+        let mut root = crate::jsonc::parse(text).map_err(|error| ConfigError::Syntax {
+            file: name.to_string(),
+            error,
+        })?;
         if !root.is_object() {
             return Err(ConfigError::Parse {
                 file: name.to_string(),
@@ -486,19 +493,25 @@ impl Config {
             };
             let json = match kind {
                 EnvKind::Text => Value::String(value.clone()),
-                EnvKind::Json => {
-                    json5::from_str::<Value>(value).map_err(|e| ConfigError::Invalid {
-                        key: key.to_string(),
-                        from: format!(" (from {var})"),
-                        message: format!("{value:?} is not a valid value: {e}"),
-                    })?
-                }
+                EnvKind::Json => crate::jsonc::parse(value).map_err(|e| ConfigError::Invalid {
+                    key: match &e.path {
+                        Some(sub) if sub.starts_with('[') => format!("{key}{sub}"),
+                        Some(sub) => format!("{key}.{sub}"),
+                        None => key.to_string(),
+                    },
+                    from: format!(" (from {var})"),
+                    message: format!("column {}: {}", e.column, e.message),
+                })?,
             };
             set_path(&mut root, key, json);
             from_env.push((var.as_str(), *key));
         }
         let mut config = Self::from_value(root, name, &from_env)?;
         config.source = name.to_string();
+        // Compared with the peer's canonical address: `::ffff:127.0.0.1` is `127.0.0.1`.
+        for ip in &mut config.broker.limits.trusted_proxies {
+            *ip = ip.to_canonical();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -567,7 +580,10 @@ impl Config {
         if !(l.drain_window_ok(self.broker.drain_window)) {
             return Err(ConfigError::invalid(
                 "broker.drainWindow",
-                "must be a number of seconds, 0 or more",
+                format!(
+                    "{} is not a number of seconds from 0 to {MAX_DRAIN_WINDOW_SECS} (an hour); write e.g. 30",
+                    self.broker.drain_window
+                ),
             ));
         }
         for (key, v) in [
@@ -593,14 +609,10 @@ impl Config {
             ));
         }
         let id = &self.broker.instance_id;
-        if !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            || id.len() > 64
-        {
+        if !valid_instance_id(id) {
             return Err(ConfigError::invalid(
                 "broker.instanceId",
-                format!("{id:?}: use at most 64 letters, digits, '-' or '_' (it is part of connection ids and NATS subjects)"),
+                format!("{id:?}: use at most 64 ASCII letters, digits, '-' or '_' (it is part of connection ids and NATS subjects), or leave it empty for a random one"),
             ));
         }
         let subject = &self.broker.cluster.subject;
@@ -693,7 +705,7 @@ impl Config {
 
 impl Limits {
     fn drain_window_ok(&self, w: f64) -> bool {
-        w.is_finite() && w >= 0.0
+        w.is_finite() && (0.0..=MAX_DRAIN_WINDOW_SECS).contains(&w)
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -716,6 +728,15 @@ impl Limits {
     }
 }
 
+/// `broker.instanceId`: at most 64 of `[A-Za-z0-9_-]` (empty: a random one). No `.`, `*`, `>`
+/// or space, so it is one NATS subject token and one part of a wire id.
+pub fn valid_instance_id(id: &str) -> bool {
+    id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 fn positive_secs(key: &str, v: f64) -> Result<(), ConfigError> {
     if v.is_finite() && v > 0.0 && v < 1e9 {
         Ok(())
@@ -725,25 +746,6 @@ fn positive_secs(key: &str, v: f64) -> Result<(), ConfigError> {
             format!("{v} is not a positive number of seconds"),
         ))
     }
-}
-
-fn parse_json5(text: &str, name: &str) -> Result<Value, ConfigError> {
-    json5::from_str::<Value>(text).map_err(|e| {
-        let (line, column) = e.position().map_or((0, 0), |p| (p.line + 1, p.column + 1));
-        let message = e.to_string();
-        // json5 appends its own position; keep only the description.
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
-            .to_string();
-        ConfigError::Syntax {
-            file: name.to_string(),
-            line,
-            column,
-            message,
-        }
-    })
 }
 
 fn get_path<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
@@ -818,6 +820,48 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("x.json: line 3, column"), "{err}");
+    }
+
+    #[test]
+    fn invalid_escape_is_an_error_naming_the_key_and_the_fix() {
+        let text = "{\n  \"websocket\": {\n    \"approvedSocketDomains\": [\"^https://app\\.example\\.com(:\\d+)?$\"],\n  },\n}";
+        let err = Config::from_json_str(text, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("c.json: line 3, column 44 (in websocket.approvedSocketDomains[0]): invalid escape \"\\.\""),
+            "{err}"
+        );
+        assert!(err.contains("write \\\\. for a literal dot"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        // The same from the environment variable.
+        let err = Config::from_parts(
+            "{}",
+            "t",
+            &env(&[(
+                "BROKER_APPROVED_SOCKET_DOMAINS",
+                r#"["^https://a\\.example$", "^https://app\.example\.com$"]"#,
+            )]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "websocket.approvedSocketDomains[1] (from BROKER_APPROVED_SOCKET_DOMAINS): column 40: invalid escape"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("write \\\\. for a literal dot"), "{err}");
+        // Escaped as JSON wants, the pattern keeps its backslashes.
+        let c = Config::from_json_str(
+            r#"{"websocket":{"approvedSocketDomains":["^https://app\\.example\\.com(:\\d+)?$",]},}"#,
+            "c.json",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.websocket.approved_socket_domains,
+            vec![r"^https://app\.example\.com(:\d+)?$"]
+        );
     }
 
     #[test]
@@ -918,6 +962,32 @@ mod tests {
             err.starts_with("sslKey") && err.contains("no such file"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_huge_drain_window_is_refused() {
+        for w in ["1e300", "3600.5", "-1"] {
+            let err = Config::from_json_str(&format!(r#"{{"broker":{{"drainWindow":{w}}}}}"#), "c")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("broker.drainWindow") && err.contains("3600"),
+                "{err}"
+            );
+        }
+        let c = Config::from_json_str(r#"{"broker":{"drainWindow":3600}}"#, "c").expect("ok");
+        assert_eq!(c.broker.drain_window, 3600.0);
+    }
+
+    #[test]
+    fn trusted_proxies_are_compared_in_canonical_form() {
+        let c = Config::from_json_str(
+            r#"{"broker":{"limits":{"trustedProxies":["::ffff:127.0.0.1","::1"]}}}"#,
+            "c",
+        )
+        .expect("valid");
+        let want: Vec<IpAddr> = vec!["127.0.0.1".parse().expect("ip"), "::1".parse().expect("ip")];
+        assert_eq!(c.broker.limits.trusted_proxies, want);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! The file list is the architecture:
 //! - [`config`]: the Users `config.json` plus the broker's own settings and `BROKER_...` overrides.
+//! - [`jsonc`]: JSON as `JSON.parse` reads it, plus comments and trailing commas.
+//! - [`jsregex`]: JavaScript patterns translated to byte regexes with the same matches, or refused.
 //! - [`origin`]: the origin allow-list, compiled once into one multi-pattern regex.
 //! - [`event`]: the event table, SIMD decoding, the error event.
 //! - [`handshake`]: the HTTP request head, admission, plain HTTP answers.
@@ -23,6 +25,8 @@ pub mod connection;
 pub mod event;
 pub mod fanout;
 pub mod handshake;
+pub mod jsonc;
+pub mod jsregex;
 pub mod metrics;
 pub mod ops;
 pub mod origin;

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
     about = "A high-throughput WebSocket event broker for the Users WebSocket API"
 )]
 struct Cli {
-    /// The Users config.json (JSON5: trailing commas and comments are fine). Without it the
+    /// The Users config.json (JSON; trailing commas and // or /* */ comments are fine). Without it the
     /// embedded default is used. BROKER_... environment variables override either.
     #[arg(long, short, global = true, env = "BROKER_CONFIG")]
     config: Option<PathBuf>,

@@ -5,9 +5,12 @@
 //! pattern approves) but compile all patterns into one `regex-automata` meta regex, which
 //! answers "does any pattern match" in one pass of a lazy DFA, however many patterns there are.
 //!
-//! Patterns are compiled byte-oriented with Unicode classes off, so `\d`, `\w` and `\s` mean
-//! what they mean in a JavaScript regex without the `u` flag on the ASCII text that `Origin`
-//! headers are made of.
+//! Each pattern is first read as JavaScript reads it and translated into an explicit byte
+//! regex ([`crate::jsregex`]): `.`, `\d`, `\w`, `\s` and the rest keep JavaScript's meaning on
+//! the header's bytes (Node reads a header as Latin-1), and whatever would mean something else
+//! in Rust's dialect (`(?i)`, `[[:alpha:]]`, `\p{..}`, `\z`, ...) or makes JavaScript throw is
+//! refused with the reason. No pattern can approve an origin that `new RegExp(p)` refuses
+//! (`broker/tests/origin_js.rs` checks this against Node).
 //!
 //! ```
 //! let policy = broker::origin::OriginPolicy::new(&["localhost".to_string()]).unwrap();
@@ -21,9 +24,9 @@ use regex_automata::util::start;
 use regex_automata::{util::syntax, Anchored, MatchKind};
 use regex_syntax::hir::Look;
 
-/// A pattern that does not compile.
+/// A pattern that does not compile, or is refused.
 #[derive(Debug, thiserror::Error)]
-#[error("approvedSocketDomains[{index}]: {pattern:?} does not compile: {message}")]
+#[error("approvedSocketDomains[{index}]: {pattern:?} {message}")]
 pub struct PatternError {
     pub index: usize,
     pub pattern: String,
@@ -34,6 +37,8 @@ pub struct PatternError {
 #[derive(Debug, Clone)]
 pub struct OriginPolicy {
     patterns: Vec<String>,
+    /// The patterns translated into byte regexes with JavaScript's meaning.
+    translated: Vec<String>,
     /// `None` when the list is empty: nothing is approved.
     all: Option<Regex>,
     /// Each pattern alone, compiled on first use by [`OriginPolicy::approving`].
@@ -55,17 +60,24 @@ fn compile(patterns: &[&str]) -> Result<Regex, Box<meta::BuildError>> {
 impl OriginPolicy {
     /// Compiles every pattern; the first that fails is reported with its index and text.
     pub fn new(patterns: &[String]) -> Result<OriginPolicy, PatternError> {
+        let mut translated = Vec::with_capacity(patterns.len());
         for (index, p) in patterns.iter().enumerate() {
-            compile(&[p.as_str()]).map_err(|e| PatternError {
+            let t = to_rust_pattern(p).map_err(|message| PatternError {
                 index,
                 pattern: p.clone(),
-                message: describe_build_error(&e),
+                message,
             })?;
+            compile(&[t.as_str()]).map_err(|e| PatternError {
+                index,
+                pattern: p.clone(),
+                message: format!("does not compile: {}", describe_build_error(&e)),
+            })?;
+            translated.push(t);
         }
         let all = if patterns.is_empty() {
             None
         } else {
-            let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+            let refs: Vec<&str> = translated.iter().map(String::as_str).collect();
             Some(compile(&refs).map_err(|e| PatternError {
                 index: 0,
                 pattern: String::new(),
@@ -74,6 +86,7 @@ impl OriginPolicy {
         };
         Ok(OriginPolicy {
             patterns: patterns.to_vec(),
+            translated,
             all,
             singles: std::sync::OnceLock::new(),
         })
@@ -88,7 +101,7 @@ impl OriginPolicy {
     /// Each pattern is tried alone, the way the original server did.
     pub fn approving(&self, origin: &[u8]) -> Vec<(usize, &str)> {
         let singles = self.singles.get_or_init(|| {
-            self.patterns
+            self.translated
                 .iter()
                 .filter_map(|p| compile(&[p.as_str()]).ok())
                 .collect()
@@ -109,8 +122,8 @@ impl OriginPolicy {
     /// Patterns that are probably not what the operator meant, worded as advice.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for (i, p) in self.patterns.iter().enumerate() {
-            if !can_match_browser_origin(p) {
+        for (i, (p, t)) in self.patterns.iter().zip(&self.translated).enumerate() {
+            if !can_match_browser_origin(t) {
                 out.push(format!(
                     "approvedSocketDomains[{i}]: {p:?} can never match a browser Origin: browsers send \
                      scheme://host[:port] (e.g. \"https://example.com\"); write e.g. \"^https?://example\\\\.com$\""
@@ -121,7 +134,7 @@ impl OriginPolicy {
                 .unicode(false)
                 .utf8(false)
                 .build()
-                .parse(p)
+                .parse(t)
             else {
                 continue;
             };
@@ -147,6 +160,12 @@ impl OriginPolicy {
         }
         out
     }
+}
+
+/// A JavaScript pattern as the byte regex the broker runs (regex-syntax, Unicode off), or why
+/// it is refused: see [`crate::jsregex`].
+pub fn to_rust_pattern(pattern: &str) -> Result<String, String> {
+    crate::jsregex::translate(pattern)
 }
 
 fn describe_build_error(e: &meta::BuildError) -> String {
@@ -218,12 +237,13 @@ mod tests {
         .collect()
     }
 
-    /// The reference: every pattern alone, with the `regex` crate, unanchored `is_match`.
+    /// The reference: every pattern alone (translated), with the `regex` crate, unanchored
+    /// `is_match`.
     fn reference(patterns: &[String]) -> Vec<regex::bytes::Regex> {
         patterns
             .iter()
             .map(|p| {
-                regex::bytes::RegexBuilder::new(p)
+                regex::bytes::RegexBuilder::new(&to_rust_pattern(p).expect("translates"))
                     .unicode(false)
                     .build()
                     .expect("reference compiles")
@@ -275,7 +295,7 @@ mod tests {
                 "[^a-z]".into(),
             ],
             vec![
-                r"(?i)EXAMPLE".into(),
+                r"[Ee][Xx]AMPLE".into(),
                 r"\bexample\b".into(),
                 r"\w+\.\w+$".into(),
             ],
@@ -344,6 +364,47 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\n'), "one line: {text}");
+    }
+
+    #[test]
+    fn rust_only_syntax_is_refused_with_index_and_reason() {
+        for (p, why) in [
+            ("(?i)^https://example\\.com$", "inline flags"),
+            ("^https://[[:alpha:]]+\\.example\\.com$", "POSIX class"),
+            ("^https://\\p{L}+$", "Unicode class"),
+            ("^https://example\\.com\\z", "letter 'z'"),
+        ] {
+            let err = OriginPolicy::new(&["localhost".into(), p.into()]).unwrap_err();
+            assert_eq!(err.index, 1);
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("approvedSocketDomains[1]: {p:?} is refused: ")),
+                "{text}"
+            );
+            assert!(text.contains(why), "{text}");
+            assert!(!text.contains('\n'), "{text}");
+        }
+    }
+
+    #[test]
+    fn classes_have_their_javascript_meaning_on_non_ascii() {
+        // JavaScript's \d, \w and . on the header's bytes (Latin-1 for Node).
+        let p = OriginPolicy::new(&[r"^https://\w+\.example\.com(:\d+)?$".into()]).expect("ok");
+        assert!(p.is_approved(b"https://app.example.com:8080"));
+        assert!(!p.is_approved("https://\u{e9}.example.com".as_bytes()));
+        assert!(!p.is_approved("https://app.example.com:\u{661}".as_bytes()));
+        let p = OriginPolicy::new(&[r"^a\Sb$".into(), r"^c.d$".into()]).expect("ok");
+        assert!(p.is_approved(b"a\xe9b"), "one Latin-1 character");
+        assert!(
+            !p.is_approved(b"a\xa0b"),
+            "U+00A0 is JavaScript white space"
+        );
+        assert!(
+            !p.is_approved("a\u{e9}b".as_bytes()),
+            "two bytes are two characters"
+        );
+        assert!(!p.is_approved(b"c\rd"), ". excludes \\r");
+        assert!(p.is_approved(b"c\x85d"));
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Conn {
     pub id: u64,
-    /// The id on the wire (`from`/`to` fields, admin API): `<instance>.<number>`.
+    /// The id on the wire (`from`/`to` fields, admin API): `<instanceId>.<run>.<number>`.
     pub wire_id: Box<str>,
     pub remote: SocketAddr,
     pub origin: Option<Box<str>>,
@@ -204,10 +204,32 @@ pub struct Registry {
     queue_bound: usize,
 }
 
+/// 8 random hex digits, new for every registry (every start).
+fn run_id() -> String {
+    let mut b = [0u8; 4];
+    if getrandom::getrandom(&mut b).is_err() {
+        // No OS randomness (never seen on Linux): the process's randomly keyed hasher, the
+        // clock and the pid still differ between starts.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        b = (h.finish() as u32).to_be_bytes();
+    }
+    format!("{:08x}", u32::from_be_bytes(b))
+}
+
 impl Registry {
+    /// A registry for `instance` (`broker.instanceId`). Its connections' wire ids are
+    /// `<instance>.<run>.<n>`: `<run>` is 8 hex digits drawn at random for each registry (each
+    /// start), so a restart with the same `instanceId` never hands out an id again.
     pub fn new(instance: &str, shards: usize, queue_bound: usize) -> Registry {
         Registry {
-            instance: instance.into(),
+            instance: format!("{instance}.{}", run_id()).into(),
             conns: DashMap::with_shard_amount(shards),
             users: DashMap::with_shard_amount(shards),
             publishers: DashMap::new(),
@@ -218,6 +240,7 @@ impl Registry {
         }
     }
 
+    /// `<instanceId>.<run>`: the part of this registry's wire ids before the number.
     pub fn instance(&self) -> &str {
         &self.instance
     }
@@ -303,10 +326,23 @@ impl Registry {
         self.conns.get(&id).map(|c| c.clone())
     }
 
-    /// Splits a wire id into instance and number.
+    /// Splits a wire id `<instanceId>.<run>.<n>` into `<instanceId>.<run>` and the number;
+    /// `None` unless every part is well formed (so a `to` field can never name a NATS wildcard
+    /// or another subject).
     pub fn parse_wire_id(wire_id: &str) -> Option<(&str, u64)> {
-        let (instance, n) = wire_id.rsplit_once('.')?;
-        Some((instance, n.parse().ok()?))
+        let (node, n) = wire_id.rsplit_once('.')?;
+        let (instance, run) = node.split_once('.')?;
+        let ok = crate::config::valid_instance_id(instance)
+            && !instance.is_empty()
+            && run.len() == 8
+            && run.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && !n.is_empty()
+            && n.len() <= 20
+            && n.bytes().all(|b| b.is_ascii_digit());
+        if !ok {
+            return None;
+        }
+        Some((node, n.parse().ok()?))
     }
 
     /// The local connection with this wire id.

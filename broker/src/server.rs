@@ -212,9 +212,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
 
     let limits = &config.broker.limits;
     let shutdown = CancellationToken::new();
+    let registry = Registry::new(&instance, config.shard_count(), limits.send_queue_bytes);
     let (cluster, cluster_task) = match &config.broker.cluster.nats {
         Some(url) => {
-            let (c, t) = Cluster::new(url, &config.broker.cluster.subject, &instance);
+            let (c, t) = Cluster::new(url, &config.broker.cluster.subject, registry.instance());
             (Some(c), Some(t))
         }
         None => (None, None),
@@ -222,7 +223,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
     let shared = Arc::new(Shared {
         tls,
         cluster,
-        registry: Registry::new(&instance, config.shard_count(), limits.send_queue_bytes),
+        registry,
         tokens: TokenVerifier::new(config.broker.jwt_secret.as_deref()),
         metrics: Metrics::new(),
         events: Activity::new(),

@@ -62,6 +62,54 @@ fn bad_settings_fail_with_one_line_and_status_2() {
 }
 
 #[test]
+fn check_config_refuses_an_invalid_escape_naming_the_key() {
+    // `\.` is not a JSON escape: Node's JSON.parse refuses the file, and so must we (a JSON5
+    // reader would turn it into a bare `.` and approve `https://appXexample.com`).
+    let f = write_config(
+        "{\n  \"websocket\": {\n    \"approvedSocketDomains\": [\n      \"^https://app\\.example\\.com(:\\d+)?$\",\n    ],\n  },\n}\n",
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(f.path())
+        .arg("check-config")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    for needle in [
+        "line 4, column 20",
+        "websocket.approvedSocketDomains[0]",
+        "invalid escape",
+        "write \\\\. for a literal dot",
+    ] {
+        assert!(
+            stderr.contains(needle),
+            "{stderr:?} should contain {needle:?}"
+        );
+    }
+    // The same text through the environment variable.
+    let f = write_config("{}");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(f.path())
+        .arg("check-config")
+        .env(
+            "BROKER_APPROVED_SOCKET_DOMAINS",
+            r#"["^https://app\.example\.com$"]"#,
+        )
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("websocket.approvedSocketDomains[0] (from BROKER_APPROVED_SOCKET_DOMAINS)")
+            && stderr.contains("write \\\\. for a literal dot"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_config_loads_the_seed_config_and_warns() {
     let out = Command::new(BIN)
         .args([

@@ -272,3 +272,28 @@ async fn separate_broker_processes_share_events_and_survive_a_sigterm() {
     }
     procs.clear();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_named_all_gets_replies_for_one_client_not_a_broadcast() {
+    // `instanceId: "all"` once made `<prefix>.conn.all` read as the broadcast subject.
+    let nats = Nats::start(free_port());
+    let bs = instances(&nats, &["all", "user"]).await;
+    let mut asker = client(bs[0].ws_addr()).await;
+    let mut bystander = client(bs[0].ws_addr()).await;
+    let mut on_user = client(bs[1].ws_addr()).await;
+    let mut publ_all = publisher(bs[0].ws_addr()).await;
+    let mut publ_user = publisher(bs[1].ws_addr()).await;
+    send_json(&mut asker, &json!({"eventType": 9, "property": "p"})).await;
+    let req = recv_json(&mut publ_all).await;
+    let from = req["from"].as_str().expect("from").to_string();
+    assert!(from.starts_with("all."), "{from}");
+    let reply = json!({"eventType": 9, "to": from, "property": "p", "val": 1});
+    send_json(&mut publ_user, &reply).await;
+    expect_once(&mut asker, &reply).await;
+    assert_nothing_pending(&mut bystander).await;
+    assert_nothing_pending(&mut on_user).await;
+    assert_nothing_pending(&mut publ_all).await;
+    for b in bs {
+        b.shutdown().await;
+    }
+}

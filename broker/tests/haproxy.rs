@@ -489,3 +489,40 @@ async fn two_brokers_behind_haproxy_spread_forward_and_drain() {
     b2.shutdown().await;
     drop(proxy);
 }
+
+#[tokio::test]
+async fn haproxy_logs_the_path_without_the_token() {
+    let settings = |id: &str| json!({"broker": {"instanceId": id, "limits": {"trustedProxies": ["127.0.0.1"]}}});
+    let b1 = start_with(settings("b1")).await;
+    let b2 = start_with(settings("b2")).await;
+    let mut proxy = Haproxy::start(&[&b1, &b2]);
+    proxy
+        .wait_for_servers("b1 and b2 up", |s| {
+            is(s, "b1", "UP", "L7OK") && is(s, "b2", "UP", "L7OK")
+        })
+        .await;
+    const SECRET: &str = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXRva2VuLXZhbHVl.c2ln";
+    let refused = connect_with(
+        proxy.frontend,
+        &format!("/socket?token={SECRET}"),
+        &[("origin", "http://localhost:3000")],
+    )
+    .await;
+    assert_eq!(refused_status(refused), 401, "a bad token is refused");
+    eventually("haproxy logged the request", || async {
+        proxy.log_text().contains("\"GET /socket HTTP/1.1\"")
+    })
+    .await;
+    let log = proxy.log_text();
+    assert!(
+        !log.contains(SECRET),
+        "the token is in haproxy's log:\n{log}"
+    );
+    assert!(
+        !log.contains("token="),
+        "the query string is in haproxy's log:\n{log}"
+    );
+    drop(proxy);
+    b1.shutdown().await;
+    b2.shutdown().await;
+}

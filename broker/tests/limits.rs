@@ -200,3 +200,24 @@ async fn silent_clients_are_dropped_after_the_idle_timeout() {
     );
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_trusted_proxy_written_ipv4_mapped_is_the_same_proxy() {
+    // `::ffff:127.0.0.1` in the config is the peer 127.0.0.1.
+    let b = start_with(json!({"broker": {"limits": {"maxConnectionsPerAddress": 1, "trustedProxies": ["::ffff:127.0.0.1"]}}})).await;
+    let addr = b.ws_addr();
+    let via = |ip: &'static str| async move {
+        connect_with(
+            addr,
+            "/",
+            &[("origin", "http://localhost"), ("x-forwarded-for", ip)],
+        )
+        .await
+    };
+    let _a = via("198.51.100.1").await.expect("first");
+    let _b = via("198.51.100.2")
+        .await
+        .expect("another forwarded address: the proxy is trusted");
+    assert_eq!(refused_status(via("198.51.100.1").await), 429);
+    b.shutdown().await;
+}

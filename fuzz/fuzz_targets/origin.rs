@@ -1,5 +1,6 @@
-//! The compiled allow-list against the original one-pattern-at-a-time check. Input: up to 8
-//! lines of patterns, then the origin on the last line.
+//! The compiled allow-list against the original one-pattern-at-a-time check (each pattern's
+//! JavaScript translation alone, with the regex crate). Input: up to 8 lines of patterns, then
+//! the origin on the last line.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,7 +15,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let patterns: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
-    let reference: Result<Vec<regex::bytes::Regex>, _> = patterns
+    let Ok(translated) = patterns
+        .iter()
+        .map(|p| broker::origin::to_rust_pattern(p))
+        .collect::<Result<Vec<String>, String>>()
+    else {
+        return;
+    };
+    let reference: Result<Vec<regex::bytes::Regex>, _> = translated
         .iter()
         .map(|p| {
             regex::bytes::RegexBuilder::new(p)

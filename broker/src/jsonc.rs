@@ -201,6 +201,9 @@ fn escape_advice(next: Option<char>) -> String {
         Some('u') => {
             "invalid escape \"\\u\": JSON needs four hex digits after \\u (\\u00e9)".into()
         }
+        Some(c) if c.is_control() => format!(
+            "invalid escape: a backslash before the control character {c:?} in a JSON string: remove the backslash"
+        ),
         Some(c) => {
             let meaning = match c {
                 '.' => " for a literal dot in a pattern".to_string(),
@@ -267,7 +270,13 @@ fn render(stack: &[Frame]) -> Option<String> {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(k);
+                // A key with control characters (a newline, say) is quoted, so that an error
+                // stays one line.
+                if k.chars().any(char::is_control) {
+                    out.push_str(&format!("{k:?}"));
+                } else {
+                    out.push_str(k);
+                }
             }
             Frame::Obj { .. } => break,
             Frame::Arr { index } => out.push_str(&format!("[{index}]")),

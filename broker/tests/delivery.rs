@@ -77,6 +77,20 @@ async fn admin_row(ops: SocketAddr, origin: &str) -> Option<Value> {
     rows.into_iter().find(|r| r["origin"] == origin)
 }
 
+/// Publishes `n` events numbered `seq` 0..n with a `blob` of `size` bytes, then waits until
+/// the broker has handled them all (see [`sync_publisher`]).
+async fn publish_numbered(publ: &mut Client, n: u64, size: usize) {
+    let blob = "b".repeat(size);
+    for seq in 0..n {
+        send_json(
+            publ,
+            &json!({"eventType": 6, "files": [], "blob": blob, "seq": seq}),
+        )
+        .await;
+    }
+    sync_publisher(publ).await;
+}
+
 /// Sends an Echo on a publisher and waits for it: everything the publisher sent before has
 /// been handled (queued for its recipients) by then.
 async fn sync_publisher(publ: &mut Client) {
@@ -181,15 +195,7 @@ async fn sigterm_writes_every_queued_event_before_1001() {
     let mut behind = paused_client(broker.ws, &[("origin", origin)]).await;
     let mut publ = publisher(broker.ws).await;
     // 600 events of 16 KiB: far more than the kernel buffers hold, so most wait in the queue.
-    let blob = "d".repeat(16 * 1024);
-    for seq in 0..600u64 {
-        send_json(
-            &mut publ,
-            &json!({"eventType": 6, "files": [], "blob": blob, "seq": seq}),
-        )
-        .await;
-    }
-    sync_publisher(&mut publ).await;
+    publish_numbered(&mut publ, 600, 16 * 1024).await;
     let row = admin_row(broker.ops, origin).await.expect("listed");
     assert!(
         row["sendQueueBytes"].as_u64().unwrap_or(0) > 1024 * 1024,
@@ -216,15 +222,7 @@ async fn an_admin_drain_writes_every_queued_event_before_1001() {
     let origin = "http://localhost:4004";
     let mut behind = paused_client(b.ws_addr(), &[("origin", origin)]).await;
     let mut publ = publisher(b.ws_addr()).await;
-    let blob = "a".repeat(16 * 1024);
-    for seq in 0..400u64 {
-        send_json(
-            &mut publ,
-            &json!({"eventType": 6, "files": [], "blob": blob, "seq": seq}),
-        )
-        .await;
-    }
-    sync_publisher(&mut publ).await;
+    publish_numbered(&mut publ, 400, 16 * 1024).await;
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let (status, body) = http_request(
         b.ops_addr(),
@@ -250,15 +248,7 @@ async fn a_kick_discards_the_queue_says_how_much_and_cuts_no_frame() {
     let origin = "http://localhost:4005";
     let mut kicked = paused_client(b.ws_addr(), &[("origin", origin)]).await;
     let mut publ = publisher(b.ws_addr()).await;
-    let blob = "k".repeat(16 * 1024);
-    for seq in 0..800u64 {
-        send_json(
-            &mut publ,
-            &json!({"eventType": 6, "files": [], "blob": blob, "seq": seq}),
-        )
-        .await;
-    }
-    sync_publisher(&mut publ).await;
+    publish_numbered(&mut publ, 800, 16 * 1024).await;
     let id = admin_row(b.ops_addr(), origin).await.expect("listed")["id"]
         .as_str()
         .expect("id")

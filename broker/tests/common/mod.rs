@@ -286,6 +286,17 @@ impl BrokerProcess {
         BrokerProcess { child, ws, ops }
     }
 
+    /// The process's resident set size in KiB, from `/proc/<pid>/status`.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the broker's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("a VmRSS line")
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let ok = std::process::Command::new("kill")

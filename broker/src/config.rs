@@ -223,11 +223,22 @@ pub struct ClusterConfig {
 pub struct Limits {
     /// Open connections at most (clients and publishers).
     pub max_connections: usize,
-    /// Open connections per remote address at most; 0 turns the check off.
-    pub max_connections_per_address: usize,
+    /// Open client connections per address (IPv6: per /64) at most; 0 turns the check off.
+    /// Unset: [`DEFAULT_PER_ADDRESS_BEHIND_PROXIES`] when `trustedProxies` is set, else off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_address: Option<usize>,
+    /// Connection slots that only publishers may take. Unset: 1 % of `maxConnections`, at
+    /// least 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publisher_reserve: Option<usize>,
+    /// Sockets still in their handshake (TLS and request head) at most; more are reset at once.
+    pub max_pending_handshakes: usize,
+    /// The same per address (IPv6: per /64); a trusted proxy's sockets count in the total only.
+    pub max_pending_handshakes_per_address: usize,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
-    /// Seconds a client has to complete its HTTP upgrade request.
+    /// Seconds a socket has from its accept to the end of its request head (TLS included), and
+    /// an HTTP connection between two requests.
     pub handshake_timeout: f64,
     /// Bytes in one message from an ordinary client at most.
     pub max_message_size: usize,
@@ -266,7 +277,10 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 100_000,
-            max_connections_per_address: 0,
+            max_connections_per_address: None,
+            publisher_reserve: None,
+            max_pending_handshakes: 4096,
+            max_pending_handshakes_per_address: 256,
             trusted_proxies: Vec::new(),
             handshake_timeout: 10.0,
             max_message_size: 64 * 1024,
@@ -359,6 +373,21 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     (
         "BROKER_MAX_CONNECTIONS_PER_ADDRESS",
         "broker.limits.maxConnectionsPerAddress",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_PUBLISHER_RESERVE",
+        "broker.limits.publisherReserve",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_MAX_PENDING_HANDSHAKES",
+        "broker.limits.maxPendingHandshakes",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_MAX_PENDING_HANDSHAKES_PER_ADDRESS",
+        "broker.limits.maxPendingHandshakesPerAddress",
         EnvKind::Json,
     ),
     (
@@ -588,6 +617,10 @@ impl Config {
         }
         for (key, v) in [
             ("broker.limits.maxConnections", l.max_connections),
+            (
+                "broker.limits.maxPendingHandshakes",
+                l.max_pending_handshakes,
+            ),
             ("broker.limits.maxMessageSize", l.max_message_size),
             (
                 "broker.limits.maxPublisherMessageSize",
@@ -597,6 +630,17 @@ impl Config {
         ] {
             if v == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if let Some(r) = l.publisher_reserve {
+            if r >= l.max_connections {
+                return Err(ConfigError::invalid(
+                    "broker.limits.publisherReserve",
+                    format!(
+                        "{r} leaves no slot for clients: it must be less than broker.limits.maxConnections ({})",
+                        l.max_connections
+                    ),
+                ));
             }
         }
         if l.idle_timeout <= l.ping_interval {
@@ -703,7 +747,27 @@ impl Config {
     }
 }
 
+/// `maxConnectionsPerAddress` when it is unset and `trustedProxies` is set.
+pub const DEFAULT_PER_ADDRESS_BEHIND_PROXIES: usize = 1000;
+
 impl Limits {
+    /// Client connections per address at most (0: no limit), the default applied.
+    pub fn per_address(&self) -> usize {
+        self.max_connections_per_address
+            .unwrap_or(if self.trusted_proxies.is_empty() {
+                0
+            } else {
+                DEFAULT_PER_ADDRESS_BEHIND_PROXIES
+            })
+    }
+
+    /// Slots only publishers may take, the default applied.
+    pub fn publisher_reserve(&self) -> usize {
+        self.publisher_reserve
+            .unwrap_or(self.max_connections.div_ceil(100))
+            .min(self.max_connections.saturating_sub(1))
+    }
+
     fn drain_window_ok(&self, w: f64) -> bool {
         w.is_finite() && (0.0..=MAX_DRAIN_WINDOW_SECS).contains(&w)
     }

@@ -6,6 +6,7 @@
 //! - [`jsregex`]: JavaScript patterns translated to byte regexes with the same matches, or refused.
 //! - [`origin`]: the origin allow-list, compiled once into one multi-pattern regex.
 //! - [`event`]: the event table, SIMD decoding, the error event.
+//! - [`gate`]: limits before and at the upgrade: pending handshakes, slots, per-address counts.
 //! - [`handshake`]: the HTTP request head, admission, plain HTTP answers.
 //! - [`auth`]: user tokens (HS256 JWT).
 //! - [`tls`]: `wss://` with rustls, from the Users config's `ssl*` keys.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod connection;
 pub mod event;
 pub mod fanout;
+pub mod gate;
 pub mod handshake;
 pub mod jsonc;
 pub mod jsregex;

@@ -12,13 +12,15 @@ use prometheus::{
 use crate::event::{ErrorReason, TYPE_LABELS};
 
 /// Why a connection was refused before the upgrade.
-pub const REFUSE_REASONS: [&str; 8] = [
+pub const REFUSE_REASONS: [&str; 10] = [
     "no_origin",
     "origin",
     "api_key",
     "token",
     "limit",
     "per_address",
+    "pending_limit",
+    "pending_per_address",
     "handshake_timeout",
     "bad_request",
 ];

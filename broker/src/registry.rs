@@ -8,7 +8,7 @@
 //! Delivery never blocks and never grows memory: each connection has a bounded queue, and a
 //! connection whose queue is full is told to close (a slow consumer), not waited for.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
@@ -198,7 +198,6 @@ pub struct Registry {
     conns: DashMap<u64, Arc<Conn>>,
     users: DashMap<Arc<str>, Vec<Arc<Conn>>>,
     publishers: DashMap<u64, Arc<Conn>>,
-    per_address: DashMap<IpAddr, usize>,
     next_id: AtomicU64,
     next_publisher: AtomicUsize,
     queue_bound: usize,
@@ -233,7 +232,6 @@ impl Registry {
             conns: DashMap::with_shard_amount(shards),
             users: DashMap::with_shard_amount(shards),
             publishers: DashMap::new(),
-            per_address: DashMap::new(),
             next_id: AtomicU64::new(1),
             next_publisher: AtomicUsize::new(0),
             queue_bound,
@@ -286,23 +284,6 @@ impl Registry {
                 list.is_empty()
             });
         }
-    }
-
-    /// Counts a connection from `ip` if it stays within `limit` (0: no limit).
-    pub fn acquire_address(&self, ip: IpAddr, limit: usize) -> bool {
-        let mut n = self.per_address.entry(ip).or_insert(0);
-        if limit > 0 && *n >= limit {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    pub fn release_address(&self, ip: IpAddr) {
-        self.per_address.remove_if_mut(&ip, |_, n| {
-            *n = n.saturating_sub(1);
-            *n == 0
-        });
     }
 
     pub fn len(&self) -> usize {
@@ -490,16 +471,5 @@ mod tests {
             !conns[0].offer(&frame("z")),
             "an ended connection takes nothing"
         );
-    }
-
-    #[test]
-    fn per_address_limit() {
-        let r = Registry::new("t", 2, 2);
-        let ip: IpAddr = "127.0.0.2".parse().expect("ip");
-        assert!(r.acquire_address(ip, 2));
-        assert!(r.acquire_address(ip, 2));
-        assert!(!r.acquire_address(ip, 2));
-        r.release_address(ip);
-        assert!(r.acquire_address(ip, 2));
     }
 }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +19,7 @@ use crate::auth::TokenVerifier;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::connection::Transport;
+use crate::gate::{Gate, GateLimits, Pending, Slot};
 use crate::handshake::{self, Admission, HeadError, Refusal, Request};
 use crate::metrics::{kind_label, Metrics};
 use crate::ops::Activity;
@@ -45,7 +45,8 @@ pub struct Shared {
     pub started: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
-    connection_slots: Arc<Semaphore>,
+    /// Pending handshakes, connection slots, per-address counts.
+    pub gate: Arc<Gate>,
     client_ws: WebSocketConfig,
     publisher_ws: WebSocketConfig,
     /// Every task of the broker (listeners, handshakes, connections), waited for at shutdown.
@@ -232,7 +233,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         started: Instant::now(),
         ready: AtomicBool::new(true),
         draining: AtomicBool::new(false),
-        connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
+        gate: Gate::new(&GateLimits {
+            max_pending: limits.max_pending_handshakes,
+            max_pending_per_address: limits.max_pending_handshakes_per_address,
+            max_connections: limits.max_connections,
+            publisher_reserve: limits.publisher_reserve(),
+            max_per_address: limits.per_address(),
+        }),
         client_ws: ws_config(limits.max_message_size),
         publisher_ws: ws_config(limits.max_publisher_message_size),
         tasks: TaskTracker::new(),
@@ -283,7 +290,26 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
         };
         match accepted {
             Ok((stream, peer)) => {
-                tracker.spawn(serve_socket(stream, peer, shared.clone()));
+                // Counted before any byte is read: a socket that never finishes its handshake
+                // holds one of a bounded number of places, and only until its deadline.
+                let peer_ip = peer.ip().to_canonical();
+                let from_proxy = shared
+                    .config
+                    .broker
+                    .limits
+                    .trusted_proxies
+                    .contains(&peer_ip);
+                match shared.gate.pending(peer_ip, !from_proxy) {
+                    Ok(pending) => {
+                        tracker.spawn(serve_socket(stream, peer, pending, shared.clone()));
+                    }
+                    Err(closed) => {
+                        shared.metrics.refused(closed.label());
+                        tracing::debug!(peer = %peer, reason = closed.label(), "reset before the handshake");
+                        let _ = stream.set_zero_linger();
+                        drop(stream);
+                    }
+                }
             }
             Err(e) => {
                 // Out of file descriptors, most likely: back off instead of spinning.
@@ -295,19 +321,20 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
     tracing::info!("stopped accepting connections");
 }
 
-/// One accepted socket: TLS first when `ssl` is on, then the request.
-async fn serve_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// One accepted socket: TLS first when `ssl` is on, then the request. TLS and the request head
+/// share one deadline, `handshakeTimeout` from the accept.
+async fn serve_socket(stream: TcpStream, peer: SocketAddr, pending: Pending, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + shared.config.broker.limits.handshake_timeout();
     let Some(acceptor) = shared.tls.clone() else {
-        return handle_socket(stream, peer, shared).await;
+        return handle_socket(stream, peer, pending, deadline, shared).await;
     };
-    let timeout = shared.config.broker.limits.handshake_timeout();
     let accepted = tokio::select! {
         () = shared.shutdown.cancelled() => return,
-        r = tokio::time::timeout(timeout, acceptor.accept(stream)) => r,
+        r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
     };
     match accepted {
-        Ok(Ok(tls)) => handle_socket(tls, peer, shared).await,
+        Ok(Ok(tls)) => handle_socket(tls, peer, pending, deadline, shared).await,
         Ok(Err(e)) => {
             shared.metrics.refused("bad_request");
             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
@@ -317,12 +344,17 @@ async fn serve_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) 
 }
 
 /// One socket (plain or TLS): read its request, then upgrade it, publish, or refuse it.
-async fn handle_socket<S: Transport>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>) {
+async fn handle_socket<S: Transport>(
+    mut stream: S,
+    peer: SocketAddr,
+    pending: Pending,
+    deadline: tokio::time::Instant,
+    shared: Arc<Shared>,
+) {
     let started = Instant::now();
-    let timeout = shared.config.broker.limits.handshake_timeout();
     let head = tokio::select! {
         () = shared.shutdown.cancelled() => return,
-        r = tokio::time::timeout(timeout, handshake::read_head(&mut stream)) => r,
+        r = tokio::time::timeout_at(deadline, handshake::read_head(&mut stream)) => r,
     };
     let req = match head {
         Ok(Ok(req)) => req,
@@ -345,6 +377,8 @@ async fn handle_socket<S: Transport>(mut stream: S, peer: SocketAddr, shared: Ar
         }
     };
     if req.is_websocket_upgrade() {
+        // The handshake is over: what is left (the answer) does not wait on the client.
+        drop(pending);
         upgrade(stream, peer, req, shared, started).await;
     } else if req.method == "POST" && req.path() == "/api/publish" {
         let _ = crate::publish::handle(&mut stream, req, &shared).await;
@@ -423,26 +457,18 @@ async fn upgrade<S: Transport>(
             return;
         }
     };
-    let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
-        m.refused("limit");
-        let _ = handshake::respond_error(&mut stream, 503, "too many connections").await;
-        return;
-    };
-    let limits = &shared.config.broker.limits;
-    let ip = req.client_ip(peer, &limits.trusted_proxies);
-    if !shared
-        .registry
-        .acquire_address(ip, limits.max_connections_per_address)
-    {
-        m.refused("per_address");
-        let _ =
-            handshake::respond_error(&mut stream, 429, "too many connections from this address")
-                .await;
-        return;
-    }
-    let address = AddressGuard {
-        shared: shared.clone(),
-        ip,
+    let ip = req.client_ip(peer, &shared.config.broker.limits.trusted_proxies);
+    let slot: Slot = match shared.gate.connection(ip, admission.publisher) {
+        Ok(slot) => slot,
+        Err(closed) => {
+            m.refused(closed.label());
+            let (status, message) = match closed {
+                crate::gate::Closed::PerAddress => (429, "too many connections from this address"),
+                _ => (503, "too many connections"),
+            };
+            let _ = handshake::respond_error(&mut stream, status, message).await;
+            return;
+        }
     };
     if handshake::write_switching(&mut stream, &accept_key)
         .await
@@ -480,19 +506,6 @@ async fn upgrade<S: Transport>(
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         crate::connection::serve(ws, conn, shared).await;
-        drop(address);
         drop(slot);
     });
-}
-
-/// Gives the per-address count back when the connection ends, however it ends.
-struct AddressGuard {
-    shared: Arc<Shared>,
-    ip: std::net::IpAddr,
-}
-
-impl Drop for AddressGuard {
-    fn drop(&mut self) {
-        self.shared.registry.release_address(self.ip);
-    }
 }

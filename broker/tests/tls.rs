@@ -129,3 +129,37 @@ fn bad_key_files_are_named() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn tls_and_the_request_head_share_one_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pki();
+    let b = start_with(json!({"ssl": true, "sslKey": p.key, "sslCert": p.cert,
+               "broker": {"limits": {"handshakeTimeout": 3}}}))
+    .await;
+    let started = std::time::Instant::now();
+    let tcp = tokio::net::TcpStream::connect(b.ws_addr())
+        .await
+        .expect("connect");
+    // A slow client: most of the allowance goes before TLS even starts...
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let connector = tokio_rustls::TlsConnector::from(client_config(&p.cert_pem));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("TLS in time");
+    // ...and the request head never ends.
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut out))
+        .await
+        .expect("cut off");
+    // One deadline from the accept: cut at 3 s. Two timeouts back to back would allow 5 s.
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(4300),
+        "cut off after {took:?}"
+    );
+    assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"));
+    b.shutdown().await;
+}

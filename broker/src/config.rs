@@ -233,7 +233,8 @@ pub struct Limits {
     pub publisher_reserve: Option<usize>,
     /// Sockets still in their handshake (TLS and request head) at most; more are reset at once.
     pub max_pending_handshakes: usize,
-    /// The same per address (IPv6: per /64); a trusted proxy's sockets count in the total only.
+    /// The same per address (IPv6: per /64; 0: no per-address bound); a trusted proxy's
+    /// sockets count in the total only.
     pub max_pending_handshakes_per_address: usize,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
@@ -279,8 +280,8 @@ impl Default for Limits {
             max_connections: 100_000,
             max_connections_per_address: None,
             publisher_reserve: None,
-            max_pending_handshakes: 4096,
-            max_pending_handshakes_per_address: 256,
+            max_pending_handshakes: 8192,
+            max_pending_handshakes_per_address: 1024,
             trusted_proxies: Vec::new(),
             handshake_timeout: 10.0,
             max_message_size: 64 * 1024,

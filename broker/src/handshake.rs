@@ -22,8 +22,9 @@ pub struct Request {
     pub method: String,
     pub target: String,
     headers: Vec<(String, Vec<u8>)>,
-    /// Bytes read past the head: the start of a body or of the first WebSocket frame.
-    pub rest: Vec<u8>,
+    /// Every byte read: the head, then the start of a body or of the first WebSocket frame.
+    raw: Vec<u8>,
+    head_len: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +65,8 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, 
                         .iter()
                         .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
                         .collect(),
-                    rest: buf[len..].to_vec(),
+                    raw: buf,
+                    head_len: len,
                 };
                 return Ok(request);
             }
@@ -79,12 +81,59 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, 
 }
 
 impl Request {
+    /// Bytes read past the head: the start of a body or of the first WebSocket frame.
+    pub fn rest(&self) -> &[u8] {
+        &self.raw[self.head_len..]
+    }
+
+    /// Every byte read, the head included, to be read again by an HTTP server.
+    pub fn into_raw(self) -> Vec<u8> {
+        self.raw
+    }
+
     /// The first value of header `name` (lower case).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
+    }
+
+    /// Every value of header `name` (lower case), comma-separated lists split.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+    }
+
+    /// Checks how the request says its body is framed (RFC 9112 section 6): one
+    /// `Content-Length`, or `Transfer-Encoding` ending in `chunked` and no `Content-Length`.
+    pub fn framing_error(&self) -> Option<&'static str> {
+        let mut lengths = self.values("content-length").peekable();
+        let has_length = lengths.peek().is_some();
+        let mut first = None;
+        for v in lengths {
+            if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+                return Some("Content-Length is not a number");
+            }
+            match first {
+                None => first = Some(v),
+                Some(f) if f != v => return Some("Content-Length is given twice, differently"),
+                Some(_) => {}
+            }
+        }
+        let codings: Vec<&[u8]> = self.values("transfer-encoding").collect();
+        if let Some(last) = codings.last() {
+            if has_length {
+                return Some("both Transfer-Encoding and Content-Length are given");
+            }
+            if !last.eq_ignore_ascii_case(b"chunked") {
+                return Some("Transfer-Encoding must end with chunked");
+            }
+        }
+        None
     }
 
     pub fn header_str(&self, name: &str) -> Option<&str> {
@@ -276,7 +325,7 @@ mod tests {
         assert!(req.is_websocket_upgrade());
         assert_eq!(req.path(), "/x");
         assert_eq!(req.query("token").as_deref(), Some("a+b"));
-        assert_eq!(req.rest, b"\x81\x80");
+        assert_eq!(req.rest(), b"\x81\x80");
         assert_eq!(
             req.websocket_accept().as_deref(),
             Ok("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")

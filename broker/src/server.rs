@@ -380,10 +380,8 @@ async fn handle_socket<S: Transport>(
         // The handshake is over: what is left (the answer) does not wait on the client.
         drop(pending);
         upgrade(stream, peer, req, shared, started).await;
-    } else if req.method == "POST" && req.path() == "/api/publish" {
-        let _ = crate::publish::handle(&mut stream, req, &shared).await;
     } else {
-        let _ = crate::publish::not_found(&mut stream, &req).await;
+        crate::publish::serve(stream, req, pending, shared).await;
     }
 }
 
@@ -481,8 +479,13 @@ async fn upgrade<S: Transport>(
     } else {
         shared.client_ws
     };
-    let ws =
-        WebSocketStream::from_partially_read(stream, req.rest, Role::Server, Some(ws_config)).await;
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        req.rest().to_vec(),
+        Role::Server,
+        Some(ws_config),
+    )
+    .await;
     let publisher = admission.publisher;
     let conn = shared.registry.register(NewConn {
         remote: SocketAddr::new(ip, peer.port()),

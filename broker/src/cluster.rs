@@ -13,12 +13,14 @@
 //!   client. Subjects are compared whole on receipt, and the connection subject has two more
 //!   tokens than the others, so no `instanceId` can alias `<prefix>.all` or `<prefix>.user`.
 //!
-//! Publishing goes through a bounded queue to one task, so a publisher is never slowed by NATS
-//! and events from one instance keep their order. While NATS is unreachable the instance keeps
-//! serving its own clients, counts what it could not share as `dropped`, says so in `/readyz`
-//! and the log, and resumes when NATS returns (the client reconnects by itself).
+//! Publishing goes through a queue bounded in bytes ([`QUEUE_BYTES`]) to one task, so a
+//! publisher is never slowed by NATS and events from one instance keep their order; events from
+//! NATS are delivered by another task, so a stalled publish never holds up what comes in. While
+//! NATS is unreachable (at start-up too) the instance keeps serving its own clients, counts what
+//! it could not share as `dropped`, says so in `/readyz` and the log, and resumes when NATS
+//! returns (the client reconnects by itself). Nothing waits on NATS at start-up or shutdown.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +39,14 @@ const H_USER: &str = "Broker-User";
 const H_TO: &str = "Broker-To";
 const H_TYPE: &str = "Broker-Type";
 
+/// Bytes of events waiting to be published to NATS at most; past it events are not shared
+/// (counted as `dropped`). Each event is charged its frame plus [`OVERHEAD`].
+pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
+const OVERHEAD: usize = 256;
+
+/// How long the last flush at shutdown may take.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
 /// One event on its way to the other instances.
 struct Outgoing {
     subject: String,
@@ -44,11 +54,20 @@ struct Outgoing {
     frame: Utf8Bytes,
 }
 
+impl Outgoing {
+    fn cost(&self) -> usize {
+        self.frame.len() + self.subject.len() + OVERHEAD
+    }
+}
+
 /// The instance's side of the cluster: where forwarded events go.
 pub struct Cluster {
     prefix: String,
     instance: String,
-    tx: mpsc::Sender<Outgoing>,
+    tx: mpsc::UnboundedSender<Outgoing>,
+    /// Bytes queued in `tx`, bounded by `queue_bytes`.
+    queued: Arc<AtomicUsize>,
+    queue_bytes: usize,
     /// The NATS link is up (from the client's events).
     connected: Arc<AtomicBool>,
     /// Our subscriptions are known to the server (set once, after the first flush).
@@ -58,19 +77,31 @@ pub struct Cluster {
 /// The receiving end, handed to [`run`].
 pub struct ClusterTask {
     url: String,
-    rx: mpsc::Receiver<Outgoing>,
+    rx: mpsc::UnboundedReceiver<Outgoing>,
 }
 
 impl Cluster {
     /// A cluster handle and its task, for `url` (one or more NATS URLs, comma separated).
     pub fn new(url: &str, prefix: &str, instance: &str) -> (Cluster, ClusterTask) {
-        let (tx, rx) = mpsc::channel(64 * 1024);
+        Self::with_queue(url, prefix, instance, QUEUE_BYTES)
+    }
+
+    /// The same with a queue of `queue_bytes`.
+    pub fn with_queue(
+        url: &str,
+        prefix: &str,
+        instance: &str,
+        queue_bytes: usize,
+    ) -> (Cluster, ClusterTask) {
+        let (tx, rx) = mpsc::unbounded_channel();
         let prefix = if prefix.is_empty() { "broker" } else { prefix };
         (
             Cluster {
                 prefix: prefix.to_string(),
                 instance: instance.to_string(),
                 tx,
+                queued: Arc::new(AtomicUsize::new(0)),
+                queue_bytes,
                 connected: Arc::new(AtomicBool::new(false)),
                 subscribed: Arc::new(AtomicBool::new(false)),
             },
@@ -112,13 +143,31 @@ impl Cluster {
         if !self.is_connected() {
             return false;
         }
-        self.tx
-            .try_send(Outgoing {
-                subject,
-                headers,
-                frame: frame.clone(),
+        let msg = Outgoing {
+            subject,
+            headers,
+            frame: frame.clone(),
+        };
+        let cost = msg.cost();
+        let within = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + cost <= self.queue_bytes).then_some(q + cost)
             })
-            .is_ok()
+            .is_ok();
+        if !within {
+            return false;
+        }
+        if self.tx.send(msg).is_err() {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Bytes waiting to be published.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
     }
 
     /// Whether a local delivery to `target` should also go to the cluster.
@@ -177,6 +226,45 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
             return;
         }
     };
+    let m = &shared.metrics;
+    let (out, inn, dropped) = (
+        m.cluster_messages.with_label_values(&["out"]),
+        m.cluster_messages.with_label_values(&["in"]),
+        m.cluster_messages.with_label_values(&["dropped"]),
+    );
+    // Publishing: its own task, so that a publish waiting on a slow or absent NATS never holds
+    // up delivery of what comes in.
+    let publishing = tokio::spawn({
+        let client = client.clone();
+        let shared = shared.clone();
+        let mut rx = task.rx;
+        async move {
+            let Some(cluster) = shared.cluster.as_ref() else {
+                return;
+            };
+            loop {
+                let msg = tokio::select! {
+                    () = shared.shutdown.cancelled() => break,
+                    msg = rx.recv() => match msg {
+                        Some(msg) => msg,
+                        None => break,
+                    },
+                };
+                cluster.queued.fetch_sub(msg.cost(), Ordering::AcqRel);
+                let sent = tokio::select! {
+                    () = shared.shutdown.cancelled() => break,
+                    r = client.publish_with_headers(msg.subject, msg.headers, msg.frame.into()) => r,
+                };
+                match sent {
+                    Ok(()) => out.inc(),
+                    Err(e) => {
+                        dropped.inc();
+                        tracing::debug!(error = %e, "cluster: publish failed");
+                    }
+                }
+            }
+        }
+    });
     let prefix = &cluster.prefix;
     let mut subscriptions = Vec::new();
     for subject in [
@@ -188,14 +276,20 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
             Ok(s) => subscriptions.push(s),
             Err(e) => {
                 tracing::error!(error = %e, subject, "cluster: cannot subscribe; running standalone");
+                publishing.abort();
                 return;
             }
         }
     }
     // One round trip makes sure the server has our subscriptions before we say we are in.
-    // (On a reconnect the client sends them again before it reports Connected.)
+    // (On a reconnect the client sends them again before it reports Connected.) While NATS is
+    // unreachable this waits, and shutdown does not wait for it.
     loop {
-        if client.flush().await.is_ok() {
+        let flushed = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            r = client.flush() => r.is_ok(),
+        };
+        if flushed {
             break;
         }
         tokio::select! {
@@ -209,35 +303,20 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
         .cluster_connected
         .set(i64::from(cluster.connected.load(Ordering::Relaxed)));
     let mut incoming = futures_util::stream::select_all(subscriptions);
-    let mut rx = task.rx;
-    let m = &shared.metrics;
-    let (out, inn, dropped) = (
-        m.cluster_messages.with_label_values(&["out"]),
-        m.cluster_messages.with_label_values(&["in"]),
-        m.cluster_messages.with_label_values(&["dropped"]),
-    );
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => break,
-            Some(msg) = rx.recv() => {
-                let sent = client
-                    .publish_with_headers(msg.subject, msg.headers, msg.frame.into())
-                    .await;
-                match sent {
-                    Ok(()) => out.inc(),
-                    Err(e) => {
-                        dropped.inc();
-                        tracing::debug!(error = %e, "cluster: publish failed");
-                    }
+            msg = incoming.next() => match msg {
+                Some(msg) => {
+                    inn.inc();
+                    deliver_incoming(&shared, msg);
                 }
-            }
-            Some(msg) = incoming.next() => {
-                inn.inc();
-                deliver_incoming(&shared, msg);
-            }
+                None => break,
+            },
         }
     }
-    let _ = client.flush().await;
+    let _ = publishing.await;
+    let _ = tokio::time::timeout(FINAL_FLUSH, client.flush()).await;
 }
 
 fn deliver_incoming(shared: &Shared, msg: async_nats::Message) {
@@ -295,6 +374,30 @@ fn subject_kind(prefix: &str, node: &str, subject: &str) -> Option<SubjectKind> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_to_nats_is_bounded_in_bytes() {
+        let (c, mut task) = Cluster::with_queue("nats://127.0.0.1:1", "broker", "a.0123abcd", 2000);
+        let frame = Utf8Bytes::from("x".repeat(600));
+        let all = Target::All { except: None };
+        assert!(
+            !c.forward(&all, &frame, "echo"),
+            "nothing is queued while NATS is away"
+        );
+        c.connected.store(true, Ordering::Relaxed);
+        c.subscribed.store(true, Ordering::Relaxed);
+        // 600 bytes of frame + "broker.all" + 256: two fit in 2000 bytes, a third does not.
+        assert!(c.forward(&all, &frame, "echo"));
+        assert!(c.forward(&all, &frame, "echo"));
+        assert!(!c.forward(&all, &frame, "echo"));
+        assert_eq!(c.queued_bytes(), 2 * (600 + 10 + OVERHEAD));
+        // Small events still fit in what is left.
+        assert!(c.forward(&all, &Utf8Bytes::from("{}"), "echo"));
+        // Taking one out (as the publishing task does) makes room again.
+        let msg = task.rx.try_recv().expect("queued");
+        c.queued.fetch_sub(msg.cost(), Ordering::AcqRel);
+        assert!(c.forward(&all, &frame, "echo"));
+    }
 
     #[test]
     fn no_instance_id_aliases_a_broadcast_subject() {

@@ -207,7 +207,7 @@ pub struct AdminConfig {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ClusterConfig {
     /// NATS server URL(s), comma separated; empty means standalone.
@@ -215,6 +215,18 @@ pub struct ClusterConfig {
     pub nats: Option<String>,
     /// Subject prefix shared by the instances of one deployment.
     pub subject: String,
+    /// Bytes of events waiting to be published to NATS at most; past it they are not shared.
+    pub queue_bytes: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats: None,
+            subject: String::new(),
+            queue_bytes: crate::cluster::QUEUE_BYTES,
+        }
+    }
 }
 
 /// Limits, each with a safe default.
@@ -365,6 +377,11 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         "BROKER_CLUSTER_SUBJECT",
         "broker.cluster.subject",
         EnvKind::Text,
+    ),
+    (
+        "BROKER_CLUSTER_QUEUE_BYTES",
+        "broker.cluster.queueBytes",
+        EnvKind::Json,
     ),
     (
         "BROKER_MAX_CONNECTIONS",
@@ -628,6 +645,7 @@ impl Config {
                 l.max_publisher_message_size,
             ),
             ("broker.limits.sendQueueBytes", l.send_queue_bytes),
+            ("broker.cluster.queueBytes", self.broker.cluster.queue_bytes),
         ] {
             if v == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));

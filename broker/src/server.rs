@@ -216,7 +216,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
     let registry = Registry::new(&instance, config.shard_count(), limits.send_queue_bytes);
     let (cluster, cluster_task) = match &config.broker.cluster.nats {
         Some(url) => {
-            let (c, t) = Cluster::new(url, &config.broker.cluster.subject, registry.instance());
+            let (c, t) = Cluster::with_queue(
+                url,
+                &config.broker.cluster.subject,
+                registry.instance(),
+                config.broker.cluster.queue_bytes,
+            );
             (Some(c), Some(t))
         }
         None => (None, None),

@@ -297,3 +297,41 @@ async fn an_instance_named_all_gets_replies_for_one_client_not_a_broadcast() {
         b.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_unreachable_at_start_holds_up_neither_start_nor_sigterm() {
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let env = [
+        ("BROKER_CLUSTER_NATS", url.as_str()),
+        ("BROKER_DRAIN_WINDOW", "0"),
+    ];
+    // Nothing listens on the NATS port: the broker starts (spawn waits for its listening
+    // line), serves its own clients and says in /readyz that the cluster link is down.
+    let mut alone = BrokerProcess::spawn(&env);
+    let (status, body) = http_get(alone.ops, "/readyz", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("NATS unreachable"), "{body}");
+    let mut ws = client(alone.ws).await;
+    let ev = json!({"eventType": 10, "message": "local"});
+    send_json(&mut ws, &ev).await;
+    assert_eq!(recv_json(&mut ws).await, ev);
+    // SIGTERM is not held up by a NATS connection that never came (it used to take 10 s).
+    let asked = std::time::Instant::now();
+    alone.terminate();
+    assert_eq!(close_code(&mut ws).await, 1001);
+    assert_eq!(alone.exit_code().await, Some(0));
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(4),
+        "exit took {:?}",
+        asked.elapsed()
+    );
+    // An instance that started without NATS joins when NATS comes.
+    let joining = BrokerProcess::spawn(&env);
+    let _nats = Nats::start(port);
+    eventually("joined once NATS came", || async {
+        let (_, body) = http_get(joining.ops, "/readyz", None).await;
+        body.contains("connected to NATS")
+    })
+    .await;
+}

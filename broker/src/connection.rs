@@ -94,23 +94,51 @@ pub async fn serve<S: Transport>(ws: WebSocketStream<S>, conn: Arc<Conn>, shared
         high_water: limits.send_queue_bytes / 2,
         shared: shared.clone(),
     };
-    let outcome = session.run().await;
-    shared.registry.unregister(&conn);
-    let m = &shared.metrics;
-    m.connections_open
-        .with_label_values(&[crate::metrics::kind_label(conn.publisher)])
-        .dec();
-    m.connections_closed
-        .with_label_values(&[outcome.reason.label()])
-        .inc();
-    if outcome.reason == CloseReason::SlowConsumer {
-        m.slow_consumer_disconnects.inc();
+    let mut ending = Ending {
+        conn,
+        shared,
+        outcome: None,
+    };
+    ending.outcome = Some(session.run().await);
+}
+
+/// Ends a connection's registration however its task ends: with the session's outcome, or,
+/// should the task panic, as `internal`, so that a failed task never stays listed, counted
+/// open, or reachable by deliveries.
+struct Ending {
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+    outcome: Option<Outcome>,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        let (conn, shared) = (&self.conn, &self.shared);
+        let outcome = self.outcome.take().unwrap_or(Outcome {
+            reason: CloseReason::Internal,
+            code: 1011,
+            reset: false,
+        });
+        if outcome.reason == CloseReason::Internal {
+            tracing::error!(id = %conn.wire_id, "connection task failed; connection dropped");
+        }
+        shared.registry.unregister(conn);
+        let m = &shared.metrics;
+        m.connections_open
+            .with_label_values(&[crate::metrics::kind_label(conn.publisher)])
+            .dec();
+        m.connections_closed
+            .with_label_values(&[outcome.reason.label()])
+            .inc();
+        if outcome.reason == CloseReason::SlowConsumer {
+            m.slow_consumer_disconnects.inc();
+        }
+        if outcome.reset {
+            m.close_resets.inc();
+        }
+        shared.events.disconnected(conn, outcome.reason);
+        tracing::debug!(id = %conn.wire_id, reason = outcome.reason.label(), code = outcome.code, reset = outcome.reset, "connection closed");
     }
-    if outcome.reset {
-        m.close_resets.inc();
-    }
-    shared.events.disconnected(&conn, outcome.reason);
-    tracing::debug!(id = %conn.wire_id, reason = outcome.reason.label(), code = outcome.code, reset = outcome.reset, "connection closed");
 }
 
 struct Session<S> {
@@ -786,5 +814,54 @@ fn read_error(e: WsError) -> Option<CloseRequest> {
             format!("protocol error: {p}"),
         )),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_leaves_no_trace() {
+        let config = crate::config::Config::from_json_str(
+            r#"{"websocket":{"host":"127.0.0.1","port":0},"broker":{"ops":{"port":0}}}"#,
+            "test",
+        )
+        .expect("config");
+        let broker = crate::server::start(config).await.expect("starts");
+        let shared = broker.shared().clone();
+        let conn = shared.registry.register(crate::registry::NewConn {
+            remote: "127.0.0.1:1".parse().expect("addr"),
+            origin: None,
+            user: Some("u".into()),
+            publisher: false,
+        });
+        shared
+            .metrics
+            .connections_open
+            .with_label_values(&["client"])
+            .inc();
+        let wire_id = conn.wire_id.clone();
+        let task = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                let _ending = Ending {
+                    conn,
+                    shared,
+                    outcome: None,
+                };
+                panic!("a bug in a connection task");
+            }
+        });
+        assert!(task.await.expect_err("it panicked").is_panic());
+        assert!(shared.registry.get_wire(&wire_id).is_none());
+        assert_eq!(shared.registry.len(), 0);
+        let m = &shared.metrics;
+        assert_eq!(m.connections_open.with_label_values(&["client"]).get(), 0);
+        assert_eq!(
+            m.connections_closed.with_label_values(&["internal"]).get(),
+            1
+        );
+        broker.shutdown().await;
     }
 }

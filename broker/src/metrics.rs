@@ -26,7 +26,7 @@ pub const REFUSE_REASONS: [&str; 10] = [
 ];
 
 /// Why a connection ended.
-pub const CLOSE_REASONS: [&str; 11] = [
+pub const CLOSE_REASONS: [&str; 12] = [
     "client",
     "idle",
     "slow_consumer",
@@ -38,6 +38,7 @@ pub const CLOSE_REASONS: [&str; 11] = [
     "kicked",
     "shutdown",
     "io",
+    "internal",
 ];
 
 pub struct Metrics {

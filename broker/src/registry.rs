@@ -31,6 +31,8 @@ pub enum CloseReason {
     Kicked,
     Shutdown,
     Io,
+    /// The connection's task failed (a bug in the broker): the socket is dropped.
+    Internal,
 }
 
 impl CloseReason {
@@ -48,6 +50,7 @@ impl CloseReason {
             CloseReason::Kicked => "kicked",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Io => "io",
+            CloseReason::Internal => "internal",
         }
     }
 }
@@ -62,7 +65,10 @@ impl CloseReason {
 
     /// Whether the peer gets a close frame (not when it closed first or the socket is gone).
     pub fn sends_close_frame(self) -> bool {
-        !matches!(self, CloseReason::Client | CloseReason::Io)
+        !matches!(
+            self,
+            CloseReason::Client | CloseReason::Io | CloseReason::Internal
+        )
     }
 }
 

@@ -540,3 +540,35 @@ async fn client_broadcast_can_be_turned_off() {
     assert_eq!(recv_json(&mut other).await, ev);
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_holds_while_writes_to_the_client_are_blocked() {
+    // The slow-consumer limit is far away: only the idle timeout can end this connection.
+    let b = start_with(
+        json!({"broker": {"limits": {"pingInterval": 0.2, "idleTimeout": 0.6,
+        "slowConsumerTimeout": 60, "closeGrace": 0.5}}}),
+    )
+    .await;
+    let origin = "http://localhost:4011";
+    // Reads nothing (so answers no ping) while its socket is full.
+    let _silent = paused_client(b.ws_addr(), &[("origin", origin)]).await;
+    let mut publ = publisher(b.ws_addr()).await;
+    publish_numbered(&mut publ, 100, 16 * 1024).await;
+    eventually(
+        "closed as idle, not left until the slow-consumer limit",
+        || async {
+            let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
+            metric(&m, r#"broker_connections_closed_total{reason="idle"}"#) == 1.0
+        },
+    )
+    .await;
+    let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"broker_connections_closed_total{reason="slow_consumer"}"#
+        ),
+        0.0
+    );
+    b.shutdown().await;
+}

@@ -45,6 +45,8 @@ pub fn registry_with(n: usize) -> (Registry, Vec<Arc<Conn>>) {
                 origin: Some("https://app.example.com".into()),
                 user: None,
                 publisher: false,
+                positions: false,
+                resuming: false,
             })
         })
         .collect();

@@ -150,6 +150,7 @@ pub struct BrokerConfig {
     pub ops: OpsConfig,
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
+    pub history: HistoryConfig,
     pub limits: Limits,
     /// Seconds over which a draining instance closes its clients (spread, not all at once).
     pub drain_window: f64,
@@ -168,6 +169,7 @@ impl Default for BrokerConfig {
             ops: OpsConfig::default(),
             admin: AdminConfig::default(),
             cluster: ClusterConfig::default(),
+            history: HistoryConfig::default(),
             limits: Limits::default(),
             drain_window: 5.0,
             client_broadcast: true,
@@ -226,6 +228,31 @@ impl Default for ClusterConfig {
             subject: String::new(),
             queue_bytes: crate::cluster::QUEUE_BYTES,
         }
+    }
+}
+
+/// The history that clients who asked for positions resume from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HistoryConfig {
+    /// Bytes kept at most (frames plus 64 bytes each); 0 turns positions and resuming off.
+    pub max_bytes: usize,
+    /// Seconds an event is kept at most.
+    pub max_age: f64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            max_bytes: 16 * 1024 * 1024,
+            max_age: 300.0,
+        }
+    }
+}
+
+impl HistoryConfig {
+    pub fn max_age(&self) -> Duration {
+        Duration::from_secs_f64(self.max_age)
     }
 }
 
@@ -377,6 +404,16 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         "BROKER_CLUSTER_SUBJECT",
         "broker.cluster.subject",
         EnvKind::Text,
+    ),
+    (
+        "BROKER_HISTORY_MAX_BYTES",
+        "broker.history.maxBytes",
+        EnvKind::Json,
+    ),
+    (
+        "BROKER_HISTORY_MAX_AGE",
+        "broker.history.maxAge",
+        EnvKind::Json,
     ),
     (
         "BROKER_CLUSTER_QUEUE_BYTES",
@@ -618,6 +655,7 @@ impl Config {
         positive_secs("broker.limits.idleTimeout", l.idle_timeout)?;
         positive_secs("broker.limits.slowConsumerTimeout", l.slow_consumer_timeout)?;
         positive_secs("broker.limits.closeGrace", l.close_grace)?;
+        positive_secs("broker.history.maxAge", self.broker.history.max_age)?;
         if l.send_queue.is_some() {
             return Err(ConfigError::invalid(
                 "broker.limits.sendQueue",

@@ -835,6 +835,8 @@ mod tests {
             origin: None,
             user: Some("u".into()),
             publisher: false,
+            positions: false,
+            resuming: false,
         });
         shared
             .metrics

@@ -5,14 +5,17 @@
 //! so delivering to 10,000 clients costs 10,000 pointer copies, not 10,000 serializations or
 //! 10,000 frame encodings.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::DeliverUserEvents;
 use crate::event::{self, ErrorReason, EventError, EventInfo, EventType};
+use crate::handshake::Resume;
+use crate::history::{self, Replay, Scope};
 use crate::outbox::WireFrame;
-use crate::registry::Conn;
+use crate::registry::{Conn, Delivery};
 use crate::server::Shared;
 
 /// Who is to receive an event.
@@ -52,26 +55,145 @@ impl Shared {
         n
     }
 
-    /// Delivers `frame` to `target` on this instance only (events from other instances).
+    /// Delivers `frame` to `target` on this instance only (events from other instances). An
+    /// event to all or to a user is kept in the history and given a position first.
     pub fn deliver_local(&self, target: &Target<'_>, frame: &Utf8Bytes, _label: &str) -> usize {
         let started = Instant::now();
-        let registry = &self.registry;
-        let frame = &WireFrame::text(frame);
-        let n = match target {
-            Target::All { except } => registry.deliver_all(frame, *except),
-            Target::User { user, except } => match self.config.broker.deliver_user_events {
-                DeliverUserEvents::All => registry.deliver_all(frame, *except),
-                DeliverUserEvents::Owner => registry.deliver_user(user, frame, *except),
-            },
-            Target::Connection(wire_id) => registry
-                .get_wire(wire_id)
-                .map_or(0, |c| usize::from(c.offer(frame))),
+        let scope = match target {
+            Target::All { .. } => Some(Scope::All),
+            Target::User { user, .. } => Some(Scope::User(Arc::from(*user))),
+            Target::Connection(_) => None,
+        };
+        let n = match (&self.history, scope) {
+            (Some(history), Some(scope)) => history.deliver(scope, frame, |seq| {
+                self.fan_out(target, frame, Some((history.epoch(), seq)))
+            }),
+            _ => self.fan_out(target, frame, None),
         };
         self.metrics
             .fanout_duration
             .observe(started.elapsed().as_secs_f64());
         self.metrics.fanout_recipients.observe(n as f64);
         n
+    }
+
+    /// Hands `frame` to the queues of `target` on this instance: the plain frame, and to the
+    /// connections that asked for positions, the frame with `position` (made once, and only if
+    /// one of them is connected).
+    fn fan_out(
+        &self,
+        target: &Target<'_>,
+        frame: &Utf8Bytes,
+        position: Option<(&str, u64)>,
+    ) -> usize {
+        let registry = &self.registry;
+        let plain = WireFrame::text(frame);
+        let positioned = position
+            .filter(|_| registry.any_positioned())
+            .and_then(|(epoch, seq)| {
+                let framed = history::with_position(frame, &format!("{epoch}-{seq}"))?;
+                Some((seq, WireFrame::text(&framed)))
+            });
+        let d = Delivery {
+            plain: &plain,
+            positioned: positioned.as_ref().map(|(seq, f)| (*seq, f)),
+        };
+        match target {
+            Target::All { except } => registry.deliver_all(d, *except),
+            Target::User { user, except } => match self.config.broker.deliver_user_events {
+                DeliverUserEvents::All => registry.deliver_all(d, *except),
+                DeliverUserEvents::Owner => registry.deliver_user(user, d, *except),
+            },
+            Target::Connection(wire_id) => registry
+                .get_wire(wire_id)
+                .map_or(0, |c| usize::from(c.offer(&plain))),
+        }
+    }
+
+    /// Whether `conn` receives events meant for `scope` (as [`Self::fan_out`] decides).
+    fn receives(&self, conn: &Conn, scope: &Scope) -> bool {
+        match scope {
+            Scope::All => true,
+            Scope::User(user) => {
+                conn.publisher
+                    || self.config.broker.deliver_user_events == DeliverUserEvents::All
+                    || conn.user.as_deref() == Some(&**user)
+            }
+        }
+    }
+
+    /// Starts a connection that asked for positions: what it missed since `since` (if it gave
+    /// one) and that was meant for it, then a recovery notice, then the live stream.
+    pub fn resume(&self, conn: &Conn, ask: &Resume) {
+        let notice = |recovery: serde_json::Value, head: &str| {
+            let text = serde_json::json!({ "brokerRecovery": recovery, "brokerPosition": head })
+                .to_string();
+            WireFrame::text(&Utf8Bytes::from(text))
+        };
+        let Some(history) = &self.history else {
+            let text = serde_json::json!({ "brokerRecovery": {
+                "complete": false, "reason": "this broker keeps no history (broker.history.maxBytes is 0)"}});
+            conn.offer(&WireFrame::text(&Utf8Bytes::from(text.to_string())));
+            self.metrics
+                .resumes
+                .with_label_values(&["incomplete"])
+                .inc();
+            return;
+        };
+        let epoch = history.epoch();
+        let max = self.config.broker.limits.send_queue_bytes / 2;
+        let (replay, since_text) = match ask {
+            Resume::Since(since) => (
+                history.since(since, |scope| self.receives(conn, scope), max),
+                Some(since.to_string()),
+            ),
+            Resume::Unreadable(why) => (
+                Replay::Incomplete {
+                    reason: why.clone(),
+                    head: history.head().seq,
+                },
+                None,
+            ),
+            Resume::Off | Resume::Fresh => (
+                Replay::Complete {
+                    entries: Vec::new(),
+                    head: history.head().seq,
+                },
+                None,
+            ),
+        };
+        match replay {
+            Replay::Complete { entries, head } => {
+                let frames: Vec<WireFrame> = entries
+                    .iter()
+                    .filter_map(|e| {
+                        let framed =
+                            history::with_position(&e.frame, &format!("{epoch}-{}", e.seq))?;
+                        Some(WireFrame::text(&framed))
+                    })
+                    .collect();
+                // The notice comes first: its position is where a client that is cut off
+                // during the replay resumes from (the replayed events carry their own).
+                let at = match &since_text {
+                    Some(since) if !frames.is_empty() => since.clone(),
+                    _ => format!("{epoch}-{head}"),
+                };
+                let recovery = serde_json::json!({
+                    "complete": true, "replayed": frames.len(), "since": since_text });
+                conn.finish_resume(&notice(recovery, &at), &frames, head);
+                self.metrics.resumes.with_label_values(&["complete"]).inc();
+            }
+            Replay::Incomplete { reason, head } => {
+                tracing::debug!(id = %conn.wire_id, reason, "resume incomplete");
+                let recovery = serde_json::json!({
+                    "complete": false, "reason": reason, "since": since_text });
+                conn.finish_resume(&notice(recovery, &format!("{epoch}-{head}")), &[], head);
+                self.metrics
+                    .resumes
+                    .with_label_values(&["incomplete"])
+                    .inc();
+            }
+        }
     }
 
     /// Routes an event from an ordinary client (PROTOCOL.md part 1).

@@ -283,6 +283,34 @@ pub struct Admission {
     pub publisher: bool,
     pub user: Option<Arc<str>>,
     pub origin: Option<Box<str>>,
+    pub resume: Resume,
+}
+
+/// Whether a connection asked for positions (`?recover=1`), and to resume (`?since=<pos>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    Off,
+    Fresh,
+    Since(crate::history::Position),
+    /// A `since` that is not a position: the connection starts afresh, and its recovery
+    /// notice says why (a refusal would refuse every reconnect of a client that stored it).
+    Unreadable(String),
+}
+
+impl Request {
+    /// The connection's ask for positions, from the query.
+    pub fn resume(&self) -> Resume {
+        if let Some(since) = self.query("since").filter(|s| !s.is_empty()) {
+            return since
+                .parse()
+                .map(Resume::Since)
+                .unwrap_or_else(|e| Resume::Unreadable(format!("since={since:?}: {e}")));
+        }
+        match self.query("recover").as_deref() {
+            None | Some("0" | "false") => Resume::Off,
+            Some(_) => Resume::Fresh,
+        }
+    }
 }
 
 /// Why an upgrade is refused: HTTP status, metrics reason, message for the body and log.

@@ -13,6 +13,7 @@
 //! - [`connection`]: one client: reader, writer, send queue.
 //! - [`registry`]: the sharded connection map.
 //! - [`fanout`]: routing and delivering one encoded event to many.
+//! - [`history`]: positions and the history a resuming client replays.
 //! - [`publish`]: `POST /api/publish`.
 //! - [`metrics`], [`ops`], [`admin`]: Prometheus metrics, health, the admin API.
 //! - [`cluster`]: sharing events with the other instances through NATS.
@@ -27,6 +28,7 @@ pub mod event;
 pub mod fanout;
 pub mod gate;
 pub mod handshake;
+pub mod history;
 pub mod jsonc;
 pub mod jsregex;
 pub mod metrics;

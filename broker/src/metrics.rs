@@ -65,6 +65,10 @@ pub struct Metrics {
     pub admin_requests: IntCounterVec,
     pub cluster_connected: IntGauge,
     pub cluster_messages: IntCounterVec,
+    pub history_events: IntGauge,
+    pub history_bytes: IntGauge,
+    pub history_oldest_seconds: IntGauge,
+    pub resumes: IntCounterVec,
     /// `messages_received` for `client` and `publisher`, looked up once.
     pub received_by_kind: [IntCounter; 2],
     /// `events` in [`TYPE_LABELS`] order, looked up once.
@@ -259,6 +263,28 @@ impl Metrics {
                 &["200", "202", "400", "401", "404"],
             ),
             cluster_connected: gauge(&r, "broker_cluster_connected", "1 while connected to NATS."),
+            history_events: gauge(
+                &r,
+                "broker_history_events",
+                "Events kept for resuming clients (this instance's memory history).",
+            ),
+            history_bytes: gauge(
+                &r,
+                "broker_history_bytes",
+                "Bytes charged to the memory history (frames plus 64 bytes each).",
+            ),
+            history_oldest_seconds: gauge(
+                &r,
+                "broker_history_oldest_seconds",
+                "Age of the oldest event in the memory history.",
+            ),
+            resumes: counter_vec(
+                &r,
+                "broker_resumes_total",
+                "Connections that asked for positions, by result: complete (everything missed was replayed, or nothing was asked), incomplete (the position could not be resumed from).",
+                "result",
+                &["complete", "incomplete"],
+            ),
             cluster_messages: counter_vec(
                 &r,
                 "broker_cluster_messages_total",

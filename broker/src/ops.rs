@@ -109,6 +109,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .metrics
         .up_seconds
         .set(shared.started.elapsed().as_secs() as i64);
+    if let Some(h) = &shared.history {
+        let s = h.stats();
+        let m = &shared.metrics;
+        m.history_events.set(s.events as i64);
+        m.history_bytes.set(s.bytes as i64);
+        m.history_oldest_seconds.set(s.oldest_age.as_secs() as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,

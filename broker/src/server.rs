@@ -20,7 +20,8 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::connection::Transport;
 use crate::gate::{Gate, GateLimits, Pending, Slot};
-use crate::handshake::{self, Admission, HeadError, Refusal, Request};
+use crate::handshake::{self, Admission, HeadError, Refusal, Request, Resume};
+use crate::history::MemoryHistory;
 use crate::metrics::{kind_label, Metrics};
 use crate::ops::Activity;
 use crate::origin::OriginPolicy;
@@ -38,6 +39,8 @@ pub struct Shared {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Set in cluster mode: where events are shared with the other instances.
     pub cluster: Option<Cluster>,
+    /// What clients that asked for positions resume from (off when `history.maxBytes` is 0).
+    pub history: Option<MemoryHistory>,
     /// Cancelled when every task is to stop: connections close with 1001.
     pub shutdown: CancellationToken,
     /// Cancelled when the listener is to stop accepting (drain, then shutdown).
@@ -226,9 +229,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         }
         None => (None, None),
     };
+    let history = (config.broker.history.max_bytes > 0).then(|| {
+        // The epoch: this start's random part of the connection ids.
+        let run = registry.instance().rsplit('.').next().unwrap_or("0");
+        MemoryHistory::new(
+            run,
+            config.broker.history.max_bytes,
+            config.broker.history.max_age(),
+        )
+    });
     let shared = Arc::new(Shared {
         tls,
         cluster,
+        history,
         registry,
         tokens: TokenVerifier::new(config.broker.jwt_secret.as_deref()),
         metrics: Metrics::new(),
@@ -428,10 +441,12 @@ fn admit(req: &Request, shared: &Shared) -> Result<Admission, Refusal> {
                 .map_err(|why| Refusal::new(401, "token", why))?,
         ),
     };
+    let resume = req.resume();
     Ok(Admission {
         publisher,
         user,
         origin: origin.map(|o| String::from_utf8_lossy(o).into()),
+        resume,
     })
 }
 
@@ -492,12 +507,18 @@ async fn upgrade<S: Transport>(
     )
     .await;
     let publisher = admission.publisher;
+    let positions = admission.resume != Resume::Off && shared.history.is_some();
     let conn = shared.registry.register(NewConn {
         remote: SocketAddr::new(ip, peer.port()),
         origin: admission.origin,
         user: admission.user,
         publisher,
+        positions,
+        resuming: positions,
     });
+    if admission.resume != Resume::Off {
+        shared.resume(&conn, &admission.resume);
+    }
     m.connections_accepted
         .with_label_values(&[kind_label(publisher)])
         .inc();

@@ -75,15 +75,7 @@ async fn expect_once(ws: &mut Client, ev: &Value) {
 }
 
 async fn user(addr: std::net::SocketAddr, name: &str) -> Client {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": name, "exp": now + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .expect("token");
+    let token = user_token(name);
     connect_with(
         addr,
         &format!("/?token={token}"),

@@ -13,6 +13,8 @@ fn new_conn() -> NewConn {
         origin: None,
         user: None,
         publisher: false,
+        positions: false,
+        resuming: false,
     }
 }
 

@@ -132,6 +132,35 @@ pub async fn recv_json(ws: &mut Client) -> Value {
     }
 }
 
+/// The next text frame, as sent (its exact bytes).
+pub async fn recv_text(ws: &mut Client) -> String {
+    loop {
+        let msg = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a frame within the deadline")
+            .expect("stream open")
+            .expect("no error");
+        match msg {
+            Message::Text(t) => return t.as_str().to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// A user token (HS256 with the test secret, valid for 10 minutes).
+pub fn user_token(name: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": name, "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("token")
+}
+
 /// Asserts that nothing arrives on `ws` before an echo round trip on it completes: the
 /// broker handles a connection's frames in order, so anything queued for it earlier would
 /// have come first.

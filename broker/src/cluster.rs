@@ -21,9 +21,10 @@
 //! returns (the client reconnects by itself). Nothing waits on NATS at start-up or shutdown.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use async_nats::jetstream;
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -31,6 +32,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::event::TYPE_LABELS;
 use crate::fanout::Target;
+use crate::history::{Entry, Position, Replay, Scope};
 use crate::registry::Registry;
 use crate::server::Shared;
 
@@ -38,11 +40,16 @@ const H_INSTANCE: &str = "Broker-Instance";
 const H_USER: &str = "Broker-User";
 const H_TO: &str = "Broker-To";
 const H_TYPE: &str = "Broker-Type";
+/// The wire id of the connection that sent a history event (it does not get its own event).
+const H_EXCEPT: &str = "Broker-Except";
 
 /// Bytes of events waiting to be published to NATS at most; past it events are not shared
 /// (counted as `dropped`). Each event is charged its frame plus [`OVERHEAD`].
 pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 const OVERHEAD: usize = 256;
+
+/// How long reading a resuming client's missed events from JetStream may take.
+const RESUME_READ: Duration = Duration::from_secs(10);
 
 /// How long the last flush at shutdown may take.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
@@ -72,6 +79,22 @@ pub struct Cluster {
     connected: Arc<AtomicBool>,
     /// Our subscriptions are known to the server (set once, after the first flush).
     subscribed: Arc<AtomicBool>,
+    /// The history in JetStream, once its stream is known (never, if the server has no
+    /// JetStream or the history is off).
+    history: OnceLock<JetStreamHistory>,
+    history_limits: Option<(usize, Duration)>,
+}
+
+/// The cluster's history: one JetStream stream on the `<prefix>.h.>` subjects. Every instance
+/// delivers events to all or to a user from its own consumer of it, so positions (the stream's
+/// sequence numbers) are the same on every instance, and a client resumes on any of them.
+#[derive(Clone)]
+pub struct JetStreamHistory {
+    epoch: Box<str>,
+    stream: jetstream::stream::Stream,
+    client: async_nats::Client,
+    filter: String,
+    prefix: String,
 }
 
 /// The receiving end, handed to [`run`].
@@ -83,7 +106,7 @@ pub struct ClusterTask {
 impl Cluster {
     /// A cluster handle and its task, for `url` (one or more NATS URLs, comma separated).
     pub fn new(url: &str, prefix: &str, instance: &str) -> (Cluster, ClusterTask) {
-        Self::with_queue(url, prefix, instance, QUEUE_BYTES)
+        Self::with_queue(url, prefix, instance, QUEUE_BYTES, None)
     }
 
     /// The same with a queue of `queue_bytes`.
@@ -92,6 +115,7 @@ impl Cluster {
         prefix: &str,
         instance: &str,
         queue_bytes: usize,
+        history: Option<(usize, Duration)>,
     ) -> (Cluster, ClusterTask) {
         let (tx, rx) = mpsc::unbounded_channel();
         let prefix = if prefix.is_empty() { "broker" } else { prefix };
@@ -104,6 +128,8 @@ impl Cluster {
                 queue_bytes,
                 connected: Arc::new(AtomicBool::new(false)),
                 subscribed: Arc::new(AtomicBool::new(false)),
+                history: OnceLock::new(),
+                history_limits: history,
             },
             ClusterTask {
                 url: url.to_string(),
@@ -115,6 +141,39 @@ impl Cluster {
     /// Connected, with our subscriptions in place: events flow both ways.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed) && self.subscribed.load(Ordering::Relaxed)
+    }
+
+    /// The history in JetStream, once it is ready.
+    pub fn history(&self) -> Option<&JetStreamHistory> {
+        self.history.get()
+    }
+
+    /// Puts an event to all or to a user into the JetStream history; every instance (this
+    /// one too) delivers it from there, with its position. `except` is the wire id of the
+    /// connection that sent it. Returns false when it could not be (the caller delivers it
+    /// here without a position and counts it).
+    pub fn publish_history(
+        &self,
+        target: &Target<'_>,
+        frame: &Utf8Bytes,
+        label: &str,
+        except: Option<&str>,
+    ) -> bool {
+        let mut headers = HeaderMap::new();
+        headers.insert(H_INSTANCE, self.instance.as_str());
+        headers.insert(H_TYPE, label);
+        if let Some(except) = except {
+            headers.insert(H_EXCEPT, except);
+        }
+        let subject = match target {
+            Target::All { .. } => format!("{}.h.all", self.prefix),
+            Target::User { user, .. } => {
+                headers.insert(H_USER, *user);
+                format!("{}.h.user", self.prefix)
+            }
+            Target::Connection(_) => return false,
+        };
+        self.enqueue(subject, headers, frame)
     }
 
     /// Shares an event that was just delivered here with the other instances. Returns false
@@ -140,6 +199,10 @@ impl Cluster {
                 format!("{}.conn.{instance}", self.prefix)
             }
         };
+        self.enqueue(subject, headers, frame)
+    }
+
+    fn enqueue(&self, subject: String, headers: HeaderMap, frame: &Utf8Bytes) -> bool {
         if !self.is_connected() {
             return false;
         }
@@ -302,6 +365,19 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
         .metrics
         .cluster_connected
         .set(i64::from(cluster.connected.load(Ordering::Relaxed)));
+    let live = match cluster.history_limits {
+        Some(limits) => match open_history(&client, prefix, limits).await {
+            Ok(history) => {
+                tracing::info!(stream = %history.stream.cached_info().config.name, epoch = %history.epoch, "cluster: history in JetStream; clients resume on any instance");
+                Some(tokio::spawn(live_history(history, shared.clone())))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: no JetStream history (run nats-server with -js); each instance keeps its own, and a client resumes only where it was");
+                None
+            }
+        },
+        None => None,
+    };
     let mut incoming = futures_util::stream::select_all(subscriptions);
     loop {
         tokio::select! {
@@ -316,7 +392,266 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
         }
     }
     let _ = publishing.await;
+    if let Some(live) = live {
+        let _ = live.await;
+    }
     let _ = tokio::time::timeout(FINAL_FLUSH, client.flush()).await;
+}
+
+/// The history stream (created if it is not there yet) and its epoch.
+async fn open_history(
+    client: &async_nats::Client,
+    prefix: &str,
+    (max_bytes, max_age): (usize, Duration),
+) -> Result<JetStreamHistory, String> {
+    let js = jetstream::new(client.clone());
+    let filter = format!("{prefix}.h.>");
+    let mut stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: format!("{}-history", prefix.replace('.', "-")),
+            subjects: vec![filter.clone()],
+            max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
+            max_age,
+            discard: jetstream::stream::DiscardPolicy::Old,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let created = stream.info().await.map_err(|e| e.to_string())?.created;
+    Ok(JetStreamHistory {
+        epoch: format!("{:x}", created.unix_timestamp_nanos()).into(),
+        stream,
+        client: client.clone(),
+        filter,
+        prefix: prefix.to_string(),
+    })
+}
+
+/// Delivers what the history stream takes, in its order, to this instance's clients, with
+/// positions. The history is announced ready once this consumer exists.
+async fn live_history(history: JetStreamHistory, shared: Arc<Shared>) {
+    let Some(cluster) = shared.cluster.as_ref() else {
+        return;
+    };
+    let inn = shared.metrics.cluster_messages.with_label_values(&["in"]);
+    let mut next = jetstream::consumer::DeliverPolicy::New;
+    loop {
+        let messages = async {
+            history
+                .stream
+                .create_consumer(jetstream::consumer::push::OrderedConfig {
+                    deliver_subject: history.client.new_inbox(),
+                    filter_subject: history.filter.clone(),
+                    deliver_policy: next,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .messages()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let mut messages = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            m = messages => match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: cannot follow the history stream; retrying");
+                    tokio::select! {
+                        () = shared.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
+                }
+            },
+        };
+        let _ = cluster.history.set(history.clone());
+        loop {
+            let msg = tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                m = messages.next() => m,
+            };
+            match msg {
+                Some(Ok(msg)) => {
+                    let Ok(info) = msg.info() else { continue };
+                    let seq = info.stream_sequence;
+                    next = jetstream::consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: seq + 1,
+                    };
+                    inn.inc();
+                    if let Some((target, frame)) = history.read(&shared, &msg) {
+                        shared.deliver_positioned(&target.as_target(), &frame, &history.epoch, seq);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "cluster: the history stream's consumer failed; following it again");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Who a history event is for, owning its strings.
+pub enum HistoryTarget {
+    All { except: Option<u64> },
+    User { user: String, except: Option<u64> },
+}
+
+impl HistoryTarget {
+    pub fn as_target(&self) -> Target<'_> {
+        match self {
+            HistoryTarget::All { except } => Target::All { except: *except },
+            HistoryTarget::User { user, except } => Target::User {
+                user,
+                except: *except,
+            },
+        }
+    }
+
+    fn scope(&self) -> Scope {
+        match self {
+            HistoryTarget::All { .. } => Scope::All,
+            HistoryTarget::User { user, .. } => Scope::User(Arc::from(user.as_str())),
+        }
+    }
+}
+
+impl JetStreamHistory {
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// A history message's target and frame.
+    fn read(
+        &self,
+        shared: &Shared,
+        msg: &async_nats::Message,
+    ) -> Option<(HistoryTarget, Utf8Bytes)> {
+        let headers = msg.headers.as_ref()?;
+        let header = |name: &str| headers.get(name).map(|v| v.as_str());
+        let except = header(H_EXCEPT)
+            .and_then(|w| shared.registry.get_wire(w))
+            .map(|c| c.id);
+        let rest = msg.subject.as_str().strip_prefix(self.prefix.as_str())?;
+        let target = match rest {
+            ".h.all" => HistoryTarget::All { except },
+            ".h.user" => HistoryTarget::User {
+                user: header(H_USER)?.to_string(),
+                except,
+            },
+            _ => return None,
+        };
+        let frame = Utf8Bytes::try_from(msg.payload.clone()).ok()?;
+        Some((target, frame))
+    }
+
+    /// The stream's first and last sequence now.
+    async fn bounds(&self) -> Result<(u64, u64), String> {
+        let mut stream = self.stream.clone();
+        let info = stream.info().await.map_err(|e| e.to_string())?;
+        Ok((info.state.first_sequence, info.state.last_sequence))
+    }
+
+    /// The newest position's sequence (0 if the stream cannot be asked).
+    pub async fn head(&self) -> u64 {
+        self.bounds().await.map_or(0, |(_, last)| last)
+    }
+
+    /// Everything after `since` that `wants` keeps, read from the stream, or why not.
+    pub async fn since(
+        &self,
+        shared: &Shared,
+        since: &Position,
+        wants: impl Fn(&Scope) -> bool,
+        max_bytes: usize,
+    ) -> Replay {
+        let (first, head) = match self.bounds().await {
+            Ok(b) => b,
+            Err(e) => {
+                return Replay::Incomplete {
+                    reason: format!("the history could not be read: {e}"),
+                    head: 0,
+                }
+            }
+        };
+        if *since.epoch != *self.epoch {
+            return Replay::Incomplete {
+                reason: format!(
+                    "the position is from another history (epoch {}, now {}): the history stream was recreated or the position is from a standalone broker",
+                    since.epoch, self.epoch
+                ),
+                head,
+            };
+        }
+        if since.seq > head {
+            return Replay::Incomplete {
+                reason: format!("the position {since} is ahead of this history ({head})"),
+                head,
+            };
+        }
+        if since.seq == head {
+            return Replay::Complete {
+                entries: Vec::new(),
+                head,
+            };
+        }
+        if since.seq + 1 < first {
+            return Replay::Incomplete {
+                reason: format!(
+                    "events after {since} are no longer kept (the history starts at {first})"
+                ),
+                head,
+            };
+        }
+        let read = async {
+            let mut messages = self
+                .stream
+                .create_consumer(jetstream::consumer::push::OrderedConfig {
+                    deliver_subject: self.client.new_inbox(),
+                    filter_subject: self.filter.clone(),
+                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: since.seq + 1,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            while let Some(msg) = messages.next().await {
+                let msg = msg.map_err(|e| e.to_string())?;
+                let seq = msg.info().map_err(|e| e.to_string())?.stream_sequence;
+                if let Some((target, frame)) = self.read(shared, &msg) {
+                    let scope = target.scope();
+                    if wants(&scope) {
+                        bytes += frame.len();
+                        if bytes > max_bytes {
+                            return Err(format!(
+                                "more was missed after {since} than one resume replays ({max_bytes} bytes)"
+                            ));
+                        }
+                        entries.push(Entry { seq, scope, frame });
+                    }
+                }
+                if seq >= head {
+                    break;
+                }
+            }
+            Ok(entries)
+        };
+        match tokio::time::timeout(RESUME_READ, read).await {
+            Ok(Ok(entries)) => Replay::Complete { entries, head },
+            Ok(Err(reason)) => Replay::Incomplete { reason, head },
+            Err(_) => Replay::Incomplete {
+                reason: "the history was not read in time".into(),
+                head,
+            },
+        }
+    }
 }
 
 fn deliver_incoming(shared: &Shared, msg: async_nats::Message) {
@@ -377,7 +712,8 @@ mod tests {
 
     #[test]
     fn the_queue_to_nats_is_bounded_in_bytes() {
-        let (c, mut task) = Cluster::with_queue("nats://127.0.0.1:1", "broker", "a.0123abcd", 2000);
+        let (c, mut task) =
+            Cluster::with_queue("nats://127.0.0.1:1", "broker", "a.0123abcd", 2000, None);
         let frame = Utf8Bytes::from("x".repeat(600));
         let all = Target::All { except: None };
         assert!(

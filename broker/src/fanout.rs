@@ -40,10 +40,35 @@ pub enum Routed {
 
 impl Shared {
     /// Delivers `frame` to `target` here and, in a cluster, on the other instances; counts it
-    /// as one event of type `label`. Returns the recipients on this instance.
+    /// as one event of type `label`. Returns the recipients on this instance (0 for an event
+    /// that goes through the cluster's JetStream history: every instance, this one too,
+    /// delivers it when it comes back with its position).
     pub fn deliver(&self, target: &Target<'_>, frame: &Utf8Bytes, label: &str) -> usize {
-        let n = self.deliver_local(target, frame, label);
         self.metrics.event(label);
+        if let Some(cluster) = &self.cluster {
+            if cluster.history().is_some() && !matches!(target, Target::Connection(_)) {
+                let except = match target {
+                    Target::All { except } | Target::User { except, .. } => *except,
+                    Target::Connection(_) => None,
+                };
+                let except = except.and_then(|id| self.registry.get(id));
+                if cluster.publish_history(
+                    target,
+                    frame,
+                    label,
+                    except.as_ref().map(|c| &*c.wire_id),
+                ) {
+                    return 0;
+                }
+                // NATS is away: delivered here only, without a position.
+                self.metrics
+                    .cluster_messages
+                    .with_label_values(&["dropped"])
+                    .inc();
+                return self.fan_out(target, frame, None);
+            }
+        }
+        let n = self.deliver_local(target, frame, label);
         if let Some(cluster) = &self.cluster {
             if cluster.wants(target, &self.registry) && !cluster.forward(target, frame, label) {
                 self.metrics
@@ -70,6 +95,23 @@ impl Shared {
             }),
             _ => self.fan_out(target, frame, None),
         };
+        self.metrics
+            .fanout_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.fanout_recipients.observe(n as f64);
+        n
+    }
+
+    /// Delivers an event from the cluster's history to `target` on this instance, at `seq`.
+    pub fn deliver_positioned(
+        &self,
+        target: &Target<'_>,
+        frame: &Utf8Bytes,
+        epoch: &str,
+        seq: u64,
+    ) -> usize {
+        let started = Instant::now();
+        let n = self.fan_out(target, frame, Some((epoch, seq)));
         self.metrics
             .fanout_duration
             .observe(started.elapsed().as_secs_f64());
@@ -122,15 +164,39 @@ impl Shared {
         }
     }
 
-    /// Starts a connection that asked for positions: what it missed since `since` (if it gave
-    /// one) and that was meant for it, then a recovery notice, then the live stream.
-    pub fn resume(&self, conn: &Conn, ask: &Resume) {
-        let notice = |recovery: serde_json::Value, head: &str| {
-            let text = serde_json::json!({ "brokerRecovery": recovery, "brokerPosition": head })
-                .to_string();
-            WireFrame::text(&Utf8Bytes::from(text))
-        };
-        let Some(history) = &self.history else {
+    /// Starts a connection that asked for positions: a recovery notice, then what it missed
+    /// since the position it gave (if any) and that was meant for it, then the live stream.
+    /// The history is the cluster's JetStream stream when there is one, else this instance's.
+    pub async fn resume(&self, conn: &Conn, ask: &Resume) {
+        let max = self.config.broker.limits.send_queue_bytes / 2;
+        let wants = |scope: &Scope| self.receives(conn, scope);
+        let (epoch, replay) = if let Some(js) = self.cluster.as_ref().and_then(|c| c.history()) {
+            let replay = match ask {
+                Resume::Since(since) => js.since(self, since, wants, max).await,
+                Resume::Unreadable(why) => Replay::Incomplete {
+                    reason: why.clone(),
+                    head: js.head().await,
+                },
+                Resume::Off | Resume::Fresh => Replay::Complete {
+                    entries: Vec::new(),
+                    head: js.head().await,
+                },
+            };
+            (js.epoch().to_string(), replay)
+        } else if let Some(history) = &self.history {
+            let replay = match ask {
+                Resume::Since(since) => history.since(since, wants, max),
+                Resume::Unreadable(why) => Replay::Incomplete {
+                    reason: why.clone(),
+                    head: history.head().seq,
+                },
+                Resume::Off | Resume::Fresh => Replay::Complete {
+                    entries: Vec::new(),
+                    head: history.head().seq,
+                },
+            };
+            (history.epoch().to_string(), replay)
+        } else {
             let text = serde_json::json!({ "brokerRecovery": {
                 "complete": false, "reason": "this broker keeps no history (broker.history.maxBytes is 0)"}});
             conn.offer(&WireFrame::text(&Utf8Bytes::from(text.to_string())));
@@ -140,27 +206,14 @@ impl Shared {
                 .inc();
             return;
         };
-        let epoch = history.epoch();
-        let max = self.config.broker.limits.send_queue_bytes / 2;
-        let (replay, since_text) = match ask {
-            Resume::Since(since) => (
-                history.since(since, |scope| self.receives(conn, scope), max),
-                Some(since.to_string()),
-            ),
-            Resume::Unreadable(why) => (
-                Replay::Incomplete {
-                    reason: why.clone(),
-                    head: history.head().seq,
-                },
-                None,
-            ),
-            Resume::Off | Resume::Fresh => (
-                Replay::Complete {
-                    entries: Vec::new(),
-                    head: history.head().seq,
-                },
-                None,
-            ),
+        let since_text = match ask {
+            Resume::Since(since) => Some(since.to_string()),
+            _ => None,
+        };
+        let notice = |recovery: serde_json::Value, at: &str| {
+            let text =
+                serde_json::json!({ "brokerRecovery": recovery, "brokerPosition": at }).to_string();
+            WireFrame::text(&Utf8Bytes::from(text))
         };
         match replay {
             Replay::Complete { entries, head } => {

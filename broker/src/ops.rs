@@ -142,5 +142,13 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         Some(c) if c.is_connected() => "connected to NATS",
         Some(_) => "NATS unreachable: delivering to local clients only",
     };
-    (status, format!("{state}\ncluster: {cluster}\n"))
+    let history = match (&shared.cluster, &shared.history) {
+        (Some(c), _) if c.history().is_some() => "JetStream (clients resume on any instance)",
+        (_, Some(_)) => "in memory (clients resume on this instance)",
+        (_, None) => "off",
+    };
+    (
+        status,
+        format!("{state}\ncluster: {cluster}\nhistory: {history}\n"),
+    )
 }

@@ -147,6 +147,9 @@ pub struct Conn {
     /// missed is queued first; see [`Conn::finish_resume`].
     resume: Mutex<Option<Vec<(u64, WireFrame)>>>,
     resuming: AtomicBool,
+    /// The last position its resume covered: an event at or before it that arrives later
+    /// (a cluster instance's own consumer can lag the stream it replayed from) was replayed.
+    floor: AtomicU64,
 }
 
 /// What [`Registry::register`] needs to know of a new connection.
@@ -190,6 +193,9 @@ impl Conn {
 
     /// Hands a positioned frame over, or holds it while the connection resumes.
     fn offer_at(&self, seq: u64, frame: &WireFrame) -> bool {
+        if seq <= self.floor.load(Acquire) {
+            return false;
+        }
         if self.resuming.load(Acquire) {
             let mut held = self.resume.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(held) = held.as_mut() {
@@ -213,6 +219,7 @@ impl Conn {
                 self.offer(&frame);
             }
         }
+        self.floor.store(head, Release);
         self.resuming.store(false, Release);
     }
 
@@ -338,6 +345,7 @@ impl Registry {
             positions: new.positions || new.resuming,
             resume: Mutex::new(new.resuming.then(Vec::new)),
             resuming: AtomicBool::new(new.resuming),
+            floor: AtomicU64::new(0),
         });
         if conn.positions {
             self.positioned.fetch_add(1, Relaxed);

@@ -224,6 +224,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
                 &config.broker.cluster.subject,
                 registry.instance(),
                 config.broker.cluster.queue_bytes,
+                (config.broker.history.max_bytes > 0).then(|| {
+                    (
+                        config.broker.history.max_bytes,
+                        config.broker.history.max_age(),
+                    )
+                }),
             );
             (Some(c), Some(t))
         }
@@ -516,9 +522,7 @@ async fn upgrade<S: Transport>(
         positions,
         resuming: positions,
     });
-    if admission.resume != Resume::Off {
-        shared.resume(&conn, &admission.resume);
-    }
+    let resume = admission.resume;
     m.connections_accepted
         .with_label_values(&[kind_label(publisher)])
         .inc();
@@ -534,6 +538,9 @@ async fn upgrade<S: Transport>(
     // the connection's whole life.
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
+        if resume != Resume::Off {
+            shared.resume(&conn, &resume).await;
+        }
         crate::connection::serve(ws, conn, shared).await;
         drop(slot);
     });

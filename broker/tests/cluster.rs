@@ -12,17 +12,35 @@ use serde_json::{json, Value};
 struct Nats {
     child: Child,
     port: u16,
+    _store: Option<tempfile::TempDir>,
 }
 
 impl Nats {
     fn start(port: u16) -> Nats {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        Self::spawn(port, None)
+    }
+
+    /// With JetStream, its store in a fresh temporary directory.
+    fn start_js(port: u16) -> Nats {
+        Self::spawn(port, Some(tempfile::tempdir().expect("temp dir")))
+    }
+
+    fn spawn(port: u16, store: Option<tempfile::TempDir>) -> Nats {
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some(dir) = &store {
+            cmd.arg("-js").arg("-sd").arg(dir.path());
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server runs (install it: apt-get install nats-server)");
-        Nats { child, port }
+        Nats {
+            child,
+            port,
+            _store: store,
+        }
     }
 
     fn url(&self) -> String {
@@ -326,4 +344,106 @@ async fn nats_unreachable_at_start_holds_up_neither_start_nor_sigterm() {
         body.contains("connected to NATS")
     })
     .await;
+}
+
+/// A client that asked for positions or to resume; returns it with its recovery notice.
+async fn positioned(addr: std::net::SocketAddr, query: &str) -> (Client, Value) {
+    let mut ws = connect_with(
+        addr,
+        &format!("/?{query}"),
+        &[("origin", "http://localhost")],
+    )
+    .await
+    .expect("connects");
+    let notice = recv_json(&mut ws).await;
+    assert!(notice.get("brokerRecovery").is_some(), "{notice}");
+    (ws, notice)
+}
+
+async fn history_in_jetstream(b: &RunningBroker) -> bool {
+    let (_, body) = http_get(b.ops_addr(), "/readyz", None).await;
+    body.contains("history: JetStream")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_off_from_one_instance_resumes_on_another_exactly() {
+    const EVENTS: u64 = 2000;
+    let nats = Nats::start_js(free_port());
+    let mut bs = instances(&nats, &["a", "b"]).await;
+    for b in &bs {
+        eventually("the history is in JetStream", || history_in_jetstream(b)).await;
+    }
+    let (a, b) = (bs[0].ws_addr(), bs[1].ws_addr());
+    let (mut ws, notice) = positioned(a, "recover=1").await;
+    assert_eq!(notice["brokerRecovery"]["complete"], true, "{notice}");
+    // A publisher on b, events to everyone and to alice (whom this anonymous client must not
+    // see), while the client is moved from a to b and back every 400 events.
+    let publishing = tokio::spawn(async move {
+        let mut publ = publisher(b).await;
+        for n in 0..EVENTS {
+            send_json(&mut publ, &json!({"eventType": 6, "files": [], "n": n})).await;
+            if n % 100 == 0 {
+                send_json(
+                    &mut publ,
+                    &json!({"eventType": 1, "username": "alice", "n": -1}),
+                )
+                .await;
+            }
+        }
+        publ
+    });
+    let mut seen = Vec::new();
+    let mut on_a = true;
+    while seen.len() < EVENTS as usize {
+        let got = recv_json(&mut ws).await;
+        if got.get("brokerRecovery").is_some() {
+            assert_eq!(got["brokerRecovery"]["complete"], true, "{got}");
+        } else {
+            seen.push(got["n"].as_i64().expect("n"));
+        }
+        if seen.len() % 400 == 0 && got.get("brokerRecovery").is_none() {
+            let last = got["brokerPosition"]
+                .as_str()
+                .expect("position")
+                .to_string();
+            drop(ws);
+            on_a = !on_a;
+            let next = if on_a { a } else { b };
+            ws = connect_with(
+                next,
+                &format!("/?since={last}"),
+                &[("origin", "http://localhost")],
+            )
+            .await
+            .expect("reconnects");
+        }
+    }
+    let _publ = publishing.await.expect("publisher");
+    let expected: Vec<i64> = (0..EVENTS as i64).collect();
+    assert_eq!(
+        seen, expected,
+        "every broadcast once, in order; none of alice's"
+    );
+    // Instance a goes away (SIGTERM's path): its client resumes on b with nothing lost.
+    let (mut moved, _) = positioned(a, "recover=1").await;
+    let mut publ = publisher(b).await;
+    let ev = json!({"eventType": 6, "files": [], "n": "before"});
+    send_json(&mut publ, &ev).await;
+    let got = recv_json(&mut moved).await;
+    assert_eq!(got["n"], "before");
+    let last = got["brokerPosition"]
+        .as_str()
+        .expect("position")
+        .to_string();
+    bs.remove(0).shutdown().await;
+    assert_eq!(close_code(&mut moved).await, 1001);
+    for n in 0..5 {
+        send_json(&mut publ, &json!({"eventType": 6, "files": [], "n": n})).await;
+    }
+    let (mut moved, notice) = positioned(b, &format!("since={last}")).await;
+    assert_eq!(notice["brokerRecovery"]["replayed"], 5, "{notice}");
+    for n in 0..5 {
+        assert_eq!(recv_json(&mut moved).await["n"], n);
+    }
+    bs.remove(0).shutdown().await;
 }

@@ -118,6 +118,16 @@ pub struct OutputArgs {
     /// from `/proc` at every phase change and reported per phase (`server` in the summary).
     #[arg(long, global = true, env = "LOADTEST_SERVER_PID")]
     pub server_pid: Option<u32>,
+
+    /// Pass/fail condition `METRIC OP VALUE`, e.g. `p99<50ms`, `completeness>=1`, `failed==0`,
+    /// `handshake.p99<5ms`; repeatable. Any that fails makes the exit status 1, with a line
+    /// naming it. (A run where most connection attempts fail exits 1 even without thresholds.)
+    #[arg(long = "threshold", global = true, value_name = "EXPR")]
+    pub thresholds: Vec<crate::verdict::Threshold>,
+
+    /// File of thresholds, one per line (`#` comments), checked like --threshold.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub thresholds_file: Option<PathBuf>,
 }
 
 /// The scenarios.

@@ -32,6 +32,7 @@ pub mod server;
 pub mod stats;
 pub mod summary;
 pub mod tls;
+pub mod verdict;
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,6 +82,10 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
     };
     if cli.output.window.is_zero() {
         bail!("--window must be above 0");
+    }
+    let mut thresholds = cli.output.thresholds.clone();
+    if let Some(path) = &cli.output.thresholds_file {
+        thresholds.extend(verdict::load_file(path)?);
     }
 
     let phases = match &cli.scenario {
@@ -162,6 +167,8 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
              the server is probably not answering"
         ),
     };
+    let mut summary = summary;
+    summary.verdict = Some(verdict::judge(&summary, &thresholds));
     if let Some(dir) = &cli.output.report {
         let index = report::write(dir, &summary)?;
         progress.note(&format!("report written to {}", index.display()));
@@ -297,6 +304,7 @@ async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result
         windows: Vec::new(),
         phases: done,
         server: None,
+        verdict: None,
         histograms: Vec::new(),
     })
 }

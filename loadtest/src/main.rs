@@ -46,9 +46,22 @@ async fn main() -> ExitCode {
                 let _ = write!(out, "{summary}");
             }
             let _ = out.flush();
+            // The failed checks go to stderr even with --quiet or --json: a CI log shows why.
+            let failed = summary.verdict.as_ref().filter(|v| !v.passed);
+            if let Some(v) = failed {
+                for c in v.failures() {
+                    if c.check == "run" {
+                        eprintln!("FAILED the run: {}", c.detail);
+                    } else {
+                        eprintln!("FAILED threshold `{}`: {}", c.check, c.detail);
+                    }
+                }
+            }
             // A run cut short by its hard deadline measured something other than what was asked.
             if summary.stopped_by == StopReason::Deadline {
                 ExitCode::from(3)
+            } else if failed.is_some() {
+                ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
             }

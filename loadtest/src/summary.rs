@@ -42,6 +42,9 @@ pub struct Summary {
     /// `--server-pid`: the server's CPU time and memory per phase.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<crate::server::ServerSummary>,
+    /// Thresholds and the built-in failure rule: pass or fail (the binary exits 1 on fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<crate::verdict::Verdict>,
     /// Full histograms for the report's plots (not serialized).
     #[serde(skip)]
     pub histograms: Vec<(String, Histogram<u64>)>,
@@ -307,6 +310,7 @@ impl Summary {
             windows,
             phases: Vec::new(),
             server: None,
+            verdict: None,
             histograms,
         }
     }
@@ -348,7 +352,7 @@ impl Drift {
     }
 }
 
-fn ms(v: f64) -> String {
+pub(crate) fn ms(v: f64) -> String {
     if v >= 1000.0 {
         format!("{:.2} s", v / 1000.0)
     } else if v >= 10.0 {
@@ -416,6 +420,28 @@ fn map_line(m: &BTreeMap<String, u64>) -> String {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_body(f)?;
+        if let Some(v) = &self.verdict {
+            let failed = v.failures().count();
+            writeln!(
+                f,
+                "  verdict      {}",
+                if v.passed {
+                    format!("PASSED ({} checks)", v.checks.len())
+                } else {
+                    format!("FAILED ({failed} of {} checks)", v.checks.len())
+                }
+            )?;
+            for line in v.to_string().lines() {
+                writeln!(f, "               {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Summary {
+    fn fmt_body(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "loadtest {}  run {}  {} ({})",

@@ -27,6 +27,10 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub scenario: Scenario,
+
+    /// The program's own arguments (set by `main`): `--workers` starts copies of itself with them.
+    #[arg(skip)]
+    pub argv: Vec<std::ffi::OsString>,
 }
 
 /// Where to connect and how: shared by every scenario.
@@ -68,6 +72,12 @@ pub struct TargetArgs {
     /// addresses lift that ceiling far above what one machine's memory holds.
     #[arg(long, global = true, default_value_t = 0)]
     pub source_addrs: u8,
+
+    /// Run as N worker processes on this machine, each with its own open-file limit, and report
+    /// them as one run: connections, listeners, publishers and rates are split between them,
+    /// histograms merged exactly, completeness counted across them.
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: u16,
 
     /// New connections per second during ramp-up (all scenarios).
     #[arg(long, global = true, default_value_t = 1000.0)]

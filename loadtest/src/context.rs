@@ -34,6 +34,10 @@ pub struct RunCtx {
     pub(crate) deadline_hit: Arc<AtomicBool>,
     /// `--server-pid`: sampled at every phase change.
     pub server: Option<Arc<crate::server::ServerProbe>>,
+    /// `--workers`: this process's part of the plan (0 of 1 alone).
+    pub shard: crate::workers::Shard,
+    /// `--workers`: the line to the parent (barriers, sent sets); `None` alone.
+    pub link: Option<Arc<crate::workers::Link>>,
 }
 
 impl RunCtx {
@@ -65,6 +69,18 @@ impl RunCtx {
             + Duration::from_secs(1)
     }
 
+    /// Waits until every worker has reached the step `step` of this run (at once when alone);
+    /// false if the run was cancelled first.
+    pub async fn barrier(&self, step: &str) -> bool {
+        match &self.link {
+            Some(link) => {
+                link.barrier(&format!("{}/{step}", self.run_id), &self.cancel)
+                    .await
+            }
+            None => !self.cancel.is_cancelled(),
+        }
+    }
+
     /// Sleeps until `at`; returns false if the run was cancelled first.
     pub async fn sleep_until(&self, at: Instant) -> bool {
         tokio::select! {
@@ -80,7 +96,7 @@ pub fn ramp_time(n: usize, rate: f64) -> Duration {
 }
 
 /// Why the measured phase ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// Its `--duration` (or `--hold`) elapsed.
@@ -284,6 +300,30 @@ impl SeqSet {
             .sum()
     }
 
+    /// The members in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, &bits)| {
+            (0..64u64)
+                .filter(move |b| bits & (1u64 << b) != 0)
+                .map(move |b| w as u64 * 64 + b)
+        })
+    }
+
+    /// The set as little-endian words (to cross a process boundary).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// The inverse of [`SeqSet::to_bytes`]; trailing bytes short of a word are ignored.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let words: Vec<u64> = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        let len = words.iter().map(|w| u64::from(w.count_ones())).sum();
+        SeqSet { words, len }
+    }
+
     pub fn union_with(&mut self, other: &SeqSet) {
         if other.words.len() > self.words.len() {
             self.words.resize(other.words.len(), 0);
@@ -336,6 +376,8 @@ mod tests {
         assert_eq!(a.count_common(&b), 1);
         b.union_with(&a);
         assert_eq!(b.len(), 2);
+        let c = SeqSet::from_bytes(&b.to_bytes());
+        assert_eq!(c.iter().collect::<Vec<_>>(), [3, 200]);
     }
 
     #[tokio::test]

@@ -9,7 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = loadtest::Cli::parse();
+    let mut cli = loadtest::Cli::parse();
+    cli.argv = std::env::args_os().collect();
+    // A worker of `--workers` hands its summary to the parent instead of printing it.
+    let worker = std::env::var_os(loadtest::workers::WORKER_ENV).is_some();
     let (json, quiet) = (cli.output.json, cli.output.quiet);
 
     // Ctrl-C ends the run early but still prints what was measured; a second one exits at once.
@@ -27,6 +30,11 @@ async fn main() -> ExitCode {
     }
 
     match loadtest::run_until(cli, interrupt).await {
+        Ok(summary) if worker => {
+            loadtest::workers::Link::done(summary);
+            // Exit now: the runtime would otherwise wait for the blocking read of stdin.
+            std::process::exit(0)
+        }
         Ok(summary) => {
             let mut out = std::io::stdout().lock();
             if json {
@@ -68,6 +76,10 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
+            if worker {
+                // As above: do not wait for the read of stdin.
+                std::process::exit(2);
+            }
             ExitCode::from(2)
         }
     }

@@ -13,7 +13,7 @@ use crate::progress::si;
 use crate::stats::{Percentiles, Window};
 
 /// Everything a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub scenario: String,
     pub run_id: String,
@@ -45,12 +45,16 @@ pub struct Summary {
     /// Thresholds and the built-in failure rule: pass or fail (the binary exits 1 on fail).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<crate::verdict::Verdict>,
+    /// `--workers`: the histograms, V2-serialised and base64-encoded, on their way from a worker
+    /// to the parent (which merges them exactly); empty otherwise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hdr: BTreeMap<String, String>,
     /// Full histograms for the report's plots (not serialized).
     #[serde(skip)]
     pub histograms: Vec<(String, Histogram<u64>)>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ConnectionSummary {
     /// Connections the scenario asked for.
     pub target: usize,
@@ -72,7 +76,7 @@ pub struct ConnectionSummary {
     pub ramp_per_s: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct MessageSummary {
     /// Messages (or published events) written by the tool.
     pub sent: u64,
@@ -84,7 +88,7 @@ pub struct MessageSummary {
 }
 
 /// Exact delivery accounting for fan-out scenarios.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct DeliverySummary {
     /// Listeners connected when sending started (the completeness denominator uses these).
     pub listeners: usize,
@@ -111,7 +115,7 @@ pub struct DeliverySummary {
 }
 
 /// Slow consumers: a share of the listeners stopped reading for a while, then read on.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct PauseSummary {
     /// `--pause-share`.
     pub share: f64,
@@ -135,7 +139,7 @@ pub struct PauseSummary {
 }
 
 /// Delivery and endings of one group of listeners (paused or steady).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct ListenerGroup {
     /// Listeners of the group that connected.
     pub listeners: usize,
@@ -168,7 +172,7 @@ pub struct ListenerGroup {
 }
 
 /// Time from resuming to having received every event sent before the resume.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct CatchUp {
     /// Paused listeners that reached the end of their pause while the run still went on.
     pub resumed: usize,
@@ -181,7 +185,7 @@ pub struct CatchUp {
 }
 
 /// One listener's figures (paused listeners, and steady ones that lost events or were ended).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct ListenerDetail {
     /// Listener number (0-based, in ramp order).
     pub index: usize,
@@ -204,7 +208,7 @@ pub struct ListenerDetail {
     pub catch_up_ms: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LatencySummary {
     #[serde(flatten)]
     pub percentiles: Percentiles,
@@ -213,7 +217,7 @@ pub struct LatencySummary {
 }
 
 /// First against last full window.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Drift {
     pub first_window_p99_ms: Option<f64>,
     pub last_window_p99_ms: Option<f64>,
@@ -225,7 +229,7 @@ pub struct Drift {
     pub errors_second_half: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PhaseSummary {
     pub name: String,
     pub runs: Vec<Summary>,
@@ -311,6 +315,7 @@ impl Summary {
             phases: Vec::new(),
             server: None,
             verdict: None,
+            hdr: BTreeMap::new(),
             histograms,
         }
     }
@@ -324,7 +329,7 @@ impl Summary {
 }
 
 impl Drift {
-    fn of(windows: &[Window]) -> Self {
+    pub(crate) fn of(windows: &[Window]) -> Self {
         // The last window is usually a partial one and the first holds the ramp: take the full
         // windows in between when there are some.
         let full: Vec<&Window> = if windows.len() > 2 {
@@ -421,7 +426,7 @@ fn map_line(m: &BTreeMap<String, u64>) -> String {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.fmt_body(f)?;
-        if let Some(v) = &self.verdict {
+        if let Some(v) = self.verdict.as_ref().filter(|v| !v.checks.is_empty()) {
             let failed = v.failures().count();
             writeln!(
                 f,

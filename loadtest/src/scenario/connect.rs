@@ -15,17 +15,21 @@ use crate::fleet::{self, Ended, FleetSpec};
 
 pub async fn run(ctx: &RunCtx, args: &ConnectArgs) -> anyhow::Result<Outcome> {
     ctx.phase("ramp");
+    // With --workers, this process opens its share (indices first..first+count).
+    let (first, count) = ctx.shard.part(args.connections);
     let spec = FleetSpec {
-        count: args.connections,
+        count,
         role: Role::Client,
-        first_index: 0,
+        first_index: first,
         reconnect: false,
         recv_buffer: None,
     };
     let mut fleet = fleet::launch(ctx, spec, |_| (), |_, ws, (), stop| hold(ws, stop));
     let ramp = fleet
-        .wait_connected(ctx.ramp_limit(args.connections), &ctx.cancel)
+        .wait_connected(ctx.ramp_limit(count), &ctx.cancel)
         .await;
+    // Every worker holds its connections at the same time.
+    ctx.barrier("ramped").await;
 
     ctx.phase("hold");
     let held = Instant::now();
@@ -39,10 +43,10 @@ pub async fn run(ctx: &RunCtx, args: &ConnectArgs) -> anyhow::Result<Outcome> {
     ctx.phase("close");
     let (_, lost) = fleet.finish(Duration::ZERO).await;
     let mut notes = Vec::new();
-    if ramp.established + ramp.failed < args.connections {
+    if ramp.established + ramp.failed < count {
         notes.push(format!(
             "{} connections had not settled when the ramp limit passed",
-            args.connections - ramp.established - ramp.failed
+            count - ramp.established - ramp.failed
         ));
     }
     if lost > 0 {
@@ -51,7 +55,7 @@ pub async fn run(ctx: &RunCtx, args: &ConnectArgs) -> anyhow::Result<Outcome> {
         ));
     }
     Ok(Outcome {
-        target_connections: args.connections,
+        target_connections: count,
         ramp: ramp.took,
         measured,
         stopped_by: ctx.stopped_by(natural),

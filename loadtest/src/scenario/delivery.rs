@@ -344,6 +344,10 @@ pub(super) struct Publish {
     pub sent_set: Arc<Mutex<SeqSet>>,
     /// `--in-flight`: the limit and the listeners whose receipts retire events.
     pub window: Option<(u64, Arc<Listen>)>,
+    /// `--workers`: the k-th event of this worker is number `k × stride + offset`, so the
+    /// workers' numbers never collide (stride 1, offset 0 alone).
+    pub seq_stride: u64,
+    pub seq_offset: u64,
 }
 
 impl Publish {
@@ -374,7 +378,7 @@ impl Publish {
                 None => probe::now_ns(),
             };
             match self.seq.take() {
-                Some(seq) => out.push((seq, t)),
+                Some(k) => out.push((k * self.seq_stride + self.seq_offset, t)),
                 None => return false,
             }
         }
@@ -791,6 +795,13 @@ pub async fn run(
             "--in-flight needs at least one listener that does not pause (lower --pause-share)"
         );
     }
+    // With --workers, this process runs its share of listeners, publishers and events.
+    let shard = ctx.shard;
+    let (l_first, l_count) = shard.part(args.listeners);
+    let (p_first, p_count) = shard.part(args.publishers);
+    let messages = args
+        .messages
+        .map(|m| shard.part_along(m, p_first, p_count, args.publishers));
     let event = match &args.event {
         Some(text) => probe::parse_event(text)?,
         None => probe::echo_event(args.message_size, true),
@@ -820,9 +831,9 @@ pub async fn run(
                 (bytes, Arc::new(move |i| picks.is_paused(i, n_listeners)))
             });
     let spec = FleetSpec {
-        count: args.listeners,
+        count: l_count,
         role: Role::Client,
-        first_index: 0,
+        first_index: l_first,
         reconnect: false,
         recv_buffer,
     };
@@ -834,11 +845,11 @@ pub async fn run(
         move |_, ws, tally, stop| listen_loop(l.clone(), ws, tally, stop),
     );
     let ramp = listeners
-        .wait_connected(ctx.ramp_limit(args.listeners), &ctx.cancel)
+        .wait_connected(ctx.ramp_limit(l_count), &ctx.cancel)
         .await;
 
     ctx.phase("warm-up");
-    let warm_index = args.listeners + args.publishers;
+    let warm_index = args.listeners + args.publishers + shard.index;
     if let Some(note) = warmup(
         ctx,
         &transport,
@@ -857,7 +868,7 @@ pub async fn run(
     let publish = Arc::new(Publish {
         gate,
         done: done.clone(),
-        seq: Sequence::new(args.messages, done.clone()),
+        seq: Sequence::new(messages, done.clone()),
         encoder,
         stats: ctx.stats.clone(),
         run: ctx.run_id.clone(),
@@ -876,16 +887,19 @@ pub async fn run(
                 .store(steady.max(1) as u64, Ordering::Relaxed);
             (limit, listen.clone())
         }),
+        seq_stride: shard.count as u64,
+        seq_offset: shard.index as u64,
     });
     let (senders, publishers_ready) = match &transport {
         Transport::Ws(role) => {
             let spec = FleetSpec {
-                count: args.publishers,
+                count: p_count,
                 role: *role,
-                first_index: args.listeners,
+                first_index: args.listeners + p_first,
                 reconnect: false,
                 recv_buffer: None,
             };
+            // `index - first` is the publisher's number over all workers (its stagger slot).
             let (p, first) = (publish.clone(), args.listeners);
             let mut fleet = fleet::launch(
                 ctx,
@@ -894,7 +908,7 @@ pub async fn run(
                 move |index, ws, (), stop| publish_ws(p.clone(), index - first, ws, stop),
             );
             let r = fleet
-                .wait_connected(ctx.ramp_limit(args.publishers), &ctx.cancel)
+                .wait_connected(ctx.ramp_limit(p_count), &ctx.cancel)
                 .await;
             (Senders::Ws(fleet), r.established)
         }
@@ -902,7 +916,7 @@ pub async fn run(
             let stop = ctx.cancel.child_token();
             let (tx, mut rx) = mpsc::unbounded_channel();
             let mut set = JoinSet::new();
-            for j in 0..args.publishers {
+            for j in p_first..p_first + p_count {
                 let spec = HttpSpec {
                     target: ctx.target.clone(),
                     j,
@@ -918,9 +932,9 @@ pub async fn run(
                 ));
             }
             drop(tx);
-            let limit = ctx.ramp_limit(args.publishers);
+            let limit = ctx.ramp_limit(p_count);
             let (mut ready, mut settled) = (0, 0);
-            while settled < args.publishers {
+            while settled < p_count {
                 match tokio::time::timeout_at(limit.into(), rx.recv()).await {
                     Ok(Some(ok)) => {
                         settled += 1;
@@ -932,22 +946,54 @@ pub async fn run(
             (Senders::Http(set, stop), ready)
         }
     };
-    if publishers_ready == 0 {
+    if publishers_ready == 0 && p_count > 0 {
         notes.push("no publisher could connect: nothing was sent".into());
     }
+    // With --workers: nobody sends before every worker's listeners and publishers are up.
+    ctx.barrier("ready").await;
 
     ctx.phase("send");
     let start = publish.gate.open();
-    let natural = tokio::select! {
-        _ = tokio::time::sleep_until((start + args.duration).into()) => StopReason::Duration,
-        _ = done.cancelled() => StopReason::Count,
+    let natural = if p_count == 0 {
+        // No publisher here: the send phase is the others' (the exchange below waits for it).
+        StopReason::Count
+    } else {
+        tokio::select! {
+            _ = tokio::time::sleep_until((start + args.duration).into()) => StopReason::Duration,
+            _ = done.cancelled() => StopReason::Count,
+        }
     };
     done.cancel();
-    let measured = start.elapsed();
+    let mut measured = start.elapsed();
     senders.finish(Duration::from_secs(5)).await;
+    let own_sent = publish.sent.load(Ordering::Relaxed);
+    // The completeness reference: the events every worker sent (this one's alone).
+    let all_sent = {
+        let own = publish
+            .sent_set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match &ctx.link {
+            Some(link) => {
+                let key = format!("{}/sent", ctx.run_id);
+                match link.exchange(&key, &own, &ctx.cancel).await {
+                    Some(all) => all,
+                    None => {
+                        notes.push("the other workers' sent events never arrived: counted against this worker's alone".into());
+                        own
+                    }
+                }
+            }
+            None => own,
+        }
+    };
+    if p_count == 0 {
+        measured = start.elapsed();
+    }
 
     ctx.phase("drain");
-    let sent = publish.sent.load(Ordering::Relaxed);
+    let sent = all_sent.len();
     let expected = sent * ramp.established as u64;
     let mut drain_limit = Instant::now() + args.drain;
     if paused_n > 0 {
@@ -966,7 +1012,7 @@ pub async fn run(
 
     ctx.phase("close");
     let (tallies, lost) = listeners.finish(Duration::ZERO).await;
-    let sent_set = std::mem::take(&mut *publish.sent_set.lock().unwrap_or_else(|e| e.into_inner()));
+    let sent_set = all_sent;
     let mut d = DeliverySummary {
         listeners: ramp.established,
         publishers: publishers_ready,
@@ -1012,7 +1058,11 @@ pub async fn run(
         }
         d.pause = Some(pause_summary(p, paused_n, &tallies, sent, &sent_set, start));
     }
-    if let Some(note) = behind_note(args.rate, measured, sent, natural) {
+    let own_rate = match args.rate {
+        Rate::PerSecond(r) => Rate::PerSecond(r * p_count as f64 / args.publishers as f64),
+        Rate::Max => Rate::Max,
+    };
+    if let Some(note) = behind_note(own_rate, measured, own_sent, natural).filter(|_| p_count > 0) {
         notes.push(note);
     }
     if d.missing > 0 && !ctx.cancel.is_cancelled() {
@@ -1022,11 +1072,11 @@ pub async fn run(
         ));
     }
     let ws_publishers = match transport {
-        Transport::Ws(_) => args.publishers,
+        Transport::Ws(_) => p_count,
         Transport::Http { .. } => 0,
     };
     Ok(Outcome {
-        target_connections: args.listeners + ws_publishers,
+        target_connections: l_count + ws_publishers,
         ramp: ramp.took,
         measured,
         stopped_by: ctx.stopped_by(natural),

@@ -52,6 +52,28 @@ pub async fn run(ctx: &RunCtx, scenario: &Scenario) -> anyhow::Result<Outcome> {
     }
 }
 
+/// Refuses what `--workers` cannot split yet, before any worker starts.
+pub fn check_workers(scenario: &Scenario) -> anyhow::Result<()> {
+    let delivery = |d: &DeliveryArgs| -> anyhow::Result<()> {
+        if d.in_flight.is_some() {
+            anyhow::bail!("--in-flight runs in one process: it cannot be used with --workers");
+        }
+        if d.pause.pause_share > 0.0 {
+            anyhow::bail!("--pause-share runs in one process: it cannot be used with --workers");
+        }
+        Ok(())
+    };
+    match scenario {
+        Scenario::Broadcast(a) => delivery(&a.delivery),
+        Scenario::Publish(a) => delivery(&a.delivery),
+        Scenario::Soak(a) if a.broadcast_rate > 0.0 => anyhow::bail!(
+            "soak --broadcast-rate runs in one process: with --workers use --broadcast-rate 0 \
+             (or a broadcast scenario for fan-out)"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The latency measures a scenario records: primary (shown per window) and secondary.
 pub fn measures(scenario: &Scenario) -> (Latency, Option<Latency>) {
     let open_loop = |d: &DeliveryArgs| d.rate != Rate::Max;

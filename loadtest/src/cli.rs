@@ -37,14 +37,40 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Target (any scenario)")]
 pub struct TargetArgs {
-    /// WebSocket URL of the server (`ws://` or `wss://`).
+    /// WebSocket URL of the server (`ws://` or `wss://`); repeat it (or separate with commas)
+    /// for several instances of a cluster: connections are spread over them by --spread.
     #[arg(
         long,
         global = true,
         env = "LOADTEST_URL",
-        default_value = "ws://127.0.0.1:8080/"
+        default_value = "ws://127.0.0.1:8080/",
+        value_delimiter = ','
     )]
-    pub url: String,
+    pub url: Vec<String>,
+
+    /// How connections are spread over several --url: `round-robin` (connection i to URL
+    /// i mod n) or `random` (a fixed pseudo-random pick per connection).
+    #[arg(long, global = true, value_enum, default_value_t = Spread::RoundRobin)]
+    pub spread: Spread,
+
+    /// Per-connection identities: sign an HS256 token for each client connection with this
+    /// secret (the broker's `broker.jwtSecret`), `sub` from --user-template.
+    #[arg(long, global = true, env = "LOADTEST_JWT_SECRET", conflicts_with_all = ["token", "token_file"])]
+    pub jwt_secret: Option<String>,
+
+    /// The user name of user number `{u}` (in the token's `sub` and in user-targeted events).
+    #[arg(long, global = true, default_value = "lt-user-{u}")]
+    pub user_template: String,
+
+    /// Distinct users the client connections log in as (connection i is user i mod N);
+    /// 0: one user per connection.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub users: usize,
+
+    /// Per-connection identities from a file of tokens, one per line: connection i uses line
+    /// i mod n (its user is the token's `sub`).
+    #[arg(long, global = true, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
 
     /// `Origin` header sent on every upgrade; an empty string sends none.
     #[arg(long, global = true, default_value = "http://localhost")]
@@ -242,6 +268,12 @@ pub struct DeliveryArgs {
     #[arg(long)]
     pub event: Option<String>,
 
+    /// A weighted mix of events instead of one: `target=all|user,type=N,weight=W`, repeatable.
+    /// `user` events carry the `username` of one listener's user (needs --jwt-secret or
+    /// --token-file, and --api-key); each listener expects the `all` events and its user's.
+    #[arg(long, conflicts_with = "event", value_name = "SPEC")]
+    pub mix: Vec<String>,
+
     /// After sending stops, wait up to this long for the last deliveries.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain: Duration,
@@ -324,6 +356,13 @@ pub struct PublishArgs {
     /// Path of the publish endpoint on the WebSocket port.
     #[arg(long, default_value = "/api/publish")]
     pub publish_path: String,
+}
+
+/// How connections are spread over several URLs.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    RoundRobin,
+    Random,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -507,7 +546,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["loadtest", "echo", "-c", "3", "--url", "ws://127.0.0.1:1/"])
                 .expect("parses");
-        assert_eq!(cli.target.url, "ws://127.0.0.1:1/");
+        assert_eq!(cli.target.url, ["ws://127.0.0.1:1/"]);
         assert!(matches!(
             cli.scenario,
             Scenario::Echo(EchoArgs { connections: 3, .. })

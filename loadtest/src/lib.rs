@@ -23,8 +23,10 @@ pub mod client;
 pub mod context;
 pub mod fleet;
 pub mod http;
+pub mod identity;
 pub mod limits;
 pub mod merge;
+pub mod mix;
 pub mod probe;
 pub mod progress;
 pub mod report;
@@ -349,7 +351,7 @@ async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result
         scenario: "mixed".into(),
         run_id: run_id.to_owned(),
         url: env.target.url().to_owned(),
-        target_addr: env.target.addr().to_string(),
+        target_addr: env.target.addrs(),
         elapsed_s: started.elapsed().as_secs_f64(),
         measured_s: measured,
         stopped_by,

@@ -90,6 +90,7 @@ fn add(m: &mut Summary, s: &Summary) {
             d.missing += o.missing;
             d.complete_listeners += o.complete_listeners;
             d.foreign += o.foreign;
+            d.misdelivered += o.misdelivered;
         }
         (None, Some(o)) => m.delivery = Some(o.clone()),
         _ => {}

@@ -120,9 +120,26 @@ impl Encoder {
 
     /// One event carrying `{"run","seq","t","k"}` (and `"c"`, the sender's connection index).
     pub fn encode(&self, kind: Kind, seq: u64, t_ns: u64, conn: Option<usize>) -> String {
+        self.encode_with(kind, seq, t_ns, conn, "")
+    }
+
+    /// As [`Encoder::encode`], with `extra` (JSON members followed by a comma, such as
+    /// `"username":"bob",`) inserted before the probe.
+    pub fn encode_with(
+        &self,
+        kind: Kind,
+        seq: u64,
+        t_ns: u64,
+        conn: Option<usize>,
+        extra: &str,
+    ) -> String {
         use std::fmt::Write;
-        let mut s = String::with_capacity(self.prefix.len() + self.run.len() + 72);
+        let mut s = String::with_capacity(self.prefix.len() + extra.len() + self.run.len() + 72);
         s.push_str(&self.prefix);
+        if !extra.is_empty() && !self.prefix.ends_with([',', '{']) {
+            s.push(',');
+        }
+        s.push_str(extra);
         // Writing into a String cannot fail.
         let _ = write!(
             s,

@@ -109,6 +109,9 @@ pub struct DeliverySummary {
     pub complete_listeners: usize,
     /// Probes of other runs seen by the listeners (ignored).
     pub foreign: u64,
+    /// `--mix` with user events: receipts of an event meant for another user (a routing error).
+    #[serde(default)]
+    pub misdelivered: u64,
     /// `--pause-share`: the paused and the steady listeners apart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause: Option<PauseSummary>,
@@ -279,7 +282,7 @@ impl Summary {
             scenario: scenario.to_owned(),
             run_id: ctx.run_id.clone(),
             url: ctx.target.url().to_owned(),
-            target_addr: ctx.target.addr().to_string(),
+            target_addr: ctx.target.addrs(),
             elapsed_s: stats.elapsed().as_secs_f64(),
             measured_s: measured,
             stopped_by: outcome.stopped_by,
@@ -502,11 +505,20 @@ impl Summary {
             writeln!(f, "    errors     {}", map_line(&self.errors))?;
         }
         if let Some(d) = &self.delivery {
-            writeln!(
-                f,
-                "  delivery     {} listeners x {} sent = {} expected; received {}, missing {}, duplicates {}",
-                d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates
-            )?;
+            if d.expected == d.sent * d.listeners as u64 {
+                writeln!(
+                    f,
+                    "  delivery     {} listeners x {} sent = {} expected; received {}, missing {}, duplicates {}",
+                    d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates
+                )?;
+            } else {
+                // A --mix with user events: each listener expects the events to all and its user's.
+                writeln!(
+                    f,
+                    "  delivery     {} listeners, {} sent, {} expected (to all, and to each listener's user); received {}, missing {}, duplicates {}, misdelivered {}",
+                    d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates, d.misdelivered
+                )?;
+            }
             writeln!(
                 f,
                 "    completeness {:.4}%  ({} of {} listeners got every event)",

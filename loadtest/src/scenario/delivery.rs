@@ -32,6 +32,7 @@ use crate::client::{self, Incoming, Role, Ws};
 use crate::context::{Gate, Outcome, RunCtx, Schedule, SeqSet, Sequence, StopReason};
 use crate::fleet::{self, Ended, Fleet, FleetSpec};
 use crate::http;
+use crate::mix::{Expectation, Mix};
 use crate::probe::{self, Encoder, Kind, Received};
 use crate::stats::{Latency, Stats};
 use crate::summary::{CatchUp, DeliverySummary, ListenerDetail, ListenerGroup, PauseSummary};
@@ -74,6 +75,8 @@ pub(super) struct Listen {
     steady_unique: AtomicU64,
     /// Steady listeners that connected.
     steady_connected: AtomicUsize,
+    /// Listener numbers that connected (what a `--mix` with user events expects depends on who).
+    connected_ix: Mutex<Vec<usize>>,
     /// `--pause-share`: when the paused listeners pause and what they must catch up on.
     pause: Option<PausePlan>,
 }
@@ -173,6 +176,7 @@ impl Listen {
             delivered: Notify::new(),
             steady_unique: AtomicU64::new(0),
             steady_connected: AtomicUsize::new(0),
+            connected_ix: Mutex::new(Vec::new()),
             pause: None,
         }
     }
@@ -261,6 +265,10 @@ async fn listen_loop(
     stop: CancellationToken,
 ) -> (Tally, Ended) {
     tally.connected = true;
+    sh.connected_ix
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(tally.index);
     if !tally.paused {
         sh.steady_connected.fetch_add(1, Ordering::Relaxed);
     }
@@ -348,9 +356,19 @@ pub(super) struct Publish {
     /// workers' numbers never collide (stride 1, offset 0 alone).
     pub seq_stride: u64,
     pub seq_offset: u64,
+    /// `--mix`: which event each sequence number is; `None`: `encoder` for all.
+    pub mix: Option<Arc<Mix>>,
 }
 
 impl Publish {
+    /// Event `seq`, due at probe time `t`.
+    fn encode(&self, seq: u64, t: u64) -> String {
+        match &self.mix {
+            Some(mix) => mix.encode(seq, t),
+            None => self.encoder.encode(Kind::Delivery, seq, t, None),
+        }
+    }
+
     /// Publisher `j`'s schedule; publishers are staggered evenly so the total is smooth.
     fn schedule(&self, start: Instant, j: usize) -> Option<Schedule> {
         self.rate.map(|r| {
@@ -462,7 +480,7 @@ pub(super) async fn publish_ws(
             }
             let write = async {
                 for (seq, t) in &batch {
-                    let text = sh.encoder.encode(Kind::Delivery, *seq, *t, None);
+                    let text = sh.encode(*seq, *t);
                     sink.feed(Message::text(text)).await?;
                 }
                 sink.flush().await
@@ -569,13 +587,9 @@ async fn publish_http(
             return;
         }
         let body = if batch == 1 {
-            sh.encoder
-                .encode(Kind::Delivery, pending[0].0, pending[0].1, None)
+            sh.encode(pending[0].0, pending[0].1)
         } else {
-            let events: Vec<String> = pending
-                .iter()
-                .map(|(seq, t)| sh.encoder.encode(Kind::Delivery, *seq, *t, None))
-                .collect();
+            let events: Vec<String> = pending.iter().map(|(seq, t)| sh.encode(*seq, *t)).collect();
             format!("[{}]", events.join(","))
         };
         // The request is due when its last event is: measured from there, batching delay is
@@ -807,6 +821,33 @@ pub async fn run(
         None => probe::echo_event(args.message_size, true),
     };
     let encoder = Encoder::new(&event, &ctx.run_id);
+    let identities = ctx.target.identities().cloned();
+    let mix = if args.mix.is_empty() {
+        None
+    } else {
+        let users = identities
+            .as_ref()
+            .map_or(0, |ids| ids.user_count(args.listeners));
+        let mix = Mix::parse(
+            &args.mix,
+            args.message_size,
+            &ctx.run_id,
+            identities.clone(),
+            users,
+        )?;
+        if mix.has_user_events() && matches!(transport, Transport::Ws(Role::Client)) {
+            anyhow::bail!(
+                "--mix target=user needs publishers (--api-key): clients cannot address a user"
+            );
+        }
+        Some(Arc::new(mix))
+    };
+    // With user events, what each listener expects depends on its user.
+    let per_user = mix
+        .as_ref()
+        .filter(|m| m.has_user_events())
+        .cloned()
+        .zip(identities.clone());
     let mut notes = Vec::new();
 
     ctx.phase("ramp");
@@ -889,6 +930,7 @@ pub async fn run(
         }),
         seq_stride: shard.count as u64,
         seq_offset: shard.index as u64,
+        mix: mix.clone(),
     });
     let (senders, publishers_ready) = match &transport {
         Transport::Ws(role) => {
@@ -994,7 +1036,19 @@ pub async fn run(
 
     ctx.phase("drain");
     let sent = all_sent.len();
-    let expected = sent * ramp.established as u64;
+    let expectation = per_user
+        .as_ref()
+        .map(|(mix, _)| Expectation::of(mix, all_sent.iter()));
+    let expected = match (&expectation, &per_user) {
+        (Some(e), Some((_, ids))) => listen
+            .connected_ix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|&l| e.for_user(ids.user_of(l)))
+            .sum(),
+        _ => sent * ramp.established as u64,
+    };
     let mut drain_limit = Instant::now() + args.drain;
     if paused_n > 0 {
         // Paused listeners get the whole --drain after they resume, even when the pause
@@ -1020,7 +1074,26 @@ pub async fn run(
         expected,
         ..DeliverySummary::default()
     };
-    for t in &tallies {
+    if let (Some(e), Some((mix, ids))) = (&expectation, &per_user) {
+        d.expected = expected;
+        for t in tallies.iter().filter(|t| t.connected) {
+            let u = ids.user_of(t.index);
+            let (mut got, mut wrong) = (0, 0);
+            for seq in t.seen.iter().filter(|s| sent_set.contains(*s)) {
+                match mix.pick(seq).user {
+                    Some(v) if v != u => wrong += 1,
+                    _ => got += 1,
+                }
+            }
+            d.received += got;
+            d.misdelivered += wrong;
+            d.complete_listeners += usize::from(got == e.for_user(u));
+            d.duplicates += t.duplicates;
+            d.foreign += t.foreign;
+        }
+        ctx.stats.errors_n("misdelivered", d.misdelivered);
+    }
+    for t in tallies.iter().filter(|_| per_user.is_none()) {
         let got = t.seen.count_common(&sent_set);
         d.received += got;
         d.complete_listeners += usize::from(sent > 0 && got == sent);

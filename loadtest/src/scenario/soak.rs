@@ -103,6 +103,7 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
             window: None,
             seq_stride: 1,
             seq_offset: 0,
+            mix: None,
         });
         let role = if ctx.target.api_key().is_some() {
             Role::Publisher

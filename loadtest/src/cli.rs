@@ -206,6 +206,11 @@ pub struct ConnectArgs {
     /// How long to hold them open once the ramp is over.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub hold: Duration,
+
+    /// Open connections over time instead of -c/--hold: `DURATION:TARGET`, repeatable, linear
+    /// within each stage from 0 (`--stage 30s:1000 --stage 1m:1000 --stage 10s:0`).
+    #[arg(long, value_name = "DUR:TARGET")]
+    pub stage: Vec<crate::stages::Stage>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -267,6 +272,11 @@ pub struct DeliveryArgs {
     /// Default: `{"eventType":10,"message":"<message-size bytes>","broadcast":true}`.
     #[arg(long)]
     pub event: Option<String>,
+
+    /// The send rate over time instead of --rate/--duration: `DURATION:RATE`, repeatable,
+    /// linear within each stage from 0 (`--stage 10s:500 --stage 30s:500 --stage 5s:0`).
+    #[arg(long, value_name = "DUR:RATE")]
+    pub stage: Vec<crate::stages::Stage>,
 
     /// A weighted mix of events instead of one: `target=all|user,type=N,weight=W`, repeatable.
     /// `user` events carry the `username` of one listener's user (needs --jwt-secret or

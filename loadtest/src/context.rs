@@ -219,11 +219,14 @@ impl Sequence {
 ///
 /// Latency is measured from these due times, not from when the sender got round to sending, so a
 /// stalled sender shows up as latency instead of silently sending less (coordinated omission).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Schedule {
     start: Instant,
     interval: Duration,
     next: u64,
+    /// `--stage`: the rate follows the stages; this sender takes every `step`-th event of the
+    /// whole schedule, starting at number `phase`.
+    staged: Option<(Arc<crate::stages::Stages>, u64, u64)>,
 }
 
 impl Schedule {
@@ -233,12 +236,34 @@ impl Schedule {
             start: start + offset,
             interval: Duration::from_secs_f64(1.0 / rate.max(1e-9)),
             next: 0,
+            staged: None,
         }
     }
 
-    /// When the next event is due.
+    /// Events `phase`, `phase + step`, ... of a schedule whose rate follows `stages`.
+    pub fn staged(
+        start: Instant,
+        stages: Arc<crate::stages::Stages>,
+        step: u64,
+        phase: u64,
+    ) -> Self {
+        Schedule {
+            start,
+            interval: Duration::ZERO,
+            next: 0,
+            staged: Some((stages, step.max(1), phase)),
+        }
+    }
+
+    /// When the next event is due (far in the future once the stages are over).
     pub fn next_due(&self) -> Instant {
-        self.start + self.interval.mul_f64(self.next as f64)
+        match &self.staged {
+            Some((stages, step, phase)) => match stages.due(self.next * step + phase) {
+                Some(at) => self.start + at,
+                None => self.start + stages.total() + Duration::from_secs(24 * 3600),
+            },
+            None => self.start + self.interval.mul_f64(self.next as f64),
+        }
     }
 
     /// Takes the next event if it is due at or before `now`, returning its due time.

@@ -32,6 +32,7 @@ pub mod progress;
 pub mod report;
 pub mod scenario;
 pub mod server;
+pub mod stages;
 pub mod stats;
 pub mod summary;
 pub mod tls;

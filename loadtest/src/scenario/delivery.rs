@@ -34,6 +34,7 @@ use crate::fleet::{self, Ended, Fleet, FleetSpec};
 use crate::http;
 use crate::mix::{Expectation, Mix};
 use crate::probe::{self, Encoder, Kind, Received};
+use crate::stages::Stages;
 use crate::stats::{Latency, Stats};
 use crate::summary::{CatchUp, DeliverySummary, ListenerDetail, ListenerGroup, PauseSummary};
 
@@ -358,6 +359,8 @@ pub(super) struct Publish {
     pub seq_offset: u64,
     /// `--mix`: which event each sequence number is; `None`: `encoder` for all.
     pub mix: Option<Arc<Mix>>,
+    /// `--stage`: the rate follows the stages (over all publishers of all workers).
+    pub stages: Option<Arc<Stages>>,
 }
 
 impl Publish {
@@ -371,6 +374,15 @@ impl Publish {
 
     /// Publisher `j`'s schedule; publishers are staggered evenly so the total is smooth.
     fn schedule(&self, start: Instant, j: usize) -> Option<Schedule> {
+        if let Some(stages) = &self.stages {
+            // Publisher j takes events j, j + P, j + 2P, ... of the staged schedule.
+            return Some(Schedule::staged(
+                start,
+                stages.clone(),
+                self.publishers as u64,
+                j as u64,
+            ));
+        }
         self.rate.map(|r| {
             let total = r * self.publishers as f64;
             Schedule::new(start, Duration::from_secs_f64(j as f64 / total), r)
@@ -821,6 +833,9 @@ pub async fn run(
         None => probe::echo_event(args.message_size, true),
     };
     let encoder = Encoder::new(&event, &ctx.run_id);
+    let stages = (!args.stage.is_empty()).then(|| Arc::new(Stages(args.stage.clone())));
+    // With stages, the send phase lasts as long as they do.
+    let send_for = stages.as_ref().map_or(args.duration, |s| s.total());
     let identities = ctx.target.identities().cloned();
     let mix = if args.mix.is_empty() {
         None
@@ -877,6 +892,7 @@ pub async fn run(
         first_index: l_first,
         reconnect: false,
         recv_buffer,
+        slots: None,
     };
     let l = listen.clone();
     let mut listeners = fleet::launch(
@@ -931,6 +947,7 @@ pub async fn run(
         seq_stride: shard.count as u64,
         seq_offset: shard.index as u64,
         mix: mix.clone(),
+        stages: stages.clone(),
     });
     let (senders, publishers_ready) = match &transport {
         Transport::Ws(role) => {
@@ -940,6 +957,7 @@ pub async fn run(
                 first_index: args.listeners + p_first,
                 reconnect: false,
                 recv_buffer: None,
+                slots: None,
             };
             // `index - first` is the publisher's number over all workers (its stagger slot).
             let (p, first) = (publish.clone(), args.listeners);
@@ -1001,7 +1019,7 @@ pub async fn run(
         StopReason::Count
     } else {
         tokio::select! {
-            _ = tokio::time::sleep_until((start + args.duration).into()) => StopReason::Duration,
+            _ = tokio::time::sleep_until((start + send_for).into()) => StopReason::Duration,
             _ = done.cancelled() => StopReason::Count,
         }
     };
@@ -1135,7 +1153,9 @@ pub async fn run(
         Rate::PerSecond(r) => Rate::PerSecond(r * p_count as f64 / args.publishers as f64),
         Rate::Max => Rate::Max,
     };
-    if let Some(note) = behind_note(own_rate, measured, own_sent, natural).filter(|_| p_count > 0) {
+    if let Some(note) = behind_note(own_rate, measured, own_sent, natural)
+        .filter(|_| p_count > 0 && stages.is_none())
+    {
         notes.push(note);
     }
     if d.missing > 0 && !ctx.cancel.is_cancelled() {

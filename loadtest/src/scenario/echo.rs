@@ -54,6 +54,7 @@ pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
         first_index: first,
         reconnect: false,
         recv_buffer: None,
+        slots: None,
     };
     let body_shared = shared.clone();
     let mut fleet = fleet::launch(

@@ -76,7 +76,7 @@ pub fn check_workers(scenario: &Scenario) -> anyhow::Result<()> {
 
 /// The latency measures a scenario records: primary (shown per window) and secondary.
 pub fn measures(scenario: &Scenario) -> (Latency, Option<Latency>) {
-    let open_loop = |d: &DeliveryArgs| d.rate != Rate::Max;
+    let open_loop = |d: &DeliveryArgs| d.rate != Rate::Max || !d.stage.is_empty();
     match scenario {
         Scenario::Connect(_) | Scenario::Mixed(_) => (Latency::new("handshake", false), None),
         Scenario::Echo(_) => (Latency::new("rtt", false), None),
@@ -107,6 +107,9 @@ pub fn extra_measure(scenario: &Scenario) -> Option<Latency> {
 /// Connections a scenario holds at once (for the file-descriptor limit).
 pub fn connections(scenario: &Scenario) -> usize {
     match scenario {
+        Scenario::Connect(a) if !a.stage.is_empty() => {
+            crate::stages::Stages(a.stage.clone()).peak() as usize
+        }
         Scenario::Connect(a) => a.connections,
         Scenario::Echo(a) => a.connections,
         Scenario::Broadcast(a) => a.delivery.listeners + a.delivery.publishers + 1,
@@ -122,6 +125,9 @@ pub fn planned(scenario: &Scenario, connect_rate: f64, connect_timeout: Duration
     let ramp = |n: usize| ramp_time(n, connect_rate) + connect_timeout;
     let warmup = Duration::from_secs(5);
     let body = match scenario {
+        Scenario::Connect(a) if !a.stage.is_empty() => {
+            crate::stages::Stages(a.stage.clone()).total() + connect_timeout
+        }
         Scenario::Connect(a) => ramp(a.connections) + a.hold,
         Scenario::Echo(a) => ramp(a.connections) + a.duration + a.reply_timeout,
         Scenario::Broadcast(a) => delivery_plan(&a.delivery, ramp) + warmup,
@@ -139,7 +145,12 @@ fn delivery_plan(d: &DeliveryArgs, ramp: impl Fn(usize) -> Duration) -> Duration
     } else {
         Duration::ZERO
     };
-    ramp(d.listeners) + ramp(d.publishers) + d.duration + pause_overrun + d.drain + CLOSE_GRACE
+    let sending = if d.stage.is_empty() {
+        d.duration
+    } else {
+        crate::stages::Stages(d.stage.clone()).total()
+    };
+    ramp(d.listeners) + ramp(d.publishers) + sending + pause_overrun + d.drain + CLOSE_GRACE
 }
 
 /// Sends one text frame unless `stop` comes first (a server that stopped reading would otherwise

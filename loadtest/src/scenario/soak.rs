@@ -74,6 +74,7 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
         first_index: first,
         reconnect: !args.no_reconnect,
         recv_buffer: None,
+        slots: None,
     };
     let sh = shared.clone();
     let mut held = fleet::launch(
@@ -104,6 +105,7 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
             seq_stride: 1,
             seq_offset: 0,
             mix: None,
+            stages: None,
         });
         let role = if ctx.target.api_key().is_some() {
             Role::Publisher
@@ -116,6 +118,7 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
             first_index: args.connections,
             reconnect: !args.no_reconnect,
             recv_buffer: None,
+            slots: None,
         };
         let p = publish.clone();
         let fleet = fleet::launch(

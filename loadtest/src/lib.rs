@@ -139,7 +139,7 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
     }
     let budget = cli.output.deadline.unwrap_or(planned + DEADLINE_SLACK);
     if parent {
-        return run_parent(&cli, &run_id, &thresholds, budget, &progress).await;
+        return run_parent(&cli, &run_id, &thresholds, budget, &progress, interrupt).await;
     }
     let wanted = peak_connections.div_ceil(shard.count) as u64 + 64;
     match limits::raise_fd_limit(wanted) {
@@ -211,6 +211,7 @@ async fn run_parent(
     thresholds: &[verdict::Threshold],
     budget: Duration,
     progress: &Progress,
+    interrupt: CancellationToken,
 ) -> anyhow::Result<Summary> {
     if cli.argv.is_empty() {
         bail!("--workers needs the loadtest program itself (its arguments are passed on)");
@@ -219,7 +220,7 @@ async fn run_parent(
     progress.note(&format!("starting {n} worker processes, run {run_id}"));
     // The workers keep their own deadline; this one only ends workers that stopped answering.
     let limit = budget + WRAP_UP * 2;
-    let (parts, notes) = workers::run_parent(&cli.argv, run_id, n, limit).await?;
+    let (parts, notes) = workers::run_parent(&cli.argv, run_id, n, limit, interrupt).await?;
     let finished = parts.len();
     let mut summary = merge::merge(parts);
     summary.notes.push(format!(

@@ -279,6 +279,7 @@ pub async fn run_parent(
     run_id: &str,
     count: usize,
     limit: Duration,
+    interrupt: CancellationToken,
 ) -> anyhow::Result<(Vec<Summary>, Vec<String>)> {
     let exe = std::env::current_exe().context("cannot find this program to start workers")?;
     let mut children = Vec::with_capacity(count);
@@ -307,6 +308,18 @@ pub async fn run_parent(
         children.push(child);
     }
     drop(tx);
+    // Ctrl-C (or SIGINT from a supervisor) reaches the parent: pass it on, so every worker
+    // wraps up and reports what it measured.
+    let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+    let forward = tokio::spawn(async move {
+        interrupt.cancelled().await;
+        for pid in pids {
+            // SAFETY: kill(2) with a pid this process started; a gone pid is only an error.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGINT);
+            }
+        }
+    });
 
     let mut alive = vec![true; count];
     let mut summaries: Vec<Option<Summary>> = (0..count).map(|_| None).collect();
@@ -371,6 +384,7 @@ pub async fn run_parent(
         ));
     }
     drop(inputs);
+    forward.abort();
     for (i, mut child) in children.into_iter().enumerate() {
         let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
             Ok(Ok(s)) => s.code(),

@@ -50,10 +50,14 @@ pub enum Transport {
 /// Events written per flush on a WebSocket publisher: enough to amortise the syscall at high
 /// rates, small enough that a batch never delays the schedule noticeably.
 const WS_BATCH: usize = 64;
-/// Give up on the warm-up after this long (the run goes on, with a note).
+/// Give up on the warm-up after this long, plus a second per 10,000 listeners (the run goes on,
+/// with a note).
 const WARMUP_LIMIT: Duration = Duration::from_secs(5);
-/// A warm-up event is re-sent this often until every listener has seen one.
+/// A warm-up event is re-sent after this long, then twice as long each time (at most
+/// [`WARMUP_RESEND_MAX`]) until every listener has seen one: with 100,000 listeners one warm-up
+/// is 100,000 deliveries, and re-sending it ten times a second would bury the server.
 const WARMUP_RESEND: Duration = Duration::from_millis(100);
+const WARMUP_RESEND_MAX: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------------------------------------
 // Listeners
@@ -756,7 +760,8 @@ async fn warmup(
         Ok(s) => s,
         Err(e) => return Some(format!("warm-up skipped: could not open a sender ({e})")),
     };
-    let limit = Instant::now() + WARMUP_LIMIT;
+    let limit = Instant::now() + WARMUP_LIMIT + Duration::from_millis(listeners as u64 / 10);
+    let mut resend = WARMUP_RESEND;
     let mut next_send = Instant::now();
     let mut k = 0u64;
     let mut note = None;
@@ -785,7 +790,8 @@ async fn warmup(
                 break;
             }
             k += 1;
-            next_send = now + WARMUP_RESEND;
+            next_send = now + resend;
+            resend = (resend * 2).min(WARMUP_RESEND_MAX);
         }
         tokio::select! {
             _ = notified => {}

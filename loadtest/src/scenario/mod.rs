@@ -123,19 +123,22 @@ pub fn connections(scenario: &Scenario) -> usize {
 /// closing. The hard deadline adds slack on top of this.
 pub fn planned(scenario: &Scenario, connect_rate: f64, connect_timeout: Duration) -> Duration {
     let ramp = |n: usize| ramp_time(n, connect_rate) + connect_timeout;
-    let warmup = Duration::from_secs(5);
+    // As `delivery::warmup` allows: 5 s plus a second per 10,000 listeners.
+    let warmup =
+        |d: &DeliveryArgs| Duration::from_secs(5) + Duration::from_millis(d.listeners as u64 / 10);
     let body = match scenario {
         Scenario::Connect(a) if !a.stage.is_empty() => {
             crate::stages::Stages(a.stage.clone()).total() + connect_timeout
         }
         Scenario::Connect(a) => ramp(a.connections) + a.hold,
         Scenario::Echo(a) => ramp(a.connections) + a.duration + a.reply_timeout,
-        Scenario::Broadcast(a) => delivery_plan(&a.delivery, ramp) + warmup,
-        Scenario::Publish(a) => delivery_plan(&a.delivery, ramp) + warmup,
+        Scenario::Broadcast(a) => delivery_plan(&a.delivery, ramp) + warmup(&a.delivery),
+        Scenario::Publish(a) => delivery_plan(&a.delivery, ramp) + warmup(&a.delivery),
         Scenario::Soak(a) => ramp(a.connections + 1) + a.duration + a.reply_timeout,
         Scenario::Mixed(_) => Duration::ZERO,
     };
-    body + CLOSE_GRACE * 2
+    // Closing takes longer for many connections (see `Fleet::finish`).
+    body + CLOSE_GRACE * 2 + Duration::from_millis(connections(scenario) as u64 / 5)
 }
 
 fn delivery_plan(d: &DeliveryArgs, ramp: impl Fn(usize) -> Duration) -> Duration {

@@ -306,7 +306,11 @@ async fn listen_loop(
         };
         match woke {
             Woke::Stop => {
-                client::close(ws, client::CLOSE_TIMEOUT).await;
+                // Hand the receipts back first and close in the background: with tens of
+                // thousands of listeners closing at once on a loaded machine, a listener that
+                // waited for its close handshake could outlast the fleet's grace and its
+                // receipts would be lost (counted as missing, though they arrived).
+                tokio::spawn(client::close(ws, client::CLOSE_TIMEOUT));
                 return (tally, Ended::Finished);
             }
             Woke::Frame(Incoming::Closed(reason)) => {
@@ -328,7 +332,7 @@ async fn listen_loop(
                     _ = tokio::time::sleep_until((at + p.length).into()) => true,
                 };
                 if !resumed {
-                    client::close(ws, client::CLOSE_TIMEOUT).await;
+                    tokio::spawn(client::close(ws, client::CLOSE_TIMEOUT));
                     return (tally, Ended::Finished);
                 }
                 tally.resume(p);

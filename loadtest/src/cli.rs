@@ -27,20 +27,50 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub scenario: Scenario,
+
+    /// The program's own arguments (set by `main`): `--workers` starts copies of itself with them.
+    #[arg(skip)]
+    pub argv: Vec<std::ffi::OsString>,
 }
 
 /// Where to connect and how: shared by every scenario.
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Target (any scenario)")]
 pub struct TargetArgs {
-    /// WebSocket URL of the server (`ws://` or `wss://`).
+    /// WebSocket URL of the server (`ws://` or `wss://`); repeat it (or separate with commas)
+    /// for several instances of a cluster: connections are spread over them by --spread.
     #[arg(
         long,
         global = true,
         env = "LOADTEST_URL",
-        default_value = "ws://127.0.0.1:8080/"
+        default_value = "ws://127.0.0.1:8080/",
+        value_delimiter = ','
     )]
-    pub url: String,
+    pub url: Vec<String>,
+
+    /// How connections are spread over several --url: `round-robin` (connection i to URL
+    /// i mod n) or `random` (a fixed pseudo-random pick per connection).
+    #[arg(long, global = true, value_enum, default_value_t = Spread::RoundRobin)]
+    pub spread: Spread,
+
+    /// Per-connection identities: sign an HS256 token for each client connection with this
+    /// secret (the broker's `broker.jwtSecret`), `sub` from --user-template.
+    #[arg(long, global = true, env = "LOADTEST_JWT_SECRET", conflicts_with_all = ["token", "token_file"])]
+    pub jwt_secret: Option<String>,
+
+    /// The user name of user number `{u}` (in the token's `sub` and in user-targeted events).
+    #[arg(long, global = true, default_value = "lt-user-{u}")]
+    pub user_template: String,
+
+    /// Distinct users the client connections log in as (connection i is user i mod N);
+    /// 0: one user per connection.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub users: usize,
+
+    /// Per-connection identities from a file of tokens, one per line: connection i uses line
+    /// i mod n (its user is the token's `sub`).
+    #[arg(long, global = true, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
 
     /// `Origin` header sent on every upgrade; an empty string sends none.
     #[arg(long, global = true, default_value = "http://localhost")]
@@ -68,6 +98,12 @@ pub struct TargetArgs {
     /// addresses lift that ceiling far above what one machine's memory holds.
     #[arg(long, global = true, default_value_t = 0)]
     pub source_addrs: u8,
+
+    /// Run as N worker processes on this machine, each with its own open-file limit, and report
+    /// them as one run: connections, listeners, publishers and rates are split between them,
+    /// histograms merged exactly, completeness counted across them.
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: u16,
 
     /// New connections per second during ramp-up (all scenarios).
     #[arg(long, global = true, default_value_t = 1000.0)]
@@ -118,6 +154,16 @@ pub struct OutputArgs {
     /// from `/proc` at every phase change and reported per phase (`server` in the summary).
     #[arg(long, global = true, env = "LOADTEST_SERVER_PID")]
     pub server_pid: Option<u32>,
+
+    /// Pass/fail condition `METRIC OP VALUE`, e.g. `p99<50ms`, `completeness>=1`, `failed==0`,
+    /// `handshake.p99<5ms`; repeatable. Any that fails makes the exit status 1, with a line
+    /// naming it. (A run where most connection attempts fail exits 1 even without thresholds.)
+    #[arg(long = "threshold", global = true, value_name = "EXPR")]
+    pub thresholds: Vec<crate::verdict::Threshold>,
+
+    /// File of thresholds, one per line (`#` comments), checked like --threshold.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub thresholds_file: Option<PathBuf>,
 }
 
 /// The scenarios.
@@ -160,6 +206,11 @@ pub struct ConnectArgs {
     /// How long to hold them open once the ramp is over.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub hold: Duration,
+
+    /// Open connections over time instead of -c/--hold: `DURATION:TARGET`, repeatable, linear
+    /// within each stage from 0 (`--stage 30s:1000 --stage 1m:1000 --stage 10s:0`).
+    #[arg(long, value_name = "DUR:TARGET")]
+    pub stage: Vec<crate::stages::Stage>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -221,6 +272,17 @@ pub struct DeliveryArgs {
     /// Default: `{"eventType":10,"message":"<message-size bytes>","broadcast":true}`.
     #[arg(long)]
     pub event: Option<String>,
+
+    /// The send rate over time instead of --rate/--duration: `DURATION:RATE`, repeatable,
+    /// linear within each stage from 0 (`--stage 10s:500 --stage 30s:500 --stage 5s:0`).
+    #[arg(long, value_name = "DUR:RATE")]
+    pub stage: Vec<crate::stages::Stage>,
+
+    /// A weighted mix of events instead of one: `target=all|user,type=N,weight=W`, repeatable.
+    /// `user` events carry the `username` of one listener's user (needs --jwt-secret or
+    /// --token-file, and --api-key); each listener expects the `all` events and its user's.
+    #[arg(long, conflicts_with = "event", value_name = "SPEC")]
+    pub mix: Vec<String>,
 
     /// After sending stops, wait up to this long for the last deliveries.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
@@ -304,6 +366,13 @@ pub struct PublishArgs {
     /// Path of the publish endpoint on the WebSocket port.
     #[arg(long, default_value = "/api/publish")]
     pub publish_path: String,
+}
+
+/// How connections are spread over several URLs.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    RoundRobin,
+    Random,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,7 +556,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["loadtest", "echo", "-c", "3", "--url", "ws://127.0.0.1:1/"])
                 .expect("parses");
-        assert_eq!(cli.target.url, "ws://127.0.0.1:1/");
+        assert_eq!(cli.target.url, ["ws://127.0.0.1:1/"]);
         assert!(matches!(
             cli.scenario,
             Scenario::Echo(EchoArgs { connections: 3, .. })

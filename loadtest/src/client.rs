@@ -37,12 +37,14 @@ pub enum Role {
 
 /// The server under test and how to reach it; shared by every connection of a run.
 pub struct Target {
+    /// The URLs as given, comma-separated (for the summary).
     url: String,
     tls: bool,
-    host: String,
-    authority: String,
-    path_and_query: String,
-    addr: SocketAddr,
+    /// One per `--url`; connection `index` goes to the one `--spread` picks.
+    endpoints: Vec<Endpoint>,
+    spread: crate::cli::Spread,
+    /// Per-connection tokens (`--jwt-secret`, `--token-file`) for client connections.
+    identities: Option<Arc<crate::identity::Identities>>,
     tls_config: Option<Arc<rustls::ClientConfig>>,
     origin: Option<String>,
     api_key: Option<String>,
@@ -54,20 +56,29 @@ pub struct Target {
     inflight: Arc<Semaphore>,
 }
 
-impl Target {
-    /// Checks the options and resolves the host (once).
-    pub async fn new(args: &TargetArgs) -> anyhow::Result<Self> {
-        let uri: Uri = args
-            .url
+/// One server address of the target (one `--url`).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub url: String,
+    pub host: String,
+    pub authority: String,
+    pub path_and_query: String,
+    pub addr: SocketAddr,
+}
+
+impl Endpoint {
+    /// Parses and resolves one URL; `tls` says whether it is `wss://`.
+    async fn new(url: &str) -> anyhow::Result<(Self, bool)> {
+        let uri: Uri = url
             .parse()
-            .with_context(|| format!("--url `{}` is not a URL", args.url))?;
+            .with_context(|| format!("--url `{url}` is not a URL"))?;
         let tls = match uri.scheme_str() {
             Some("ws") => false,
             Some("wss") => true,
-            _ => bail!("--url `{}` must start with ws:// or wss://", args.url),
+            _ => bail!("--url `{url}` must start with ws:// or wss://"),
         };
         let Some(host) = uri.host().map(|h| h.trim_matches(['[', ']']).to_owned()) else {
-            bail!("--url `{}` has no host", args.url);
+            bail!("--url `{url}` has no host");
         };
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let authority = uri
@@ -79,18 +90,50 @@ impl Target {
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
         let addr = resolve(&host, port).await?;
+        Ok((
+            Endpoint {
+                url: url.to_owned(),
+                host,
+                authority,
+                path_and_query,
+                addr,
+            },
+            tls,
+        ))
+    }
+}
+
+impl Target {
+    /// Checks the options and resolves the hosts (once).
+    pub async fn new(args: &TargetArgs) -> anyhow::Result<Self> {
+        if args.url.is_empty() {
+            bail!("--url: give at least one ws:// or wss:// URL");
+        }
+        let mut endpoints = Vec::with_capacity(args.url.len());
+        let mut tls = false;
+        for (i, url) in args.url.iter().enumerate() {
+            let (e, t) = Endpoint::new(url.trim()).await?;
+            if i > 0 && t != tls {
+                bail!("--url: mix of ws:// and wss:// URLs; give URLs of one kind");
+            }
+            tls = t;
+            endpoints.push(e);
+        }
 
         let sources: Vec<Ipv4Addr> = (1..=args.source_addrs)
             .map(|k| Ipv4Addr::new(127, 0, 0, k))
             .collect();
-        if !sources.is_empty() && !matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
-            bail!(
-                "--source-addrs binds sockets to 127.0.0.x, which only reaches a loopback IPv4 \
-                 target; {} resolved to {}",
-                host,
-                addr.ip()
-            );
+        for e in &endpoints {
+            if !sources.is_empty() && !matches!(e.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
+                bail!(
+                    "--source-addrs binds sockets to 127.0.0.x, which only reaches a loopback \
+                     IPv4 target; {} resolved to {}",
+                    e.host,
+                    e.addr.ip()
+                );
+            }
         }
+        let identities = crate::identity::Identities::from_args(args)?.map(Arc::new);
         if args.connect_rate.is_nan() || args.connect_rate <= 0.0 {
             bail!("--connect-rate must be above 0 (connections per second)");
         }
@@ -126,12 +169,11 @@ impl Target {
             .max_message_size(Some(16 << 20))
             .max_frame_size(Some(16 << 20));
         Ok(Target {
-            url: args.url.clone(),
+            url: args.url.join(","),
             tls,
-            host,
-            authority,
-            path_and_query,
-            addr,
+            endpoints,
+            spread: args.spread,
+            identities,
             tls_config,
             origin,
             api_key: args.api_key.clone(),
@@ -148,21 +190,36 @@ impl Target {
         &self.url
     }
 
-    /// The resolved address every connection goes to.
+    /// The resolved address of the first URL.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.endpoints[0].addr
+    }
+
+    /// The resolved addresses of every URL, comma-separated (for the summary).
+    pub fn addrs(&self) -> String {
+        let all: Vec<String> = self.endpoints.iter().map(|e| e.addr.to_string()).collect();
+        all.join(",")
+    }
+
+    /// The endpoint connection `index` goes to, by `--spread`.
+    pub fn endpoint(&self, index: usize) -> &Endpoint {
+        let n = self.endpoints.len();
+        let at = match self.spread {
+            crate::cli::Spread::RoundRobin => index % n,
+            crate::cli::Spread::Random => {
+                (crate::identity::mix64(index as u64) % n as u64) as usize
+            }
+        };
+        &self.endpoints[at]
+    }
+
+    /// Per-connection identities, when given (`--jwt-secret`, `--token-file`).
+    pub fn identities(&self) -> Option<&Arc<crate::identity::Identities>> {
+        self.identities.as_ref()
     }
 
     pub fn is_tls(&self) -> bool {
         self.tls
-    }
-
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    pub fn authority(&self) -> &str {
-        &self.authority
     }
 
     pub fn api_key(&self) -> Option<&str> {
@@ -229,14 +286,20 @@ impl Target {
             .tcp_with(index, recv_buffer)
             .await
             .map_err(ConnectFailure::Tcp)?;
+        let endpoint = self.endpoint(index);
         let mut uri = format!(
             "{}://{}{}",
             if self.tls { "wss" } else { "ws" },
-            self.authority,
-            self.path_and_query
+            endpoint.authority,
+            endpoint.path_and_query
         );
-        if let (Some(token), Role::Client, true) = (&self.token, role, self.token_in_query) {
-            uri.push(if self.path_and_query.contains('?') {
+        // A per-connection identity, else the one --token.
+        let token: Option<String> = match (&self.identities, role) {
+            (Some(ids), Role::Client) => Some(ids.token_for(index)),
+            _ => self.token.clone(),
+        };
+        if let (Some(token), Role::Client, true) = (&token, role, self.token_in_query) {
+            uri.push(if endpoint.path_and_query.contains('?') {
                 '&'
             } else {
                 '?'
@@ -267,7 +330,7 @@ impl Target {
                 }
             }
             Role::Client => {
-                if let (Some(token), false) = (&self.token, self.token_in_query) {
+                if let (Some(token), false) = (&token, self.token_in_query) {
                     if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
                         headers.insert("authorization", v);
                     }
@@ -297,7 +360,8 @@ impl Target {
     /// As [`Target::tcp`], with `SO_RCVBUF` set before connecting (the window scale is agreed
     /// in the handshake, so setting it later would not shrink the advertised window as much).
     pub async fn tcp_with(&self, index: usize, recv_buffer: Option<u32>) -> io::Result<TcpStream> {
-        let socket = if self.addr.is_ipv4() {
+        let addr = self.endpoint(index).addr;
+        let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
@@ -310,7 +374,7 @@ impl Target {
             bind_address_no_port(&socket);
             socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
         }
-        let stream = socket.connect(self.addr).await?;
+        let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
     }
@@ -523,7 +587,7 @@ mod tests {
             .await
             .expect("valid");
         assert_eq!(t.addr(), "127.0.0.1:9".parse().expect("addr"));
-        assert_eq!(t.path_and_query, "/path?x=1");
+        assert_eq!(t.endpoint(0).path_and_query, "/path?x=1");
     }
 
     #[tokio::test]

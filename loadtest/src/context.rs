@@ -34,6 +34,10 @@ pub struct RunCtx {
     pub(crate) deadline_hit: Arc<AtomicBool>,
     /// `--server-pid`: sampled at every phase change.
     pub server: Option<Arc<crate::server::ServerProbe>>,
+    /// `--workers`: this process's part of the plan (0 of 1 alone).
+    pub shard: crate::workers::Shard,
+    /// `--workers`: the line to the parent (barriers, sent sets); `None` alone.
+    pub link: Option<Arc<crate::workers::Link>>,
 }
 
 impl RunCtx {
@@ -65,6 +69,18 @@ impl RunCtx {
             + Duration::from_secs(1)
     }
 
+    /// Waits until every worker has reached the step `step` of this run (at once when alone);
+    /// false if the run was cancelled first.
+    pub async fn barrier(&self, step: &str) -> bool {
+        match &self.link {
+            Some(link) => {
+                link.barrier(&format!("{}/{step}", self.run_id), &self.cancel)
+                    .await
+            }
+            None => !self.cancel.is_cancelled(),
+        }
+    }
+
     /// Sleeps until `at`; returns false if the run was cancelled first.
     pub async fn sleep_until(&self, at: Instant) -> bool {
         tokio::select! {
@@ -80,7 +96,7 @@ pub fn ramp_time(n: usize, rate: f64) -> Duration {
 }
 
 /// Why the measured phase ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// Its `--duration` (or `--hold`) elapsed.
@@ -203,11 +219,14 @@ impl Sequence {
 ///
 /// Latency is measured from these due times, not from when the sender got round to sending, so a
 /// stalled sender shows up as latency instead of silently sending less (coordinated omission).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Schedule {
     start: Instant,
     interval: Duration,
     next: u64,
+    /// `--stage`: the rate follows the stages; this sender takes every `step`-th event of the
+    /// whole schedule, starting at number `phase`.
+    staged: Option<(Arc<crate::stages::Stages>, u64, u64)>,
 }
 
 impl Schedule {
@@ -217,12 +236,34 @@ impl Schedule {
             start: start + offset,
             interval: Duration::from_secs_f64(1.0 / rate.max(1e-9)),
             next: 0,
+            staged: None,
         }
     }
 
-    /// When the next event is due.
+    /// Events `phase`, `phase + step`, ... of a schedule whose rate follows `stages`.
+    pub fn staged(
+        start: Instant,
+        stages: Arc<crate::stages::Stages>,
+        step: u64,
+        phase: u64,
+    ) -> Self {
+        Schedule {
+            start,
+            interval: Duration::ZERO,
+            next: 0,
+            staged: Some((stages, step.max(1), phase)),
+        }
+    }
+
+    /// When the next event is due (far in the future once the stages are over).
     pub fn next_due(&self) -> Instant {
-        self.start + self.interval.mul_f64(self.next as f64)
+        match &self.staged {
+            Some((stages, step, phase)) => match stages.due(self.next * step + phase) {
+                Some(at) => self.start + at,
+                None => self.start + stages.total() + Duration::from_secs(24 * 3600),
+            },
+            None => self.start + self.interval.mul_f64(self.next as f64),
+        }
     }
 
     /// Takes the next event if it is due at or before `now`, returning its due time.
@@ -284,6 +325,30 @@ impl SeqSet {
             .sum()
     }
 
+    /// The members in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, &bits)| {
+            (0..64u64)
+                .filter(move |b| bits & (1u64 << b) != 0)
+                .map(move |b| w as u64 * 64 + b)
+        })
+    }
+
+    /// The set as little-endian words (to cross a process boundary).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// The inverse of [`SeqSet::to_bytes`]; trailing bytes short of a word are ignored.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let words: Vec<u64> = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        let len = words.iter().map(|w| u64::from(w.count_ones())).sum();
+        SeqSet { words, len }
+    }
+
     pub fn union_with(&mut self, other: &SeqSet) {
         if other.words.len() > self.words.len() {
             self.words.resize(other.words.len(), 0);
@@ -336,6 +401,8 @@ mod tests {
         assert_eq!(a.count_common(&b), 1);
         b.union_with(&a);
         assert_eq!(b.len(), 2);
+        let c = SeqSet::from_bytes(&b.to_bytes());
+        assert_eq!(c.iter().collect::<Vec<_>>(), [3, 200]);
     }
 
     #[tokio::test]

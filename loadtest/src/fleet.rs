@@ -42,7 +42,12 @@ pub struct FleetSpec {
     pub reconnect: bool,
     /// `SO_RCVBUF` for the connections the function picks (by index); `None`: kernel default.
     pub recv_buffer: Option<RecvBufferFor>,
+    /// `--stage`: when connection `index` opens, from the launch; `None`: paced at the rate.
+    pub slots: Option<SlotFor>,
 }
+
+/// When connection `index` opens, as an offset from the launch.
+pub type SlotFor = Arc<dyn Fn(usize) -> Duration + Send + Sync>;
 
 /// The connection tasks of one fleet.
 pub struct Fleet<S> {
@@ -78,7 +83,10 @@ where
     let start = Instant::now();
     for n in 0..spec.count {
         let index = spec.first_index + n;
-        let slot = start + Duration::from_secs_f64(n as f64 / ctx.connect_rate);
+        let slot = match &spec.slots {
+            Some(slot_of) => start + slot_of(index),
+            None => start + Duration::from_secs_f64(n as f64 / ctx.connect_rate),
+        };
         let (body, stop, tx) = (body.clone(), stop.clone(), tx.clone());
         let (target, stats) = (ctx.target.clone(), ctx.stats.clone());
         let mut state = init(index);
@@ -188,7 +196,10 @@ impl<S: Send + 'static> Fleet<S> {
         let soft = Instant::now() + patience;
         self.join_until(soft, &mut states).await;
         self.stop.cancel();
-        let hard = Instant::now() + CLOSE_GRACE;
+        // Tens of thousands of polite closes take a while on a loaded machine: a task that has
+        // not ended by then is lost with its state (a listener's receipts), so allow 1 ms for
+        // every 5 connections on top.
+        let hard = Instant::now() + CLOSE_GRACE + Duration::from_millis(self.count as u64 / 5);
         self.join_until(hard, &mut states).await;
         let lost = self.tasks.len();
         self.tasks.abort_all();

@@ -57,7 +57,7 @@ impl Publisher {
             let sender = match target.tls_config() {
                 None => handshake(tcp).await?,
                 Some(config) => {
-                    let name = ServerName::try_from(target.host().to_owned())
+                    let name = ServerName::try_from(target.endpoint(index).host.clone())
                         .map_err(|e| ConnectFailure::Tls(e.to_string()))?;
                     let tls = tokio_rustls::TlsConnector::from(config)
                         .connect(name, tcp)
@@ -74,7 +74,7 @@ impl Publisher {
         Ok(Publisher {
             sender,
             uri: path.to_owned(),
-            authority: target.authority().to_owned(),
+            authority: target.endpoint(index).authority.clone(),
             api_key: target.api_key().unwrap_or_default().to_owned(),
             origin: target.origin().map(str::to_owned),
             timeout,

@@ -23,15 +23,21 @@ pub mod client;
 pub mod context;
 pub mod fleet;
 pub mod http;
+pub mod identity;
 pub mod limits;
+pub mod merge;
+pub mod mix;
 pub mod probe;
 pub mod progress;
 pub mod report;
 pub mod scenario;
 pub mod server;
+pub mod stages;
 pub mod stats;
 pub mod summary;
 pub mod tls;
+pub mod verdict;
+pub mod workers;
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,9 +71,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<Summary> {
 pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result<Summary> {
     // Fix the probe clock's epoch before any send time is computed.
     probe::now_ns();
-    let progress = Progress::new(std::io::stderr().is_terminal(), cli.output.quiet);
-    let run_id = match &cli.output.run_id {
-        Some(id) => {
+    let worker = workers::WorkerEnv::from_env()?;
+    let shard = worker.as_ref().map(|w| w.shard).unwrap_or_default();
+    let progress = Progress::new(
+        std::io::stderr().is_terminal() && worker.is_none(),
+        cli.output.quiet || worker.is_some(),
+    );
+    let run_id = match (&worker, &cli.output.run_id) {
+        (Some(w), _) => w.run_id.clone(),
+        (None, Some(id)) => {
             if id.is_empty()
                 || !id
                     .chars()
@@ -77,10 +89,14 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
             }
             id.clone()
         }
-        None => new_run_id(),
+        (None, None) => new_run_id(),
     };
     if cli.output.window.is_zero() {
         bail!("--window must be above 0");
+    }
+    let mut thresholds = cli.output.thresholds.clone();
+    if let Some(path) = &cli.output.thresholds_file {
+        thresholds.extend(verdict::load_file(path)?);
     }
 
     let phases = match &cli.scenario {
@@ -110,7 +126,22 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
             scenario::planned(&cli.scenario, rate, timeout),
         ),
     };
-    let wanted = peak_connections as u64 + 64;
+    let parent = worker.is_none() && cli.target.workers > 1;
+    if shard.count > 1 || parent {
+        match &phases {
+            Some(phases) => {
+                for s in phases.iter().flat_map(|p| p.runs.iter()) {
+                    scenario::check_workers(s)?;
+                }
+            }
+            None => scenario::check_workers(&cli.scenario)?,
+        }
+    }
+    let budget = cli.output.deadline.unwrap_or(planned + DEADLINE_SLACK);
+    if parent {
+        return run_parent(&cli, &run_id, &thresholds, budget, &progress, interrupt).await;
+    }
+    let wanted = peak_connections.div_ceil(shard.count) as u64 + 64;
     match limits::raise_fd_limit(wanted) {
         Ok(limit) if limit < wanted => progress.note(&format!(
             "warning: open-file limit is {limit}, below the {wanted} this run needs; \
@@ -122,7 +153,6 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
         )),
     }
 
-    let budget = cli.output.deadline.unwrap_or(planned + DEADLINE_SLACK);
     let cancel = CancellationToken::new();
     let deadline_hit = Arc::new(AtomicBool::new(false));
     let watchdog = {
@@ -143,8 +173,11 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
         deadline_hit,
         progress: progress.clone(),
         window: cli.output.window,
-        connect_rate: rate,
+        // Each worker ramps its share at its share of the rate: together, the rate asked for.
+        connect_rate: rate / shard.count as f64,
         server_pid: cli.output.server_pid,
+        shard,
+        link: worker.as_ref().map(|_| workers::Link::start()),
     };
     let work = async {
         match &phases {
@@ -162,6 +195,39 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
              the server is probably not answering"
         ),
     };
+    let mut summary = summary;
+    summary.verdict = Some(verdict::judge(&summary, &thresholds));
+    if let Some(dir) = &cli.output.report {
+        let index = report::write(dir, &summary)?;
+        progress.note(&format!("report written to {}", index.display()));
+    }
+    Ok(summary)
+}
+
+/// `--workers N`: starts the workers, merges their summaries, judges the whole.
+async fn run_parent(
+    cli: &Cli,
+    run_id: &str,
+    thresholds: &[verdict::Threshold],
+    budget: Duration,
+    progress: &Progress,
+    interrupt: CancellationToken,
+) -> anyhow::Result<Summary> {
+    if cli.argv.is_empty() {
+        bail!("--workers needs the loadtest program itself (its arguments are passed on)");
+    }
+    let n = usize::from(cli.target.workers);
+    progress.note(&format!("starting {n} worker processes, run {run_id}"));
+    // The workers keep their own deadline; this one only ends workers that stopped answering.
+    let limit = budget + WRAP_UP * 2;
+    let (parts, notes) = workers::run_parent(&cli.argv, run_id, n, limit, interrupt).await?;
+    let finished = parts.len();
+    let mut summary = merge::merge(parts);
+    summary.notes.push(format!(
+        "{finished} of {n} worker processes reported; figures merged (histograms exactly)"
+    ));
+    summary.notes.extend(notes);
+    summary.verdict = Some(verdict::judge(&summary, thresholds));
     if let Some(dir) = &cli.output.report {
         let index = report::write(dir, &summary)?;
         progress.note(&format!("report written to {}", index.display()));
@@ -178,6 +244,8 @@ struct Env {
     window: Duration,
     connect_rate: f64,
     server_pid: Option<u32>,
+    shard: workers::Shard,
+    link: Option<Arc<workers::Link>>,
 }
 
 async fn run_one(
@@ -202,6 +270,8 @@ async fn run_one(
             .map(server::ServerProbe::new)
             .transpose()?
             .map(Arc::new),
+        shard: env.shard,
+        link: env.link.clone(),
     };
     let sampler = {
         let (stats, window) = (stats.clone(), env.window);
@@ -283,7 +353,7 @@ async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result
         scenario: "mixed".into(),
         run_id: run_id.to_owned(),
         url: env.target.url().to_owned(),
-        target_addr: env.target.addr().to_string(),
+        target_addr: env.target.addrs(),
         elapsed_s: started.elapsed().as_secs_f64(),
         measured_s: measured,
         stopped_by,
@@ -297,6 +367,8 @@ async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result
         windows: Vec::new(),
         phases: done,
         server: None,
+        verdict: None,
+        hdr: Default::default(),
         histograms: Vec::new(),
     })
 }

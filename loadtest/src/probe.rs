@@ -47,18 +47,46 @@ impl Kind {
     }
 }
 
-/// Nanoseconds since the first call in this process, on the monotonic clock.
+/// Nanoseconds on the machine's monotonic clock (`CLOCK_MONOTONIC`, since boot).
 ///
-/// Senders and receivers are tasks of the same process, so one epoch serves both ends.
+/// The clock is the machine's, not the process's: with `--workers`, an event sent by one worker
+/// process and received by another is timed on one scale. (Across machines the clocks differ;
+/// see the README on coordinator mode.)
 pub fn now_ns() -> u64 {
     ns_at(Instant::now())
 }
 
 /// The probe time of `at` (an intended send time), on the same scale as [`now_ns`].
 pub fn ns_at(at: Instant) -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+    // `Instant` is CLOCK_MONOTONIC on Linux but opaque: pair one reading of each, once.
+    static EPOCH: OnceLock<(Instant, u64)> = OnceLock::new();
+    let (epoch, base) = *EPOCH.get_or_init(|| (Instant::now(), monotonic_ns()));
+    let since = if at >= epoch {
+        u64::try_from((at - epoch).as_nanos()).unwrap_or(u64::MAX)
+    } else {
+        return base.saturating_sub(u64::try_from((epoch - at).as_nanos()).unwrap_or(u64::MAX));
+    };
+    base.saturating_add(since)
+}
+
+#[cfg(unix)]
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+#[cfg(not(unix))]
+fn monotonic_ns() -> u64 {
+    0
 }
 
 /// Turns events into probe-carrying text frames for one run.
@@ -92,9 +120,26 @@ impl Encoder {
 
     /// One event carrying `{"run","seq","t","k"}` (and `"c"`, the sender's connection index).
     pub fn encode(&self, kind: Kind, seq: u64, t_ns: u64, conn: Option<usize>) -> String {
+        self.encode_with(kind, seq, t_ns, conn, "")
+    }
+
+    /// As [`Encoder::encode`], with `extra` (JSON members followed by a comma, such as
+    /// `"username":"bob",`) inserted before the probe.
+    pub fn encode_with(
+        &self,
+        kind: Kind,
+        seq: u64,
+        t_ns: u64,
+        conn: Option<usize>,
+        extra: &str,
+    ) -> String {
         use std::fmt::Write;
-        let mut s = String::with_capacity(self.prefix.len() + self.run.len() + 72);
+        let mut s = String::with_capacity(self.prefix.len() + extra.len() + self.run.len() + 72);
         s.push_str(&self.prefix);
+        if !extra.is_empty() && !self.prefix.ends_with([',', '{']) {
+            s.push(',');
+        }
+        s.push_str(extra);
         // Writing into a String cannot fail.
         let _ = write!(
             s,

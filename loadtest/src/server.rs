@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 /// One phase of a run as the server saw it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ServerPhase {
     pub name: String,
     pub wall_s: f64,
@@ -23,7 +23,7 @@ pub struct ServerPhase {
 }
 
 /// What `--server-pid` adds to the summary.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ServerSummary {
     pub pid: u32,
     pub phases: Vec<ServerPhase>,

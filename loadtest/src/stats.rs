@@ -31,7 +31,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Percentiles of a histogram, in milliseconds, as shown in summaries and windows.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq)]
 pub struct Percentiles {
     pub count: u64,
     pub min_ms: f64,
@@ -131,7 +131,7 @@ impl Latency {
 }
 
 /// Figures of one time window, for drift and the plots over time.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Window {
     /// End of the window, seconds since the run started.
     pub t_s: f64,

@@ -13,7 +13,7 @@ use crate::progress::si;
 use crate::stats::{Percentiles, Window};
 
 /// Everything a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub scenario: String,
     pub run_id: String,
@@ -42,12 +42,19 @@ pub struct Summary {
     /// `--server-pid`: the server's CPU time and memory per phase.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<crate::server::ServerSummary>,
+    /// Thresholds and the built-in failure rule: pass or fail (the binary exits 1 on fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<crate::verdict::Verdict>,
+    /// `--workers`: the histograms, V2-serialised and base64-encoded, on their way from a worker
+    /// to the parent (which merges them exactly); empty otherwise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hdr: BTreeMap<String, String>,
     /// Full histograms for the report's plots (not serialized).
     #[serde(skip)]
     pub histograms: Vec<(String, Histogram<u64>)>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ConnectionSummary {
     /// Connections the scenario asked for.
     pub target: usize,
@@ -69,7 +76,7 @@ pub struct ConnectionSummary {
     pub ramp_per_s: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct MessageSummary {
     /// Messages (or published events) written by the tool.
     pub sent: u64,
@@ -81,7 +88,7 @@ pub struct MessageSummary {
 }
 
 /// Exact delivery accounting for fan-out scenarios.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct DeliverySummary {
     /// Listeners connected when sending started (the completeness denominator uses these).
     pub listeners: usize,
@@ -102,13 +109,16 @@ pub struct DeliverySummary {
     pub complete_listeners: usize,
     /// Probes of other runs seen by the listeners (ignored).
     pub foreign: u64,
+    /// `--mix` with user events: receipts of an event meant for another user (a routing error).
+    #[serde(default)]
+    pub misdelivered: u64,
     /// `--pause-share`: the paused and the steady listeners apart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause: Option<PauseSummary>,
 }
 
 /// Slow consumers: a share of the listeners stopped reading for a while, then read on.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct PauseSummary {
     /// `--pause-share`.
     pub share: f64,
@@ -132,7 +142,7 @@ pub struct PauseSummary {
 }
 
 /// Delivery and endings of one group of listeners (paused or steady).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct ListenerGroup {
     /// Listeners of the group that connected.
     pub listeners: usize,
@@ -165,7 +175,7 @@ pub struct ListenerGroup {
 }
 
 /// Time from resuming to having received every event sent before the resume.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct CatchUp {
     /// Paused listeners that reached the end of their pause while the run still went on.
     pub resumed: usize,
@@ -178,7 +188,7 @@ pub struct CatchUp {
 }
 
 /// One listener's figures (paused listeners, and steady ones that lost events or were ended).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct ListenerDetail {
     /// Listener number (0-based, in ramp order).
     pub index: usize,
@@ -201,7 +211,7 @@ pub struct ListenerDetail {
     pub catch_up_ms: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LatencySummary {
     #[serde(flatten)]
     pub percentiles: Percentiles,
@@ -210,7 +220,7 @@ pub struct LatencySummary {
 }
 
 /// First against last full window.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Drift {
     pub first_window_p99_ms: Option<f64>,
     pub last_window_p99_ms: Option<f64>,
@@ -222,7 +232,7 @@ pub struct Drift {
     pub errors_second_half: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PhaseSummary {
     pub name: String,
     pub runs: Vec<Summary>,
@@ -272,7 +282,7 @@ impl Summary {
             scenario: scenario.to_owned(),
             run_id: ctx.run_id.clone(),
             url: ctx.target.url().to_owned(),
-            target_addr: ctx.target.addr().to_string(),
+            target_addr: ctx.target.addrs(),
             elapsed_s: stats.elapsed().as_secs_f64(),
             measured_s: measured,
             stopped_by: outcome.stopped_by,
@@ -307,6 +317,8 @@ impl Summary {
             windows,
             phases: Vec::new(),
             server: None,
+            verdict: None,
+            hdr: BTreeMap::new(),
             histograms,
         }
     }
@@ -320,7 +332,7 @@ impl Summary {
 }
 
 impl Drift {
-    fn of(windows: &[Window]) -> Self {
+    pub(crate) fn of(windows: &[Window]) -> Self {
         // The last window is usually a partial one and the first holds the ramp: take the full
         // windows in between when there are some.
         let full: Vec<&Window> = if windows.len() > 2 {
@@ -348,7 +360,7 @@ impl Drift {
     }
 }
 
-fn ms(v: f64) -> String {
+pub(crate) fn ms(v: f64) -> String {
     if v >= 1000.0 {
         format!("{:.2} s", v / 1000.0)
     } else if v >= 10.0 {
@@ -416,6 +428,28 @@ fn map_line(m: &BTreeMap<String, u64>) -> String {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_body(f)?;
+        if let Some(v) = self.verdict.as_ref().filter(|v| !v.checks.is_empty()) {
+            let failed = v.failures().count();
+            writeln!(
+                f,
+                "  verdict      {}",
+                if v.passed {
+                    format!("PASSED ({} checks)", v.checks.len())
+                } else {
+                    format!("FAILED ({failed} of {} checks)", v.checks.len())
+                }
+            )?;
+            for line in v.to_string().lines() {
+                writeln!(f, "               {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Summary {
+    fn fmt_body(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "loadtest {}  run {}  {} ({})",
@@ -471,11 +505,20 @@ impl fmt::Display for Summary {
             writeln!(f, "    errors     {}", map_line(&self.errors))?;
         }
         if let Some(d) = &self.delivery {
-            writeln!(
-                f,
-                "  delivery     {} listeners x {} sent = {} expected; received {}, missing {}, duplicates {}",
-                d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates
-            )?;
+            if d.expected == d.sent * d.listeners as u64 {
+                writeln!(
+                    f,
+                    "  delivery     {} listeners x {} sent = {} expected; received {}, missing {}, duplicates {}",
+                    d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates
+                )?;
+            } else {
+                // A --mix with user events: each listener expects the events to all and its user's.
+                writeln!(
+                    f,
+                    "  delivery     {} listeners, {} sent, {} expected (to all, and to each listener's user); received {}, missing {}, duplicates {}, misdelivered {}",
+                    d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates, d.misdelivered
+                )?;
+            }
             writeln!(
                 f,
                 "    completeness {:.4}%  ({} of {} listeners got every event)",

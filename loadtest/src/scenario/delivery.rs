@@ -32,7 +32,9 @@ use crate::client::{self, Incoming, Role, Ws};
 use crate::context::{Gate, Outcome, RunCtx, Schedule, SeqSet, Sequence, StopReason};
 use crate::fleet::{self, Ended, Fleet, FleetSpec};
 use crate::http;
+use crate::mix::{Expectation, Mix};
 use crate::probe::{self, Encoder, Kind, Received};
+use crate::stages::Stages;
 use crate::stats::{Latency, Stats};
 use crate::summary::{CatchUp, DeliverySummary, ListenerDetail, ListenerGroup, PauseSummary};
 
@@ -48,10 +50,14 @@ pub enum Transport {
 /// Events written per flush on a WebSocket publisher: enough to amortise the syscall at high
 /// rates, small enough that a batch never delays the schedule noticeably.
 const WS_BATCH: usize = 64;
-/// Give up on the warm-up after this long (the run goes on, with a note).
+/// Give up on the warm-up after this long, plus a second per 10,000 listeners (the run goes on,
+/// with a note).
 const WARMUP_LIMIT: Duration = Duration::from_secs(5);
-/// A warm-up event is re-sent this often until every listener has seen one.
+/// A warm-up event is re-sent after this long, then twice as long each time (at most
+/// [`WARMUP_RESEND_MAX`]) until every listener has seen one: with 100,000 listeners one warm-up
+/// is 100,000 deliveries, and re-sending it ten times a second would bury the server.
 const WARMUP_RESEND: Duration = Duration::from_millis(100);
+const WARMUP_RESEND_MAX: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------------------------------------
 // Listeners
@@ -74,6 +80,8 @@ pub(super) struct Listen {
     steady_unique: AtomicU64,
     /// Steady listeners that connected.
     steady_connected: AtomicUsize,
+    /// Listener numbers that connected (what a `--mix` with user events expects depends on who).
+    connected_ix: Mutex<Vec<usize>>,
     /// `--pause-share`: when the paused listeners pause and what they must catch up on.
     pause: Option<PausePlan>,
 }
@@ -173,6 +181,7 @@ impl Listen {
             delivered: Notify::new(),
             steady_unique: AtomicU64::new(0),
             steady_connected: AtomicUsize::new(0),
+            connected_ix: Mutex::new(Vec::new()),
             pause: None,
         }
     }
@@ -261,6 +270,10 @@ async fn listen_loop(
     stop: CancellationToken,
 ) -> (Tally, Ended) {
     tally.connected = true;
+    sh.connected_ix
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(tally.index);
     if !tally.paused {
         sh.steady_connected.fetch_add(1, Ordering::Relaxed);
     }
@@ -293,7 +306,11 @@ async fn listen_loop(
         };
         match woke {
             Woke::Stop => {
-                client::close(ws, client::CLOSE_TIMEOUT).await;
+                // Hand the receipts back first and close in the background: with tens of
+                // thousands of listeners closing at once on a loaded machine, a listener that
+                // waited for its close handshake could outlast the fleet's grace and its
+                // receipts would be lost (counted as missing, though they arrived).
+                tokio::spawn(client::close(ws, client::CLOSE_TIMEOUT));
                 return (tally, Ended::Finished);
             }
             Woke::Frame(Incoming::Closed(reason)) => {
@@ -315,7 +332,7 @@ async fn listen_loop(
                     _ = tokio::time::sleep_until((at + p.length).into()) => true,
                 };
                 if !resumed {
-                    client::close(ws, client::CLOSE_TIMEOUT).await;
+                    tokio::spawn(client::close(ws, client::CLOSE_TIMEOUT));
                     return (tally, Ended::Finished);
                 }
                 tally.resume(p);
@@ -344,11 +361,36 @@ pub(super) struct Publish {
     pub sent_set: Arc<Mutex<SeqSet>>,
     /// `--in-flight`: the limit and the listeners whose receipts retire events.
     pub window: Option<(u64, Arc<Listen>)>,
+    /// `--workers`: the k-th event of this worker is number `k × stride + offset`, so the
+    /// workers' numbers never collide (stride 1, offset 0 alone).
+    pub seq_stride: u64,
+    pub seq_offset: u64,
+    /// `--mix`: which event each sequence number is; `None`: `encoder` for all.
+    pub mix: Option<Arc<Mix>>,
+    /// `--stage`: the rate follows the stages (over all publishers of all workers).
+    pub stages: Option<Arc<Stages>>,
 }
 
 impl Publish {
+    /// Event `seq`, due at probe time `t`.
+    fn encode(&self, seq: u64, t: u64) -> String {
+        match &self.mix {
+            Some(mix) => mix.encode(seq, t),
+            None => self.encoder.encode(Kind::Delivery, seq, t, None),
+        }
+    }
+
     /// Publisher `j`'s schedule; publishers are staggered evenly so the total is smooth.
     fn schedule(&self, start: Instant, j: usize) -> Option<Schedule> {
+        if let Some(stages) = &self.stages {
+            // Publisher j takes events j, j + P, j + 2P, ... of the staged schedule.
+            return Some(Schedule::staged(
+                start,
+                stages.clone(),
+                self.publishers as u64,
+                j as u64,
+            ));
+        }
         self.rate.map(|r| {
             let total = r * self.publishers as f64;
             Schedule::new(start, Duration::from_secs_f64(j as f64 / total), r)
@@ -374,7 +416,7 @@ impl Publish {
                 None => probe::now_ns(),
             };
             match self.seq.take() {
-                Some(seq) => out.push((seq, t)),
+                Some(k) => out.push((k * self.seq_stride + self.seq_offset, t)),
                 None => return false,
             }
         }
@@ -458,7 +500,7 @@ pub(super) async fn publish_ws(
             }
             let write = async {
                 for (seq, t) in &batch {
-                    let text = sh.encoder.encode(Kind::Delivery, *seq, *t, None);
+                    let text = sh.encode(*seq, *t);
                     sink.feed(Message::text(text)).await?;
                 }
                 sink.flush().await
@@ -565,13 +607,9 @@ async fn publish_http(
             return;
         }
         let body = if batch == 1 {
-            sh.encoder
-                .encode(Kind::Delivery, pending[0].0, pending[0].1, None)
+            sh.encode(pending[0].0, pending[0].1)
         } else {
-            let events: Vec<String> = pending
-                .iter()
-                .map(|(seq, t)| sh.encoder.encode(Kind::Delivery, *seq, *t, None))
-                .collect();
+            let events: Vec<String> = pending.iter().map(|(seq, t)| sh.encode(*seq, *t)).collect();
             format!("[{}]", events.join(","))
         };
         // The request is due when its last event is: measured from there, batching delay is
@@ -726,7 +764,8 @@ async fn warmup(
         Ok(s) => s,
         Err(e) => return Some(format!("warm-up skipped: could not open a sender ({e})")),
     };
-    let limit = Instant::now() + WARMUP_LIMIT;
+    let limit = Instant::now() + WARMUP_LIMIT + Duration::from_millis(listeners as u64 / 10);
+    let mut resend = WARMUP_RESEND;
     let mut next_send = Instant::now();
     let mut k = 0u64;
     let mut note = None;
@@ -755,7 +794,8 @@ async fn warmup(
                 break;
             }
             k += 1;
-            next_send = now + WARMUP_RESEND;
+            next_send = now + resend;
+            resend = (resend * 2).min(WARMUP_RESEND_MAX);
         }
         tokio::select! {
             _ = notified => {}
@@ -791,11 +831,48 @@ pub async fn run(
             "--in-flight needs at least one listener that does not pause (lower --pause-share)"
         );
     }
+    // With --workers, this process runs its share of listeners, publishers and events.
+    let shard = ctx.shard;
+    let (l_first, l_count) = shard.part(args.listeners);
+    let (p_first, p_count) = shard.part(args.publishers);
+    let messages = args
+        .messages
+        .map(|m| shard.part_along(m, p_first, p_count, args.publishers));
     let event = match &args.event {
         Some(text) => probe::parse_event(text)?,
         None => probe::echo_event(args.message_size, true),
     };
     let encoder = Encoder::new(&event, &ctx.run_id);
+    let stages = (!args.stage.is_empty()).then(|| Arc::new(Stages(args.stage.clone())));
+    // With stages, the send phase lasts as long as they do.
+    let send_for = stages.as_ref().map_or(args.duration, |s| s.total());
+    let identities = ctx.target.identities().cloned();
+    let mix = if args.mix.is_empty() {
+        None
+    } else {
+        let users = identities
+            .as_ref()
+            .map_or(0, |ids| ids.user_count(args.listeners));
+        let mix = Mix::parse(
+            &args.mix,
+            args.message_size,
+            &ctx.run_id,
+            identities.clone(),
+            users,
+        )?;
+        if mix.has_user_events() && matches!(transport, Transport::Ws(Role::Client)) {
+            anyhow::bail!(
+                "--mix target=user needs publishers (--api-key): clients cannot address a user"
+            );
+        }
+        Some(Arc::new(mix))
+    };
+    // With user events, what each listener expects depends on its user.
+    let per_user = mix
+        .as_ref()
+        .filter(|m| m.has_user_events())
+        .cloned()
+        .zip(identities.clone());
     let mut notes = Vec::new();
 
     ctx.phase("ramp");
@@ -820,11 +897,12 @@ pub async fn run(
                 (bytes, Arc::new(move |i| picks.is_paused(i, n_listeners)))
             });
     let spec = FleetSpec {
-        count: args.listeners,
+        count: l_count,
         role: Role::Client,
-        first_index: 0,
+        first_index: l_first,
         reconnect: false,
         recv_buffer,
+        slots: None,
     };
     let l = listen.clone();
     let mut listeners = fleet::launch(
@@ -834,11 +912,11 @@ pub async fn run(
         move |_, ws, tally, stop| listen_loop(l.clone(), ws, tally, stop),
     );
     let ramp = listeners
-        .wait_connected(ctx.ramp_limit(args.listeners), &ctx.cancel)
+        .wait_connected(ctx.ramp_limit(l_count), &ctx.cancel)
         .await;
 
     ctx.phase("warm-up");
-    let warm_index = args.listeners + args.publishers;
+    let warm_index = args.listeners + args.publishers + shard.index;
     if let Some(note) = warmup(
         ctx,
         &transport,
@@ -857,7 +935,7 @@ pub async fn run(
     let publish = Arc::new(Publish {
         gate,
         done: done.clone(),
-        seq: Sequence::new(args.messages, done.clone()),
+        seq: Sequence::new(messages, done.clone()),
         encoder,
         stats: ctx.stats.clone(),
         run: ctx.run_id.clone(),
@@ -876,16 +954,22 @@ pub async fn run(
                 .store(steady.max(1) as u64, Ordering::Relaxed);
             (limit, listen.clone())
         }),
+        seq_stride: shard.count as u64,
+        seq_offset: shard.index as u64,
+        mix: mix.clone(),
+        stages: stages.clone(),
     });
     let (senders, publishers_ready) = match &transport {
         Transport::Ws(role) => {
             let spec = FleetSpec {
-                count: args.publishers,
+                count: p_count,
                 role: *role,
-                first_index: args.listeners,
+                first_index: args.listeners + p_first,
                 reconnect: false,
                 recv_buffer: None,
+                slots: None,
             };
+            // `index - first` is the publisher's number over all workers (its stagger slot).
             let (p, first) = (publish.clone(), args.listeners);
             let mut fleet = fleet::launch(
                 ctx,
@@ -894,7 +978,7 @@ pub async fn run(
                 move |index, ws, (), stop| publish_ws(p.clone(), index - first, ws, stop),
             );
             let r = fleet
-                .wait_connected(ctx.ramp_limit(args.publishers), &ctx.cancel)
+                .wait_connected(ctx.ramp_limit(p_count), &ctx.cancel)
                 .await;
             (Senders::Ws(fleet), r.established)
         }
@@ -902,7 +986,7 @@ pub async fn run(
             let stop = ctx.cancel.child_token();
             let (tx, mut rx) = mpsc::unbounded_channel();
             let mut set = JoinSet::new();
-            for j in 0..args.publishers {
+            for j in p_first..p_first + p_count {
                 let spec = HttpSpec {
                     target: ctx.target.clone(),
                     j,
@@ -918,9 +1002,9 @@ pub async fn run(
                 ));
             }
             drop(tx);
-            let limit = ctx.ramp_limit(args.publishers);
+            let limit = ctx.ramp_limit(p_count);
             let (mut ready, mut settled) = (0, 0);
-            while settled < args.publishers {
+            while settled < p_count {
                 match tokio::time::timeout_at(limit.into(), rx.recv()).await {
                     Ok(Some(ok)) => {
                         settled += 1;
@@ -932,23 +1016,67 @@ pub async fn run(
             (Senders::Http(set, stop), ready)
         }
     };
-    if publishers_ready == 0 {
+    if publishers_ready == 0 && p_count > 0 {
         notes.push("no publisher could connect: nothing was sent".into());
     }
+    // With --workers: nobody sends before every worker's listeners and publishers are up.
+    ctx.barrier("ready").await;
 
     ctx.phase("send");
     let start = publish.gate.open();
-    let natural = tokio::select! {
-        _ = tokio::time::sleep_until((start + args.duration).into()) => StopReason::Duration,
-        _ = done.cancelled() => StopReason::Count,
+    let natural = if p_count == 0 {
+        // No publisher here: the send phase is the others' (the exchange below waits for it).
+        StopReason::Count
+    } else {
+        tokio::select! {
+            _ = tokio::time::sleep_until((start + send_for).into()) => StopReason::Duration,
+            _ = done.cancelled() => StopReason::Count,
+        }
     };
     done.cancel();
-    let measured = start.elapsed();
+    let mut measured = start.elapsed();
     senders.finish(Duration::from_secs(5)).await;
+    let own_sent = publish.sent.load(Ordering::Relaxed);
+    // The completeness reference: the events every worker sent (this one's alone).
+    let all_sent = {
+        let own = publish
+            .sent_set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match &ctx.link {
+            Some(link) => {
+                let key = format!("{}/sent", ctx.run_id);
+                match link.exchange(&key, &own, &ctx.cancel).await {
+                    Some(all) => all,
+                    None => {
+                        notes.push("the other workers' sent events never arrived: counted against this worker's alone".into());
+                        own
+                    }
+                }
+            }
+            None => own,
+        }
+    };
+    if p_count == 0 {
+        measured = start.elapsed();
+    }
 
     ctx.phase("drain");
-    let sent = publish.sent.load(Ordering::Relaxed);
-    let expected = sent * ramp.established as u64;
+    let sent = all_sent.len();
+    let expectation = per_user
+        .as_ref()
+        .map(|(mix, _)| Expectation::of(mix, all_sent.iter()));
+    let expected = match (&expectation, &per_user) {
+        (Some(e), Some((_, ids))) => listen
+            .connected_ix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|&l| e.for_user(ids.user_of(l)))
+            .sum(),
+        _ => sent * ramp.established as u64,
+    };
     let mut drain_limit = Instant::now() + args.drain;
     if paused_n > 0 {
         // Paused listeners get the whole --drain after they resume, even when the pause
@@ -966,7 +1094,7 @@ pub async fn run(
 
     ctx.phase("close");
     let (tallies, lost) = listeners.finish(Duration::ZERO).await;
-    let sent_set = std::mem::take(&mut *publish.sent_set.lock().unwrap_or_else(|e| e.into_inner()));
+    let sent_set = all_sent;
     let mut d = DeliverySummary {
         listeners: ramp.established,
         publishers: publishers_ready,
@@ -974,7 +1102,26 @@ pub async fn run(
         expected,
         ..DeliverySummary::default()
     };
-    for t in &tallies {
+    if let (Some(e), Some((mix, ids))) = (&expectation, &per_user) {
+        d.expected = expected;
+        for t in tallies.iter().filter(|t| t.connected) {
+            let u = ids.user_of(t.index);
+            let (mut got, mut wrong) = (0, 0);
+            for seq in t.seen.iter().filter(|s| sent_set.contains(*s)) {
+                match mix.pick(seq).user {
+                    Some(v) if v != u => wrong += 1,
+                    _ => got += 1,
+                }
+            }
+            d.received += got;
+            d.misdelivered += wrong;
+            d.complete_listeners += usize::from(got == e.for_user(u));
+            d.duplicates += t.duplicates;
+            d.foreign += t.foreign;
+        }
+        ctx.stats.errors_n("misdelivered", d.misdelivered);
+    }
+    for t in tallies.iter().filter(|_| per_user.is_none()) {
         let got = t.seen.count_common(&sent_set);
         d.received += got;
         d.complete_listeners += usize::from(sent > 0 && got == sent);
@@ -1012,7 +1159,13 @@ pub async fn run(
         }
         d.pause = Some(pause_summary(p, paused_n, &tallies, sent, &sent_set, start));
     }
-    if let Some(note) = behind_note(args.rate, measured, sent, natural) {
+    let own_rate = match args.rate {
+        Rate::PerSecond(r) => Rate::PerSecond(r * p_count as f64 / args.publishers as f64),
+        Rate::Max => Rate::Max,
+    };
+    if let Some(note) = behind_note(own_rate, measured, own_sent, natural)
+        .filter(|_| p_count > 0 && stages.is_none())
+    {
         notes.push(note);
     }
     if d.missing > 0 && !ctx.cancel.is_cancelled() {
@@ -1022,11 +1175,11 @@ pub async fn run(
         ));
     }
     let ws_publishers = match transport {
-        Transport::Ws(_) => args.publishers,
+        Transport::Ws(_) => p_count,
         Transport::Http { .. } => 0,
     };
     Ok(Outcome {
-        target_connections: args.listeners + ws_publishers,
+        target_connections: l_count + ws_publishers,
         ramp: ramp.took,
         measured,
         stopped_by: ctx.stopped_by(natural),

@@ -31,11 +31,15 @@ struct Shared {
 }
 
 pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
+    let (first, count) = ctx.shard.part(args.connections);
+    let requests = args
+        .requests
+        .map(|r| ctx.shard.part_along(r, first, count, args.connections));
     let done = ctx.cancel.child_token();
     let shared = Arc::new(Shared {
         gate: Gate::new(),
         done: done.clone(),
-        seq: Sequence::new(args.requests, done.clone()),
+        seq: Sequence::new(requests, done.clone()),
         encoder: Encoder::echo(args.message_size, false, &ctx.run_id),
         stats: ctx.stats.clone(),
         run: ctx.run_id.clone(),
@@ -45,11 +49,12 @@ pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
 
     ctx.phase("ramp");
     let spec = FleetSpec {
-        count: args.connections,
+        count,
         role: Role::Client,
-        first_index: 0,
+        first_index: first,
         reconnect: false,
         recv_buffer: None,
+        slots: None,
     };
     let body_shared = shared.clone();
     let mut fleet = fleet::launch(
@@ -59,8 +64,9 @@ pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
         move |index, ws, (), stop| echo_loop(body_shared.clone(), index, ws, stop),
     );
     let ramp = fleet
-        .wait_connected(ctx.ramp_limit(args.connections), &ctx.cancel)
+        .wait_connected(ctx.ramp_limit(count), &ctx.cancel)
         .await;
+    ctx.barrier("ramped").await;
 
     ctx.phase("echo");
     let start = shared.gate.open();
@@ -85,7 +91,7 @@ pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
         ));
     }
     Ok(Outcome {
-        target_connections: args.connections,
+        target_connections: count,
         ramp: ramp.took,
         measured,
         stopped_by: ctx.stopped_by(natural),

@@ -149,7 +149,41 @@ fn to_scenario(entry: &Map<String, Value>, place: &str) -> anyhow::Result<Scenar
             Value::Bool(false) => {}
             Value::Number(n) => argv.extend([flag, n.to_string()]),
             Value::String(s) => argv.extend([flag, s.clone()]),
-            _ => bail!("{place}: `{key}` must be a number, a string or a boolean"),
+            // `[[phase.event]]` tables: the weighted event mix (`--mix`).
+            Value::Array(items) if long == "event" => {
+                for (k, item) in items.iter().enumerate() {
+                    let Some(table) = item.as_object() else {
+                        bail!(
+                            "{place}: event {} must be a table (target, type, weight)",
+                            k + 1
+                        );
+                    };
+                    let mut parts = Vec::new();
+                    for (name, v) in table {
+                        let v = match v {
+                            Value::String(s) => s.clone(),
+                            Value::Number(n) => n.to_string(),
+                            _ => bail!(
+                                "{place}: event {}: `{name}` must be a string or a number",
+                                k + 1
+                            ),
+                        };
+                        parts.push(format!("{name}={v}"));
+                    }
+                    argv.extend(["--mix".to_owned(), parts.join(",")]);
+                }
+            }
+            // A list: the option repeated (`stage = ["10s:100", "20s:100"]`).
+            Value::Array(items) => {
+                for item in items {
+                    match item {
+                        Value::String(s) => argv.extend([flag.clone(), s.clone()]),
+                        Value::Number(n) => argv.extend([flag.clone(), n.to_string()]),
+                        _ => bail!("{place}: `{key}` must list strings or numbers"),
+                    }
+                }
+            }
+            _ => bail!("{place}: `{key}` must be a number, a string, a boolean or a list"),
         }
     }
     let cli = Cli::try_parse_from(&argv).map_err(|e| {
@@ -221,6 +255,33 @@ mod tests {
         let phases = toml(include_str!("../../scenarios/example.toml")).expect("example is valid");
         assert_eq!(phases.len(), 3);
         assert_eq!(phases[1].runs.len(), 2);
+    }
+
+    #[test]
+    fn event_tables_become_the_mix() {
+        let phases = toml(
+            r#"
+            [[phase]]
+            scenario = "publish"
+            listeners = 10
+            [[phase.event]]
+            target = "user"
+            type = 1
+            weight = 3
+            [[phase.event]]
+            target = "all"
+            "#,
+        )
+        .expect("valid");
+        let Scenario::Publish(a) = &phases[0].runs[0] else {
+            panic!("publish");
+        };
+        assert_eq!(
+            a.delivery.mix,
+            ["target=user,type=1,weight=3", "target=all"]
+        );
+        let e = toml("[[phase]]\nscenario = \"publish\"\nevent = [1]\n").expect_err("not tables");
+        assert!(e.to_string().contains("event 1 must be a table"), "{e}");
     }
 
     #[test]

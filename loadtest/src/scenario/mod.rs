@@ -52,9 +52,31 @@ pub async fn run(ctx: &RunCtx, scenario: &Scenario) -> anyhow::Result<Outcome> {
     }
 }
 
+/// Refuses what `--workers` cannot split yet, before any worker starts.
+pub fn check_workers(scenario: &Scenario) -> anyhow::Result<()> {
+    let delivery = |d: &DeliveryArgs| -> anyhow::Result<()> {
+        if d.in_flight.is_some() {
+            anyhow::bail!("--in-flight runs in one process: it cannot be used with --workers");
+        }
+        if d.pause.pause_share > 0.0 {
+            anyhow::bail!("--pause-share runs in one process: it cannot be used with --workers");
+        }
+        Ok(())
+    };
+    match scenario {
+        Scenario::Broadcast(a) => delivery(&a.delivery),
+        Scenario::Publish(a) => delivery(&a.delivery),
+        Scenario::Soak(a) if a.broadcast_rate > 0.0 => anyhow::bail!(
+            "soak --broadcast-rate runs in one process: with --workers use --broadcast-rate 0 \
+             (or a broadcast scenario for fan-out)"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The latency measures a scenario records: primary (shown per window) and secondary.
 pub fn measures(scenario: &Scenario) -> (Latency, Option<Latency>) {
-    let open_loop = |d: &DeliveryArgs| d.rate != Rate::Max;
+    let open_loop = |d: &DeliveryArgs| d.rate != Rate::Max || !d.stage.is_empty();
     match scenario {
         Scenario::Connect(_) | Scenario::Mixed(_) => (Latency::new("handshake", false), None),
         Scenario::Echo(_) => (Latency::new("rtt", false), None),
@@ -85,6 +107,9 @@ pub fn extra_measure(scenario: &Scenario) -> Option<Latency> {
 /// Connections a scenario holds at once (for the file-descriptor limit).
 pub fn connections(scenario: &Scenario) -> usize {
     match scenario {
+        Scenario::Connect(a) if !a.stage.is_empty() => {
+            crate::stages::Stages(a.stage.clone()).peak() as usize
+        }
         Scenario::Connect(a) => a.connections,
         Scenario::Echo(a) => a.connections,
         Scenario::Broadcast(a) => a.delivery.listeners + a.delivery.publishers + 1,
@@ -98,16 +123,22 @@ pub fn connections(scenario: &Scenario) -> usize {
 /// closing. The hard deadline adds slack on top of this.
 pub fn planned(scenario: &Scenario, connect_rate: f64, connect_timeout: Duration) -> Duration {
     let ramp = |n: usize| ramp_time(n, connect_rate) + connect_timeout;
-    let warmup = Duration::from_secs(5);
+    // As `delivery::warmup` allows: 5 s plus a second per 10,000 listeners.
+    let warmup =
+        |d: &DeliveryArgs| Duration::from_secs(5) + Duration::from_millis(d.listeners as u64 / 10);
     let body = match scenario {
+        Scenario::Connect(a) if !a.stage.is_empty() => {
+            crate::stages::Stages(a.stage.clone()).total() + connect_timeout
+        }
         Scenario::Connect(a) => ramp(a.connections) + a.hold,
         Scenario::Echo(a) => ramp(a.connections) + a.duration + a.reply_timeout,
-        Scenario::Broadcast(a) => delivery_plan(&a.delivery, ramp) + warmup,
-        Scenario::Publish(a) => delivery_plan(&a.delivery, ramp) + warmup,
+        Scenario::Broadcast(a) => delivery_plan(&a.delivery, ramp) + warmup(&a.delivery),
+        Scenario::Publish(a) => delivery_plan(&a.delivery, ramp) + warmup(&a.delivery),
         Scenario::Soak(a) => ramp(a.connections + 1) + a.duration + a.reply_timeout,
         Scenario::Mixed(_) => Duration::ZERO,
     };
-    body + CLOSE_GRACE * 2
+    // Closing takes longer for many connections (see `Fleet::finish`).
+    body + CLOSE_GRACE * 2 + Duration::from_millis(connections(scenario) as u64 / 5)
 }
 
 fn delivery_plan(d: &DeliveryArgs, ramp: impl Fn(usize) -> Duration) -> Duration {
@@ -117,7 +148,12 @@ fn delivery_plan(d: &DeliveryArgs, ramp: impl Fn(usize) -> Duration) -> Duration
     } else {
         Duration::ZERO
     };
-    ramp(d.listeners) + ramp(d.publishers) + d.duration + pause_overrun + d.drain + CLOSE_GRACE
+    let sending = if d.stage.is_empty() {
+        d.duration
+    } else {
+        crate::stages::Stages(d.stage.clone()).total()
+    };
+    ramp(d.listeners) + ramp(d.publishers) + sending + pause_overrun + d.drain + CLOSE_GRACE
 }
 
 /// Sends one text frame unless `stop` comes first (a server that stopped reading would otherwise

@@ -50,6 +50,8 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
     if args.echo_interval.is_zero() {
         anyhow::bail!("--echo-interval must be above 0");
     }
+    // With --workers (no broadcasts then, see `check_workers`), this process holds its share.
+    let (first, count) = ctx.shard.part(args.connections);
     let done = ctx.cancel.child_token();
     let listen = Arc::new(Listen::new(ctx));
     let shared = Arc::new(Shared {
@@ -67,11 +69,12 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
 
     ctx.phase("ramp");
     let spec = FleetSpec {
-        count: args.connections,
+        count,
         role: Role::Client,
-        first_index: 0,
+        first_index: first,
         reconnect: !args.no_reconnect,
         recv_buffer: None,
+        slots: None,
     };
     let sh = shared.clone();
     let mut held = fleet::launch(
@@ -81,8 +84,9 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
         move |index, ws, state, stop| hold(sh.clone(), index, ws, state, stop),
     );
     let ramp = held
-        .wait_connected(ctx.ramp_limit(args.connections), &ctx.cancel)
+        .wait_connected(ctx.ramp_limit(count), &ctx.cancel)
         .await;
+    ctx.barrier("ramped").await;
 
     // The broadcaster is a one-connection publisher fleet with its own sequence numbers.
     let broadcaster = (args.broadcast_rate > 0.0).then(|| {
@@ -98,6 +102,10 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
             sent: AtomicU64::new(0),
             sent_set: Arc::new(Mutex::new(SeqSet::default())),
             window: None,
+            seq_stride: 1,
+            seq_offset: 0,
+            mix: None,
+            stages: None,
         });
         let role = if ctx.target.api_key().is_some() {
             Role::Publisher
@@ -110,6 +118,7 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
             first_index: args.connections,
             reconnect: !args.no_reconnect,
             recv_buffer: None,
+            slots: None,
         };
         let p = publish.clone();
         let fleet = fleet::launch(
@@ -191,7 +200,7 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
         d
     });
     Ok(Outcome {
-        target_connections: args.connections + usize::from(args.broadcast_rate > 0.0),
+        target_connections: count + usize::from(args.broadcast_rate > 0.0),
         ramp: ramp.took,
         measured,
         stopped_by: ctx.stopped_by(natural),

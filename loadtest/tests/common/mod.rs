@@ -25,6 +25,16 @@ pub async fn broker() -> RunningBroker {
     broker::server::start(config).await.expect("broker starts")
 }
 
+/// Starts a broker like [`broker`], with `extra` merged into its `broker` settings (e.g.
+/// `"jwtSecret":"s"`) and `origins` as its approved origin patterns.
+pub async fn broker_with(origins: &str, extra: &str) -> RunningBroker {
+    let json = format!(
+        r#"{{"websocket":{{"port":0,"host":"127.0.0.1","approvedSocketDomains":[{origins}],"socketApiKey":"k"}},"broker":{{"ops":{{"host":"127.0.0.1","port":0}},"limits":{{"clientFanoutPerSecond":0,"clientFanoutBytesPerSecond":0}}{extra}}}}}"#
+    );
+    let config = Config::from_json_str(&json, "test").expect("valid test config");
+    broker::server::start(config).await.expect("broker starts")
+}
+
 /// Parses a tool command line aimed at `broker`, quiet (tests read the summary, not the bars).
 pub fn cli(broker: &RunningBroker, args: &[&str]) -> loadtest::Cli {
     let url = format!("ws://{}/", broker.ws_addr());

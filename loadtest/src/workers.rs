@@ -1,0 +1,493 @@
+//! `--workers N`: one run driven by N processes of this binary, each under its own open-file
+//! limit, reported as one.
+//!
+//! The parent starts N copies of itself with the same arguments and `LOADTEST_WORKER=run/i/N` in
+//! their environment. Each worker takes its share of the plan ([`Shard::part`]: connections,
+//! listeners, publishers, rate, message count) and runs it with the parent's run id, so a probe
+//! sent by one worker is one of *this* run's probes for every other worker's listeners; event
+//! sequence numbers are interleaved (`k × N + i`) so they never collide.
+//!
+//! The two talk in JSON lines over the worker's stdin and stdout:
+//! - `ready` / `go`: a barrier. Fan-out scenarios wait at it after every worker's listeners and
+//!   publishers are up, so no worker sends before every listener of every worker is registered.
+//! - `sent` / `sent_all`: after sending, each worker reports the set of events it sent; the
+//!   parent answers with the union, against which every worker drains and counts its listeners'
+//!   receipts. Completeness is then counted across workers exactly as within one process.
+//! - `done`: the worker's summary, with its HDR histograms V2-serialised (base64), which the
+//!   parent merges exactly (`hdrhistogram` addition, not averaged percentiles), see [`merge`].
+//!
+//! A worker that dies no longer holds a barrier up; its share is missing from the counts (a note
+//! says so), and the run's deadline bounds everything.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::SeqSet;
+use crate::summary::Summary;
+
+/// The environment variable that makes a process a worker: `RUN_ID/INDEX/COUNT`.
+pub const WORKER_ENV: &str = "LOADTEST_WORKER";
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Which part of the plan this process runs: worker `index` of `count` (0 of 1 alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+impl Shard {
+    /// This worker's part of `total` items: `(first, len)`. The parts are contiguous, differ
+    /// by at most one, and add up to `total`.
+    pub fn part(&self, total: usize) -> (usize, usize) {
+        let start = total * self.index / self.count;
+        let end = total * (self.index + 1) / self.count;
+        (start, end - start)
+    }
+
+    /// This worker's part of a count that goes with `part` of `of` items (messages with
+    /// publishers): proportional, and the parts add up to `total`.
+    pub fn part_along(&self, total: u64, first: usize, len: usize, of: usize) -> u64 {
+        if of == 0 {
+            return 0;
+        }
+        let at = |i: usize| (u128::from(total) * i as u128 / of as u128) as u64;
+        at(first + len) - at(first)
+    }
+
+    pub fn is_alone(&self) -> bool {
+        self.count <= 1
+    }
+}
+
+/// What the worker environment variable says.
+#[derive(Debug, Clone)]
+pub struct WorkerEnv {
+    pub run_id: String,
+    pub shard: Shard,
+}
+
+impl WorkerEnv {
+    /// `Some` when this process was started as a worker.
+    pub fn from_env() -> anyhow::Result<Option<Self>> {
+        match std::env::var(WORKER_ENV) {
+            Ok(v) => WorkerEnv::parse(&v).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Reads `RUN_ID/INDEX/COUNT`.
+    pub fn parse(v: &str) -> anyhow::Result<Self> {
+        let mut it = v.rsplitn(3, '/');
+        let (count, index, run_id) = (it.next(), it.next(), it.next());
+        let parse = |s: Option<&str>| s.and_then(|s| s.parse::<usize>().ok());
+        match (run_id, parse(index), parse(count)) {
+            (Some(run_id), Some(index), Some(count)) if index < count && !run_id.is_empty() => {
+                Ok(WorkerEnv {
+                    run_id: run_id.to_owned(),
+                    shard: Shard { index, count },
+                })
+            }
+            _ => bail!("{WORKER_ENV}=`{v}` is not RUN_ID/INDEX/COUNT (it is set by `--workers`)"),
+        }
+    }
+}
+
+/// Worker to parent.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum ToParent {
+    Ready { key: String },
+    Sent { key: String, set: String },
+    Done { summary: Box<Summary> },
+}
+
+/// Parent to worker.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum ToWorker {
+    Go { key: String },
+    SentAll { key: String, set: String },
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker's end
+
+/// The worker's line to its parent.
+pub struct Link {
+    /// `go:KEY` and `sent:KEY` answers received so far.
+    inbox: Mutex<HashMap<String, String>>,
+    arrived: Notify,
+    /// The parent closed our stdin (it is gone): stop waiting.
+    closed: AtomicBool,
+}
+
+impl Link {
+    /// Starts reading the parent's messages from stdin.
+    pub fn start() -> Arc<Link> {
+        let link = Arc::new(Link {
+            inbox: Mutex::new(HashMap::new()),
+            arrived: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        let l = link.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let (k, v) = match serde_json::from_str::<ToWorker>(&line) {
+                    Ok(ToWorker::Go { key }) => (format!("go:{key}"), String::new()),
+                    Ok(ToWorker::SentAll { key, set }) => (format!("sent:{key}"), set),
+                    Err(_) => continue,
+                };
+                l.inbox
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(k, v);
+                l.arrived.notify_waiters();
+            }
+            l.closed.store(true, Ordering::Relaxed);
+            l.arrived.notify_waiters();
+        });
+        link
+    }
+
+    fn send(msg: &ToParent) {
+        // A parent that went away shows up as a closed stdin; nothing to do about a failed write.
+        if let Ok(line) = serde_json::to_string(msg) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+
+    async fn wait(&self, key: &str, cancel: &CancellationToken) -> Option<String> {
+        loop {
+            let arrived = self.arrived.notified();
+            if let Some(v) = self
+                .inbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(key)
+            {
+                return Some(v);
+            }
+            if self.closed.load(Ordering::Relaxed) {
+                return None;
+            }
+            tokio::select! {
+                _ = arrived => {}
+                _ = cancel.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Waits until every live worker has reached barrier `key`; false if cancelled first.
+    pub async fn barrier(&self, key: &str, cancel: &CancellationToken) -> bool {
+        Link::send(&ToParent::Ready {
+            key: key.to_owned(),
+        });
+        self.wait(&format!("go:{key}"), cancel).await.is_some()
+    }
+
+    /// Reports the events this worker sent and returns those all workers sent.
+    pub async fn exchange(
+        &self,
+        key: &str,
+        sent: &SeqSet,
+        cancel: &CancellationToken,
+    ) -> Option<SeqSet> {
+        Link::send(&ToParent::Sent {
+            key: key.to_owned(),
+            set: B64.encode(sent.to_bytes()),
+        });
+        let v = self.wait(&format!("sent:{key}"), cancel).await?;
+        B64.decode(v).ok().map(|b| SeqSet::from_bytes(&b))
+    }
+
+    /// Hands the summary (with its histograms serialised) to the parent.
+    pub fn done(mut summary: Summary) {
+        encode_histograms(&mut summary);
+        Link::send(&ToParent::Done {
+            summary: Box::new(summary),
+        });
+    }
+}
+
+/// Fills `hdr` from `histograms` (V2, base64), in the runs of the phases too.
+pub fn encode_histograms(s: &mut Summary) {
+    s.hdr = BTreeMap::new();
+    for (name, h) in &s.histograms {
+        let mut bytes = Vec::new();
+        if V2Serializer::new().serialize(h, &mut bytes).is_ok() {
+            s.hdr.insert(name.clone(), B64.encode(bytes));
+        }
+    }
+    for p in &mut s.phases {
+        for r in &mut p.runs {
+            encode_histograms(r);
+        }
+    }
+}
+
+/// The inverse of [`encode_histograms`]: `histograms` from `hdr`, which is emptied.
+pub fn decode_histograms(s: &mut Summary) -> anyhow::Result<()> {
+    s.histograms.clear();
+    for (name, text) in std::mem::take(&mut s.hdr) {
+        let bytes = B64
+            .decode(text)
+            .with_context(|| format!("histogram `{name}`: not base64"))?;
+        let h: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map_err(|e| anyhow!("histogram `{name}`: {e:?}"))?;
+        s.histograms.push((name, h));
+    }
+    for p in &mut s.phases {
+        for r in &mut p.runs {
+            decode_histograms(r)?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parent's end
+
+/// Starts `count` workers running `argv` (this binary's own arguments), relays their barriers
+/// and sent sets, and returns their summaries (histograms decoded) in worker order, with a note
+/// for each worker that gave none. Every worker is killed if `limit` passes first.
+pub async fn run_parent(
+    argv: &[std::ffi::OsString],
+    run_id: &str,
+    count: usize,
+    limit: Duration,
+    interrupt: CancellationToken,
+) -> anyhow::Result<(Vec<Summary>, Vec<String>)> {
+    let exe = std::env::current_exe().context("cannot find this program to start workers")?;
+    let mut children = Vec::with_capacity(count);
+    let mut inputs = Vec::with_capacity(count);
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Option<String>)>();
+    for i in 0..count {
+        let mut child = tokio::process::Command::new(&exe)
+            .args(argv.iter().skip(1))
+            .env(WORKER_ENV, format!("{run_id}/{i}/{count}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start worker {i} ({})", exe.display()))?;
+        inputs.push(child.stdin.take());
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send((i, Some(line)));
+            }
+            let _ = tx.send((i, None));
+        });
+        children.push(child);
+    }
+    drop(tx);
+    // Ctrl-C (or SIGINT from a supervisor) reaches the parent: pass it on, so every worker
+    // wraps up and reports what it measured.
+    let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+    let forward = tokio::spawn(async move {
+        interrupt.cancelled().await;
+        for pid in pids {
+            // SAFETY: kill(2) with a pid this process started; a gone pid is only an error.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGINT);
+            }
+        }
+    });
+
+    let mut alive = vec![true; count];
+    let mut summaries: Vec<Option<Summary>> = (0..count).map(|_| None).collect();
+    let mut ready: HashMap<String, HashSet<usize>> = HashMap::new();
+    let mut sent: HashMap<String, (HashSet<usize>, SeqSet)> = HashMap::new();
+    let mut notes = Vec::new();
+    let relay = async {
+        while let Some((i, line)) = rx.recv().await {
+            match line {
+                None => alive[i] = false,
+                Some(line) => match serde_json::from_str::<ToParent>(&line) {
+                    Ok(ToParent::Ready { key }) => {
+                        ready.entry(key).or_default().insert(i);
+                    }
+                    Ok(ToParent::Sent { key, set }) => {
+                        let set = B64
+                            .decode(set)
+                            .map(|b| SeqSet::from_bytes(&b))
+                            .unwrap_or_default();
+                        let e = sent.entry(key).or_default();
+                        e.0.insert(i);
+                        e.1.union_with(&set);
+                    }
+                    Ok(ToParent::Done { summary }) => {
+                        summaries[i] = Some(*summary);
+                        // Closing its stdin lets the worker's reader end, and the worker exit.
+                        inputs[i] = None;
+                    }
+                    Err(_) => {
+                        // Not a protocol line: pass it on so nothing a worker prints is lost.
+                        eprintln!("worker {i}: {line}");
+                    }
+                },
+            }
+            // Release every barrier and exchange that all live workers have reached.
+            let complete = |who: &HashSet<usize>| (0..count).all(|w| !alive[w] || who.contains(&w));
+            let go: Vec<String> = ready
+                .iter()
+                .filter(|(_, who)| complete(who))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in go {
+                ready.remove(&key);
+                broadcast(&mut inputs, &alive, &ToWorker::Go { key }).await;
+            }
+            let all: Vec<String> = sent
+                .iter()
+                .filter(|(_, (who, _))| complete(who))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in all {
+                if let Some((_, set)) = sent.remove(&key) {
+                    let set = B64.encode(set.to_bytes());
+                    broadcast(&mut inputs, &alive, &ToWorker::SentAll { key, set }).await;
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(limit, relay).await.is_err() {
+        notes.push(format!(
+            "the workers did not finish within {limit:?}; the unfinished ones were stopped"
+        ));
+    }
+    drop(inputs);
+    forward.abort();
+    for (i, mut child) in children.into_iter().enumerate() {
+        let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+            Ok(Ok(s)) => s.code(),
+            _ => {
+                let _ = child.kill().await;
+                None
+            }
+        };
+        if summaries[i].is_none() {
+            notes.push(format!(
+                "worker {i} gave no summary (exit status {}); its share is missing from the figures",
+                status.map_or_else(|| "none".to_owned(), |c| c.to_string())
+            ));
+        }
+    }
+    let mut out = Vec::with_capacity(count);
+    for (i, s) in summaries.into_iter().enumerate() {
+        if let Some(mut s) = s {
+            decode_histograms(&mut s).with_context(|| format!("worker {i}"))?;
+            out.push(s);
+        }
+    }
+    if out.is_empty() {
+        bail!("no worker finished: {}", notes.join("; "));
+    }
+    Ok((out, notes))
+}
+
+async fn broadcast(
+    inputs: &mut [Option<tokio::process::ChildStdin>],
+    alive: &[bool],
+    msg: &ToWorker,
+) {
+    let Ok(mut line) = serde_json::to_string(msg) else {
+        return;
+    };
+    line.push('\n');
+    for (i, input) in inputs.iter_mut().enumerate() {
+        if !alive[i] {
+            continue;
+        }
+        if let Some(w) = input {
+            if w.write_all(line.as_bytes()).await.is_err() || w.flush().await.is_err() {
+                *input = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_the_total_exactly() {
+        for (total, count) in [(10, 3), (100_000, 6), (2, 4), (0, 2)] {
+            let parts: Vec<(usize, usize)> = (0..count)
+                .map(|index| Shard { index, count }.part(total))
+                .collect();
+            assert_eq!(parts.iter().map(|p| p.1).sum::<usize>(), total);
+            for w in parts.windows(2) {
+                assert_eq!(w[0].0 + w[0].1, w[1].0, "contiguous");
+            }
+        }
+        let s = Shard { index: 1, count: 2 };
+        assert_eq!(s.part_along(101, 1, 2, 3), 101 - 33);
+    }
+
+    #[test]
+    fn histograms_survive_the_trip() {
+        let mut h = crate::stats::new_histogram();
+        for v in [5u64, 70, 900, 12_000] {
+            h.record(v).expect("in range");
+        }
+        let mut s: Summary = serde_json::from_value(serde_json::json!({
+            "scenario": "echo", "run_id": "r", "url": "ws://x/", "target_addr": "127.0.0.1:1",
+            "elapsed_s": 1.0, "measured_s": 1.0, "stopped_by": "duration",
+            "connections": {"target": 1, "established": 1, "failed": 0, "failures": {},
+                "dropped": 0, "drops": {}, "reconnects": 0, "peak_open": 1, "ramp_s": 0.1,
+                "ramp_per_s": 10.0},
+            "messages": {"sent": 1, "received": 1, "errors": 0, "sent_per_s": 1.0,
+                "received_per_s": 1.0},
+            "delivery": null, "latency": {}, "errors": {}, "drift": null, "notes": [],
+            "windows": [], "phases": []
+        }))
+        .expect("a summary");
+        s.histograms.push(("rtt".into(), h.clone()));
+        encode_histograms(&mut s);
+        let text = serde_json::to_string(&s).expect("serialises");
+        let mut back: Summary = serde_json::from_str(&text).expect("deserialises");
+        decode_histograms(&mut back).expect("decodes");
+        assert_eq!(back.histograms.len(), 1);
+        assert_eq!(back.histograms[0].1, h);
+    }
+
+    #[test]
+    fn the_environment_is_checked() {
+        let w = WorkerEnv::parse("abc/1/2").expect("valid");
+        assert_eq!(
+            (w.run_id.as_str(), w.shard),
+            ("abc", Shard { index: 1, count: 2 })
+        );
+        assert!(WorkerEnv::parse("abc/2/2").is_err());
+        assert!(WorkerEnv::parse("1/2").is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! Realistic traffic: several broker URLs with a spread policy, per-connection identities
+//! (tokens signed with the broker's secret), and a weighted mix of events to all and to users.
+
+mod common;
+
+use clap::Parser;
+use common::{broker_with, run, API_KEY};
+
+const SECRET: &str = "loadtest-secret-of-32-bytes-0123";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_round_robin_over_the_urls() {
+    // The second broker approves no origin the tool sends: exactly every other connection,
+    // the ones round-robin sends there, is refused.
+    let a = broker_with(r#""^http://localhost$""#, "").await;
+    let b = broker_with(r#""^https://elsewhere$""#, "").await;
+    let urls = format!("ws://{}/,ws://{}/", a.ws_addr(), b.ws_addr());
+    let cli = loadtest::Cli::try_parse_from([
+        "loadtest", "--quiet", "--url", &urls, "connect", "-c", "10", "--hold", "0s",
+    ])
+    .expect("parses");
+    let s = run(cli).await;
+    assert_eq!(s.connections.established, 5, "{s}");
+    assert_eq!(s.connections.failures.get("refused_403"), Some(&5), "{s}");
+    assert!(s.target_addr.contains(','), "both addresses shown: {s}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_events_reach_their_user_only_and_are_counted_per_listener() {
+    let b = broker_with(
+        r#""^http://localhost$""#,
+        &format!(r#","jwtSecret":"{SECRET}""#),
+    )
+    .await;
+    let url = format!("ws://{}/", b.ws_addr());
+    let cli = loadtest::Cli::try_parse_from([
+        "loadtest",
+        "--quiet",
+        "--url",
+        &url,
+        "--api-key",
+        API_KEY,
+        "--jwt-secret",
+        SECRET,
+        "--users",
+        "4",
+        "publish",
+        "--via",
+        "ws",
+        "-l",
+        "12",
+        "-p",
+        "2",
+        "--mix",
+        "target=user,type=1,weight=3",
+        "--mix",
+        "target=all,type=10,weight=1",
+        "--rate",
+        "2000",
+        "--messages",
+        "400",
+        "-d",
+        "10s",
+    ])
+    .expect("parses");
+    let s = run(cli).await;
+    let d = s.delivery.as_ref().expect("delivery");
+    assert_eq!((d.listeners, d.sent), (12, 400), "{s}");
+    // 12 listeners over 4 users: every user event has 3 receivers, every broadcast 12.
+    assert!(d.expected < 400 * 12 && d.expected > 400 * 3, "{s}");
+    assert_eq!(d.received, d.expected, "{s}");
+    assert_eq!(d.completeness, 1.0, "{s}");
+    assert_eq!(d.misdelivered, 0, "{s}");
+    assert_eq!(d.complete_listeners, 12, "{s}");
+    assert_eq!(s.messages.errors, 0, "{s}");
+
+    // A token signed with another secret is refused: the identities are the broker's own check.
+    let cli = loadtest::Cli::try_parse_from([
+        "loadtest",
+        "--quiet",
+        "--url",
+        &url,
+        "--jwt-secret",
+        "wrong-secret-of-32-bytes-0123456",
+        "connect",
+        "-c",
+        "3",
+        "--hold",
+        "0s",
+    ])
+    .expect("parses");
+    let s = run(cli).await;
+    assert_eq!(s.connections.failures.get("http_401"), Some(&3), "{s}");
+    b.shutdown().await;
+}

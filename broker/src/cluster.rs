@@ -31,8 +31,11 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::event::TYPE_LABELS;
+use crate::event::{ErrorReason, EventError, EventType};
 use crate::fanout::Target;
 use crate::history::{Entry, Position, Replay, Scope};
+use crate::outbox::WireFrame;
+use crate::registry::Conn;
 use crate::registry::Registry;
 use crate::server::Shared;
 
@@ -47,6 +50,11 @@ const H_EXCEPT: &str = "Broker-Except";
 /// (counted as `dropped`). Each event is charged its frame plus [`OVERHEAD`].
 pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 const OVERHEAD: usize = 256;
+
+/// How long a MetaRequest sent to another instance may wait to be taken by a publisher.
+const META_WAIT: Duration = Duration::from_secs(2);
+/// The answer of an instance that handed a MetaRequest to one of its publishers.
+const META_TAKEN: &[u8] = b"taken";
 
 /// How long reading a resuming client's missed events from JetStream may take.
 const RESUME_READ: Duration = Duration::from_secs(10);
@@ -83,6 +91,8 @@ pub struct Cluster {
     /// JetStream or the history is off).
     history: OnceLock<JetStreamHistory>,
     history_limits: Option<(usize, Duration)>,
+    /// The NATS client, once made: MetaRequests are sent as requests on it.
+    client: OnceLock<async_nats::Client>,
 }
 
 /// The cluster's history: one JetStream stream on the `<prefix>.h.>` subjects. Every instance
@@ -130,6 +140,7 @@ impl Cluster {
                 subscribed: Arc::new(AtomicBool::new(false)),
                 history: OnceLock::new(),
                 history_limits: history,
+                client: OnceLock::new(),
             },
             ClusterTask {
                 url: url.to_string(),
@@ -141,6 +152,39 @@ impl Cluster {
     /// Connected, with our subscriptions in place: events flow both ways.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed) && self.subscribed.load(Ordering::Relaxed)
+    }
+
+    /// Sends a MetaRequest (`forwarded`: with the sender's `from`) to a publisher on another
+    /// instance, for a client of this one that has none here. The instances with publishers
+    /// take turns (a NATS queue group); if none takes it, `conn` gets a `no_publisher` error
+    /// event. Returns false when NATS is not there to ask.
+    pub fn forward_meta(&self, shared: &Shared, conn: Arc<Conn>, forwarded: Utf8Bytes) -> bool {
+        let Some(client) = self.client.get().filter(|_| self.is_connected()).cloned() else {
+            return false;
+        };
+        let subject = format!("{}.meta", self.prefix);
+        let unanswered = shared
+            .metrics
+            .decode_errors
+            .with_label_values(&[ErrorReason::NoPublisher.label()]);
+        shared.tasks().spawn(async move {
+            let asked = tokio::time::timeout(
+                META_WAIT,
+                client.request(subject, forwarded.as_bytes().to_vec().into()),
+            )
+            .await;
+            let taken = matches!(&asked, Ok(Ok(reply)) if reply.payload.as_ref() == META_TAKEN);
+            if !taken {
+                let err = EventError::new(
+                    Some(EventType::META_REQUEST),
+                    ErrorReason::NoPublisher,
+                    "no publisher is connected to any instance to answer a MetaRequest",
+                );
+                unanswered.inc();
+                conn.offer(&WireFrame::text(&err.to_frame()));
+            }
+        });
+        true
     }
 
     /// The history in JetStream, once it is ready.
@@ -289,6 +333,7 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
             return;
         }
     };
+    let _ = cluster.client.set(client.clone());
     let m = &shared.metrics;
     let (out, inn, dropped) = (
         m.cluster_messages.with_label_values(&["out"]),
@@ -378,6 +423,7 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
         },
         None => None,
     };
+    let meta = tokio::spawn(take_meta_requests(client.clone(), shared.clone()));
     let mut incoming = futures_util::stream::select_all(subscriptions);
     loop {
         tokio::select! {
@@ -392,10 +438,62 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
         }
     }
     let _ = publishing.await;
+    let _ = meta.await;
     if let Some(live) = live {
         let _ = live.await;
     }
     let _ = tokio::time::timeout(FINAL_FLUSH, client.flush()).await;
+}
+
+/// While this instance has a publisher, takes MetaRequests from clients of instances that
+/// have none (a queue group: one instance takes each) and hands each to a local publisher.
+async fn take_meta_requests(client: async_nats::Client, shared: Arc<Shared>) {
+    let Some(cluster) = shared.cluster.as_ref() else {
+        return;
+    };
+    let subject = format!("{}.meta", cluster.prefix);
+    let mut publishers = shared.registry.watch_publishers();
+    loop {
+        // Wait for a publisher.
+        let have = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            r = async { publishers.wait_for(|n| *n > 0).await.is_ok() } => r,
+        };
+        if !have {
+            return;
+        }
+        let mut sub = match client
+            .queue_subscribe(subject.clone(), format!("{}-meta", cluster.prefix))
+            .await
+        {
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: cannot take MetaRequests from other instances");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                none = async { publishers.wait_for(|n| *n == 0).await.is_ok() } => {
+                    if !none { return; }
+                    let _ = sub.unsubscribe().await;
+                    break;
+                }
+                msg = sub.next() => {
+                    let Some(msg) = msg else { break };
+                    let taken = match (shared.registry.pick_publisher(), Utf8Bytes::try_from(msg.payload)) {
+                        (Some(publisher), Ok(frame)) => publisher.offer(&WireFrame::text(&frame)),
+                        _ => false,
+                    };
+                    if let Some(reply) = msg.reply {
+                        let answer: &'static [u8] = if taken { META_TAKEN } else { b"none" };
+                        let _ = client.publish(reply, answer.into()).await;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The history stream (created if it is not there yet) and its epoch.

@@ -267,13 +267,6 @@ impl Shared {
                 Ok(Routed::Reply(frame.clone()))
             }
             EventType::META_REQUEST => {
-                let publisher = self.registry.pick_publisher().ok_or_else(|| {
-                    EventError::new(
-                        Some(info.event_type),
-                        ErrorReason::NoPublisher,
-                        "no publisher is connected to answer a MetaRequest",
-                    )
-                })?;
                 let forwarded =
                     event::with_sender(frame.as_bytes(), &conn.wire_id, conn.user.as_deref())
                         .ok_or_else(|| {
@@ -283,10 +276,27 @@ impl Shared {
                                 "not an object",
                             )
                         })?;
+                // A publisher here, else one on another instance (its reply, with `to`,
+                // comes back through the cluster).
+                if let Some(publisher) = self.registry.pick_publisher() {
+                    self.metrics.event("meta_request");
+                    return Ok(Routed::Delivered(usize::from(
+                        publisher.offer(&WireFrame::text(&forwarded)),
+                    )));
+                }
+                let sent = match (&self.cluster, self.registry.get(conn.id)) {
+                    (Some(cluster), Some(conn)) => cluster.forward_meta(self, conn, forwarded),
+                    _ => false,
+                };
+                if !sent {
+                    return Err(EventError::new(
+                        Some(info.event_type),
+                        ErrorReason::NoPublisher,
+                        "no publisher is connected to answer a MetaRequest",
+                    ));
+                }
                 self.metrics.event("meta_request");
-                Ok(Routed::Delivered(usize::from(
-                    publisher.offer(&WireFrame::text(&forwarded)),
-                )))
+                Ok(Routed::Delivered(0))
             }
             t if t.is_server_event() => Err(EventError::new(
                 Some(t),

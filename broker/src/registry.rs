@@ -284,6 +284,9 @@ pub struct Registry {
     /// Connections that asked for positions: the positioned variant of an event is made only
     /// when there is one.
     positioned: AtomicUsize,
+    /// How many publishers are connected, for whoever must know when it changes (the cluster
+    /// takes MetaRequests from other instances only while there is one).
+    publisher_count: tokio::sync::watch::Sender<usize>,
 }
 
 /// 8 random hex digits, new for every registry (every start).
@@ -319,6 +322,7 @@ impl Registry {
             next_publisher: AtomicUsize::new(0),
             queue_bound,
             positioned: AtomicUsize::new(0),
+            publisher_count: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -358,6 +362,9 @@ impl Registry {
         }
         if conn.publisher {
             self.publishers.insert(id, conn.clone());
+            // Read inside the watch's lock: the last to send counts every change before it.
+            self.publisher_count
+                .send_modify(|n| *n = self.publishers.len());
         }
         self.conns.insert(id, conn.clone());
         conn
@@ -371,6 +378,9 @@ impl Registry {
         self.conns.remove(&conn.id);
         if conn.publisher {
             self.publishers.remove(&conn.id);
+            // Read inside the watch's lock: the last to send counts every change before it.
+            self.publisher_count
+                .send_modify(|n| *n = self.publishers.len());
         }
         if let Some(user) = &conn.user {
             self.users.remove_if_mut(user, |_, list| {
@@ -479,6 +489,11 @@ impl Registry {
     /// Whether any connection asked for positions.
     pub fn any_positioned(&self) -> bool {
         self.positioned.load(Relaxed) > 0
+    }
+
+    /// Watches how many publishers are connected.
+    pub fn watch_publishers(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.publisher_count.subscribe()
     }
 
     /// One publisher, taking turns, for MetaRequests.

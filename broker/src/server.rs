@@ -57,6 +57,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Every task of the broker, waited for at shutdown: spawn on it, never bare.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }

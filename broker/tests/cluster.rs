@@ -447,3 +447,68 @@ async fn a_client_cut_off_from_one_instance_resumes_on_another_exactly() {
     }
     bs.remove(0).shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_request_reaches_a_publisher_on_another_instance_and_the_reply_comes_back() {
+    let nats = Nats::start(free_port());
+    let bs = instances(&nats, &["m1", "m2"]).await;
+    let (a, b) = (bs[0].ws_addr(), bs[1].ws_addr());
+    let mut alice = user(a, "alice").await;
+    // No publisher anywhere: the client is told.
+    let ask = json!({"eventType": 9, "property": "theme", "val": null});
+    send_json(&mut alice, &ask).await;
+    let err = recv_json(&mut alice).await;
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no publisher")),
+        "{err}"
+    );
+    // A publisher on the other instance only: it gets the MetaRequest with the client's id,
+    // and its reply reaches the client on the first instance.
+    let mut publ = publisher(b).await;
+    let mut asked = 0;
+    let req = loop {
+        asked += 1;
+        assert!(asked < 50, "the MetaRequest never reached the publisher");
+        send_json(&mut alice, &ask).await;
+        // Until the publisher's instance takes MetaRequests, the client is told there is none.
+        tokio::select! {
+            got = recv_json(&mut publ) => break got,
+            err = recv_json(&mut alice) => {
+                assert!(err["error"].is_string(), "{err}");
+            }
+        }
+    };
+    assert_eq!(req["eventType"], 9);
+    assert_eq!(req["username"], "alice");
+    let from = req["from"].as_str().expect("from").to_string();
+    assert!(from.starts_with("m1."), "{from}");
+    let reply = json!({"eventType": 9, "to": from, "username": "alice", "property": "theme", "val": "dark"});
+    send_json(&mut publ, &reply).await;
+    assert_eq!(recv_json(&mut alice).await, reply);
+    // The publisher leaves: the client is told again, not left waiting.
+    let _ = futures_util::SinkExt::close(&mut publ).await;
+    drop(publ);
+    let ops = bs[1].ops_addr();
+    eventually("the publisher is gone", || async move {
+        let (_, m) = http_get(ops, "/metrics", None).await;
+        metric(&m, r#"broker_connections_open{kind="publisher"}"#) == 0.0
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "never told");
+        send_json(&mut alice, &ask).await;
+        let got = recv_json(&mut alice).await;
+        if got["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no publisher"))
+        {
+            break;
+        }
+    }
+    for b in bs {
+        b.shutdown().await;
+    }
+}

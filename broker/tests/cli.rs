@@ -188,3 +188,33 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
         assert!(tokio::net::TcpStream::connect(process.ws).await.is_err());
     }
 }
+
+#[test]
+fn logs_to_a_pipe_are_plain_text() {
+    use std::io::{BufRead, BufReader};
+    let config = write_config(r#"{"websocket":{"host":"127.0.0.1","port":0},"broker":{"ops":{"port":0}}}"#);
+    let mut child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(config.path())
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("utf-8");
+        let done = line.contains("listening");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(lines.iter().any(|l| l.contains("listening")), "{lines:?}");
+    for line in &lines {
+        assert!(!line.contains('\u{1b}'), "an escape code in a piped log: {line:?}");
+    }
+}

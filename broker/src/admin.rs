@@ -84,8 +84,15 @@ async fn authenticate(State(auth): State<AdminAuth>, mut req: Request, next: Nex
     let status;
     let response = if given.is_some_and(|t| secret_eq(t.trim().as_bytes(), auth.token.as_bytes())) {
         req.extensions_mut().insert(Caller(auth.who.clone()));
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let r = next.run(req).await;
         status = r.status();
+        // Every call, with who made it: reads at debug (the desktop app polls), changes at info.
+        if method == axum::http::Method::GET {
+            tracing::debug!(who = %auth.who, %method, path, status = status.as_u16(), "admin call");
+        } else {
+            tracing::info!(who = %auth.who, %method, path, status = status.as_u16(), "admin call");
+        }
         r
     } else {
         tracing::warn!(method = %req.method(), path = %req.uri().path(), "admin call refused: missing or wrong bearer token");

@@ -517,11 +517,6 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     ),
 ];
 
-/// The environment variables the broker reads, with the key each one overrides.
-pub fn env_overrides() -> impl Iterator<Item = (&'static str, &'static str)> {
-    ENV_OVERRIDES.iter().map(|(var, key, _)| (*var, *key))
-}
-
 impl Config {
     /// The embedded default with no environment applied.
     pub fn embedded_default() -> Config {
@@ -596,7 +591,18 @@ impl Config {
         for ip in &mut config.broker.limits.trusted_proxies {
             *ip = ip.to_canonical();
         }
-        config.validate()?;
+        // A range error names the variable too, when the value came from one.
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, from, message } if from.is_empty() => {
+                let from = from_env
+                    .iter()
+                    .find(|(_, k)| key == *k || key.starts_with(&format!("{k}[")))
+                    .map(|(v, _)| format!(" (from {v})"))
+                    .unwrap_or_default();
+                ConfigError::Invalid { key, from, message }
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -1040,6 +1046,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("websocket.port (from BROKER_PORT)"), "{err}");
+        // A range error names the variable as well.
+        let err = Config::from_parts("{}", "t", &env(&[("BROKER_SEND_QUEUE_BYTES", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("broker.limits.sendQueueBytes (from BROKER_SEND_QUEUE_BYTES)"),
+            "{err}"
+        );
         let err = Config::from_parts("{}", "t", &env(&[("BROKER_DELIVER_USER_EVENTS", "some")]))
             .unwrap_err()
             .to_string();

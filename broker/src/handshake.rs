@@ -1,5 +1,6 @@
-//! The HTTP side of the WebSocket port: reading one request head, deciding who may upgrade,
-//! and the plain HTTP answers (101, 4xx, 202).
+//! The HTTP side of the WebSocket port: reading one request head, what it asks for (upgrade,
+//! origin, token, resume), and the plain HTTP answers (101, 4xx). Who may upgrade is decided
+//! in [`crate::server`]; `POST /api/publish` is served by [`crate::publish`].
 //!
 //! The broker reads the upgrade request itself (with `httparse`) instead of letting the
 //! WebSocket library do it, so that a refused origin is answered with a real HTTP 403 before

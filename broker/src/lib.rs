@@ -7,11 +7,12 @@
 //! - [`origin`]: the origin allow-list, compiled once into one multi-pattern regex.
 //! - [`event`]: the event table, SIMD decoding, the error event.
 //! - [`gate`]: limits before and at the upgrade: pending handshakes, slots, per-address counts.
-//! - [`handshake`]: the HTTP request head, admission, plain HTTP answers.
+//! - [`handshake`]: the HTTP request head and what it asks for, plain HTTP answers.
 //! - [`auth`]: user tokens (HS256 JWT).
 //! - [`tls`]: `wss://` with rustls, from the Users config's `ssl*` keys.
 //! - [`connection`]: one client: reader, writer, send queue.
-//! - [`registry`]: the sharded connection map.
+//! - [`registry`]: the sharded connection map, a connection's handle and its close requests.
+//! - [`outbox`]: a connection's send queue, bounded in bytes.
 //! - [`fanout`]: routing and delivering one encoded event to many.
 //! - [`history`]: positions and the history a resuming client replays.
 //! - [`publish`]: `POST /api/publish`.

@@ -354,16 +354,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
 /// share one deadline, `handshakeTimeout` from the accept.
 async fn serve_socket(stream: TcpStream, peer: SocketAddr, pending: Pending, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let deadline = tokio::time::Instant::now() + shared.config.broker.limits.handshake_timeout();
+    let started = Instant::now();
+    let deadline =
+        tokio::time::Instant::from_std(started) + shared.config.broker.limits.handshake_timeout();
     let Some(acceptor) = shared.tls.clone() else {
-        return handle_socket(stream, peer, pending, deadline, shared).await;
+        return handle_socket(stream, peer, pending, started, shared).await;
     };
     let accepted = tokio::select! {
         () = shared.shutdown.cancelled() => return,
         r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
     };
     match accepted {
-        Ok(Ok(tls)) => handle_socket(tls, peer, pending, deadline, shared).await,
+        Ok(Ok(tls)) => handle_socket(tls, peer, pending, started, shared).await,
         Ok(Err(e)) => {
             shared.metrics.refused("bad_request");
             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
@@ -373,14 +375,16 @@ async fn serve_socket(stream: TcpStream, peer: SocketAddr, pending: Pending, sha
 }
 
 /// One socket (plain or TLS): read its request, then upgrade it, publish, or refuse it.
+/// `started` is its accept: the handshake's deadline and its measured duration count from it.
 async fn handle_socket<S: Transport>(
     mut stream: S,
     peer: SocketAddr,
     pending: Pending,
-    deadline: tokio::time::Instant,
+    started: Instant,
     shared: Arc<Shared>,
 ) {
-    let started = Instant::now();
+    let deadline =
+        tokio::time::Instant::from_std(started) + shared.config.broker.limits.handshake_timeout();
     let head = tokio::select! {
         () = shared.shutdown.cancelled() => return,
         r = tokio::time::timeout_at(deadline, handshake::read_head(&mut stream)) => r,
@@ -496,6 +500,8 @@ async fn upgrade<S: Transport>(
                 _ => (503, "too many connections"),
             };
             let _ = handshake::respond_error(&mut stream, status, message).await;
+            m.handshake_duration
+                .observe(started.elapsed().as_secs_f64());
             return;
         }
     };

@@ -192,7 +192,8 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
 #[test]
 fn logs_to_a_pipe_are_plain_text() {
     use std::io::{BufRead, BufReader};
-    let config = write_config(r#"{"websocket":{"host":"127.0.0.1","port":0},"broker":{"ops":{"port":0}}}"#);
+    let config =
+        write_config(r#"{"websocket":{"host":"127.0.0.1","port":0},"broker":{"ops":{"port":0}}}"#);
     let mut child = std::process::Command::new(BIN)
         .arg("--config")
         .arg(config.path())
@@ -215,6 +216,9 @@ fn logs_to_a_pipe_are_plain_text() {
     let _ = child.wait();
     assert!(lines.iter().any(|l| l.contains("listening")), "{lines:?}");
     for line in &lines {
-        assert!(!line.contains('\u{1b}'), "an escape code in a piped log: {line:?}");
+        assert!(
+            !line.contains('\u{1b}'),
+            "an escape code in a piped log: {line:?}"
+        );
     }
 }

@@ -30,6 +30,9 @@ async fn total_connections_are_bounded_with_a_reserve_for_publishers() {
     assert_eq!(refused_status(r), 503, "the reserve is the last slot");
     send_json(&mut publ, &json!({"eventType": 6, "files": []})).await;
     assert_eq!(recv_json(&mut held[0]).await["eventType"], 6);
+    // Every upgrade, refused or not, is timed: 3 clients, 1 refused, 1 publisher, 1 refused.
+    let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
+    assert_eq!(metric(&m, "broker_handshake_duration_seconds_count"), 6.0);
     // A slot frees when a client leaves.
     drop(held.pop());
     eventually("a slot is free again", || async {

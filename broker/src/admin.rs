@@ -22,9 +22,10 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::event;
+use crate::event::TYPE_LABELS;
 use crate::fanout::Target;
 use crate::handshake::secret_eq;
-use crate::metrics::{CLOSE_REASONS, REFUSE_REASONS};
+use crate::metrics::Refused;
 use crate::ops::connection_json;
 use crate::registry::{CloseReason, CloseRequest};
 use crate::server::Shared;
@@ -173,15 +174,15 @@ pub fn stats_json(shared: &Shared) -> Value {
         "connections": { "clients": counts.clients, "publishers": counts.publishers },
         "totals": {
             "accepted": sum(&m.connections_accepted, &["client", "publisher"]),
-            "refused": sum(&m.connections_refused, &REFUSE_REASONS),
-            "closed": sum(&m.connections_closed, &CLOSE_REASONS),
+            "refused": sum(&m.connections_refused, &Refused::ALL.map(Refused::label)),
+            "closed": sum(&m.connections_closed, &CloseReason::ALL.map(CloseReason::label)),
             "messagesIn": sum(&m.messages_received, &["client", "publisher"]),
             "messagesOut": m.messages_sent.get(),
             "bytesIn": m.bytes_received.get(),
             "bytesOut": m.bytes_sent.get(),
             "slowConsumerDrops": m.slow_consumer_disconnects.get(),
             "decodeErrors": sum(&m.decode_errors, &event::ErrorReason::ALL.map(|r| r.label())),
-            "events": m.events_by_type.iter().map(|c| c.get()).sum::<u64>(),
+            "events": sum(&m.events, &TYPE_LABELS),
         },
     })
 }
@@ -234,7 +235,7 @@ async fn inject(
         InjectTarget::User { user } => Target::User { user, except: None },
         InjectTarget::Connection { connection } => Target::Connection(connection),
     };
-    let delivered = shared.deliver(&target, &Utf8Bytes::from(text), info.event_type.label());
+    let delivered = shared.deliver(&target, &Utf8Bytes::from(text), info.event_type);
     tracing::info!(who = %who, action = "inject", event_type = info.event_type.label(), target = ?target, delivered, "admin injected an event");
     (
         StatusCode::ACCEPTED,

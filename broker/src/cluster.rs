@@ -30,7 +30,6 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::event::TYPE_LABELS;
 use crate::event::{ErrorReason, EventError, EventType};
 use crate::fanout::Target;
 use crate::history::{Entry, Position, Replay, Scope};
@@ -766,10 +765,6 @@ fn deliver_incoming(shared: &Shared, msg: async_nats::Message) {
     let Ok(frame) = Utf8Bytes::try_from(msg.payload) else {
         return;
     };
-    let label = header(H_TYPE)
-        .and_then(|t| TYPE_LABELS.iter().find(|l| **l == t))
-        .copied()
-        .unwrap_or("other");
     let target = match subject_kind(&cluster.prefix, &cluster.instance, msg.subject.as_str()) {
         Some(SubjectKind::All) => Target::All { except: None },
         Some(SubjectKind::User) => match header(H_USER) {
@@ -782,7 +777,7 @@ fn deliver_incoming(shared: &Shared, msg: async_nats::Message) {
         },
         None => return,
     };
-    shared.deliver_local(&target, &frame, label);
+    shared.deliver_local(&target, &frame);
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -127,9 +127,7 @@ impl Drop for Ending {
         m.connections_open
             .with_label_values(&[crate::metrics::kind_label(conn.publisher)])
             .dec();
-        m.connections_closed
-            .with_label_values(&[outcome.reason.label()])
-            .inc();
+        m.closed(outcome.reason);
         if outcome.reason == CloseReason::SlowConsumer {
             m.slow_consumer_disconnects.inc();
         }

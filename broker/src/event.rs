@@ -31,16 +31,21 @@ impl EventType {
     /// The name of a known type (1 to 10).
     pub fn name(self) -> Option<&'static str> {
         match self {
-            EventType::Int(n @ 1..=10) => Some(NAMES[n as usize - 1].0),
+            EventType::Int(n @ 1..=10) => Some(NAMES[n as usize - 1]),
             _ => None,
         }
     }
 
     /// The metrics label for this type (`other` for anything unknown).
     pub fn label(self) -> &'static str {
+        TYPE_LABELS[self.label_index()]
+    }
+
+    /// Where [`Self::label`] is in [`TYPE_LABELS`].
+    pub fn label_index(self) -> usize {
         match self {
-            EventType::Int(n @ 1..=10) => NAMES[n as usize - 1].1,
-            _ => "other",
+            EventType::Int(n @ 1..=10) => n as usize - 1,
+            _ => TYPE_LABELS.len() - 1,
         }
     }
 
@@ -57,21 +62,21 @@ impl EventType {
     }
 }
 
-/// Names of the event types 1 to 10 (PROTOCOL.md) and their metrics labels.
-const NAMES: [(&str, &str); 10] = [
-    ("Login", "login"),
-    ("Logout", "logout"),
-    ("Activated", "activated"),
-    ("Removed", "removed"),
-    ("FilesUploaded", "files_uploaded"),
-    ("FilesRemoved", "files_removed"),
-    ("BucketUploaded", "bucket_uploaded"),
-    ("BucketRemoved", "bucket_removed"),
-    ("MetaRequest", "meta_request"),
-    ("Echo", "echo"),
+/// Names of the event types 1 to 10 (PROTOCOL.md).
+const NAMES: [&str; 10] = [
+    "Login",
+    "Logout",
+    "Activated",
+    "Removed",
+    "FilesUploaded",
+    "FilesRemoved",
+    "BucketUploaded",
+    "BucketRemoved",
+    "MetaRequest",
+    "Echo",
 ];
 
-/// Every metrics label of [`EventType::label`].
+/// Every metrics label of [`EventType::label`]: types 1 to 10 in order, then `other`.
 pub const TYPE_LABELS: [&str; 11] = [
     "login",
     "logout",

@@ -40,11 +40,12 @@ pub enum Routed {
 
 impl Shared {
     /// Delivers `frame` to `target` here and, in a cluster, on the other instances; counts it
-    /// as one event of type `label`. Returns the recipients on this instance (0 for an event
+    /// as one event of type `t`. Returns the recipients on this instance (0 for an event
     /// that goes through the cluster's JetStream history: every instance, this one too,
     /// delivers it when it comes back with its position).
-    pub fn deliver(&self, target: &Target<'_>, frame: &Utf8Bytes, label: &str) -> usize {
-        self.metrics.event(label);
+    pub fn deliver(&self, target: &Target<'_>, frame: &Utf8Bytes, t: EventType) -> usize {
+        self.metrics.event(t);
+        let label = t.label();
         if let Some(cluster) = &self.cluster {
             if cluster.history().is_some() && !matches!(target, Target::Connection(_)) {
                 let except = match target {
@@ -68,7 +69,7 @@ impl Shared {
                 return self.fan_out(target, frame, None);
             }
         }
-        let n = self.deliver_local(target, frame, label);
+        let n = self.deliver_local(target, frame);
         if let Some(cluster) = &self.cluster {
             if cluster.wants(target, &self.registry) && !cluster.forward(target, frame, label) {
                 self.metrics
@@ -82,7 +83,7 @@ impl Shared {
 
     /// Delivers `frame` to `target` on this instance only (events from other instances). An
     /// event to all or to a user is kept in the history and given a position first.
-    pub fn deliver_local(&self, target: &Target<'_>, frame: &Utf8Bytes, _label: &str) -> usize {
+    pub fn deliver_local(&self, target: &Target<'_>, frame: &Utf8Bytes) -> usize {
         let started = Instant::now();
         let scope = match target {
             Target::All { .. } => Some(Scope::All),
@@ -260,10 +261,10 @@ impl Shared {
             EventType::ECHO if info.broadcast => Ok(Routed::Delivered(self.deliver(
                 &Target::All { except: None },
                 frame,
-                "echo",
+                EventType::ECHO,
             ))),
             EventType::ECHO => {
-                self.metrics.event("echo");
+                self.metrics.event(EventType::ECHO);
                 Ok(Routed::Reply(frame.clone()))
             }
             EventType::META_REQUEST => {
@@ -279,7 +280,7 @@ impl Shared {
                 // A publisher here, else one on another instance (its reply, with `to`,
                 // comes back through the cluster).
                 if let Some(publisher) = self.registry.pick_publisher() {
-                    self.metrics.event("meta_request");
+                    self.metrics.event(EventType::META_REQUEST);
                     return Ok(Routed::Delivered(usize::from(
                         publisher.offer(&WireFrame::text(&forwarded)),
                     )));
@@ -295,7 +296,7 @@ impl Shared {
                         "no publisher is connected to answer a MetaRequest",
                     ));
                 }
-                self.metrics.event("meta_request");
+                self.metrics.event(EventType::META_REQUEST);
                 Ok(Routed::Delivered(0))
             }
             t if t.is_server_event() => Err(EventError::new(
@@ -332,13 +333,13 @@ impl Shared {
         info: &EventInfo,
         frame: &Utf8Bytes,
     ) -> Routed {
-        let label = info.event_type.label();
+        let t = info.event_type;
         let except = sender.map(|c| c.id);
         if let Some(to) = &info.to {
-            return Routed::Delivered(self.deliver(&Target::Connection(to), frame, label));
+            return Routed::Delivered(self.deliver(&Target::Connection(to), frame, t));
         }
         if info.event_type == EventType::ECHO && !info.broadcast && sender.is_some() {
-            self.metrics.event(label);
+            self.metrics.event(t);
             return Routed::Reply(frame.clone());
         }
         let target = match &info.username {
@@ -348,6 +349,6 @@ impl Shared {
             Some(user) => Target::User { user, except },
             None => Target::All { except },
         };
-        Routed::Delivered(self.deliver(&target, frame, label))
+        Routed::Delivered(self.deliver(&target, frame, t))
     }
 }

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::metrics::Refused;
+
 /// The key under which `ip` is counted: IPv4 as is, IPv6 by its /64.
 pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
@@ -84,13 +86,13 @@ pub enum Closed {
 }
 
 impl Closed {
-    /// The `reason` label of `broker_connections_refused_total`.
-    pub fn label(self) -> &'static str {
+    /// How it is counted in `broker_connections_refused_total`.
+    pub fn refused(self) -> Refused {
         match self {
-            Closed::Pending => "pending_limit",
-            Closed::PendingPerAddress => "pending_per_address",
-            Closed::Slots => "limit",
-            Closed::PerAddress => "per_address",
+            Closed::Pending => Refused::PendingLimit,
+            Closed::PendingPerAddress => Refused::PendingPerAddress,
+            Closed::Slots => Refused::Limit,
+            Closed::PerAddress => Refused::PerAddress,
         }
     }
 }

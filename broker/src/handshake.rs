@@ -318,12 +318,12 @@ impl Request {
 #[derive(Debug)]
 pub struct Refusal {
     pub status: u16,
-    pub reason: &'static str,
+    pub reason: crate::metrics::Refused,
     pub message: String,
 }
 
 impl Refusal {
-    pub fn new(status: u16, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: u16, reason: crate::metrics::Refused, message: impl Into<String>) -> Self {
         Refusal {
             status,
             reason,

@@ -9,37 +9,54 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::event::{ErrorReason, TYPE_LABELS};
+use crate::event::{ErrorReason, EventType, TYPE_LABELS};
+use crate::registry::CloseReason;
 
-/// Why a connection was refused before the upgrade.
-pub const REFUSE_REASONS: [&str; 10] = [
-    "no_origin",
-    "origin",
-    "api_key",
-    "token",
-    "limit",
-    "per_address",
-    "pending_limit",
-    "pending_per_address",
-    "handshake_timeout",
-    "bad_request",
-];
+/// Why a connection was refused before (or instead of) the upgrade: the `reason` label of
+/// `broker_connections_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    NoOrigin,
+    Origin,
+    ApiKey,
+    Token,
+    Limit,
+    PerAddress,
+    PendingLimit,
+    PendingPerAddress,
+    HandshakeTimeout,
+    BadRequest,
+}
 
-/// Why a connection ended.
-pub const CLOSE_REASONS: [&str; 12] = [
-    "client",
-    "idle",
-    "slow_consumer",
-    "error_budget",
-    "rate_limit",
-    "too_large",
-    "invalid_utf8",
-    "protocol",
-    "kicked",
-    "shutdown",
-    "io",
-    "internal",
-];
+impl Refused {
+    pub const ALL: [Refused; 10] = [
+        Refused::NoOrigin,
+        Refused::Origin,
+        Refused::ApiKey,
+        Refused::Token,
+        Refused::Limit,
+        Refused::PerAddress,
+        Refused::PendingLimit,
+        Refused::PendingPerAddress,
+        Refused::HandshakeTimeout,
+        Refused::BadRequest,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::NoOrigin => "no_origin",
+            Refused::Origin => "origin",
+            Refused::ApiKey => "api_key",
+            Refused::Token => "token",
+            Refused::Limit => "limit",
+            Refused::PerAddress => "per_address",
+            Refused::PendingLimit => "pending_limit",
+            Refused::PendingPerAddress => "pending_per_address",
+            Refused::HandshakeTimeout => "handshake_timeout",
+            Refused::BadRequest => "bad_request",
+        }
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -72,7 +89,11 @@ pub struct Metrics {
     /// `messages_received` for `client` and `publisher`, looked up once.
     pub received_by_kind: [IntCounter; 2],
     /// `events` in [`TYPE_LABELS`] order, looked up once.
-    pub events_by_type: Vec<IntCounter>,
+    events_by_type: Vec<IntCounter>,
+    /// `connections_refused` in [`Refused::ALL`] order, looked up once.
+    refused_by_reason: Vec<IntCounter>,
+    /// `connections_closed` in [`CloseReason::ALL`] order, looked up once.
+    closed_by_reason: Vec<IntCounter>,
 }
 
 fn counter_vec(
@@ -159,6 +180,20 @@ impl Metrics {
             "type",
             &TYPE_LABELS,
         );
+        let connections_refused = counter_vec(
+            &r,
+            "broker_connections_refused_total",
+            "Upgrades refused before any upgrade, by reason.",
+            "reason",
+            &Refused::ALL.map(Refused::label),
+        );
+        let connections_closed = counter_vec(
+            &r,
+            "broker_connections_closed_total",
+            "Connections ended, by reason.",
+            "reason",
+            &CloseReason::ALL.map(CloseReason::label),
+        );
         Metrics {
             received_by_kind: [
                 messages_received.with_label_values(&["client"]),
@@ -184,20 +219,16 @@ impl Metrics {
                 "kind",
                 &kinds,
             ),
-            connections_refused: counter_vec(
-                &r,
-                "broker_connections_refused_total",
-                "Upgrades refused before any upgrade, by reason.",
-                "reason",
-                &REFUSE_REASONS,
-            ),
-            connections_closed: counter_vec(
-                &r,
-                "broker_connections_closed_total",
-                "Connections ended, by reason.",
-                "reason",
-                &CLOSE_REASONS,
-            ),
+            refused_by_reason: Refused::ALL
+                .iter()
+                .map(|r| connections_refused.with_label_values(&[r.label()]))
+                .collect(),
+            closed_by_reason: CloseReason::ALL
+                .iter()
+                .map(|r| connections_closed.with_label_values(&[r.label()]))
+                .collect(),
+            connections_refused,
+            connections_closed,
             messages_sent: counter(
                 &r,
                 "broker_messages_sent_total",
@@ -306,14 +337,30 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
-    pub fn refused(&self, reason: &str) {
-        self.connections_refused.with_label_values(&[reason]).inc();
+    pub fn refused(&self, reason: Refused) {
+        if let Some(c) = Refused::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.refused_by_reason.get(i))
+        {
+            c.inc();
+        }
     }
 
-    /// Counts one accepted event of type `label` (one of [`TYPE_LABELS`]).
-    pub fn event(&self, label: &str) {
-        if let Some(i) = TYPE_LABELS.iter().position(|t| *t == label) {
-            self.events_by_type[i].inc();
+    pub fn closed(&self, reason: CloseReason) {
+        if let Some(c) = CloseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.closed_by_reason.get(i))
+        {
+            c.inc();
+        }
+    }
+
+    /// Counts one accepted event of type `t`.
+    pub fn event(&self, t: EventType) {
+        if let Some(c) = self.events_by_type.get(t.label_index()) {
+            c.inc();
         }
     }
 }
@@ -330,5 +377,50 @@ pub fn kind_label(publisher: bool) -> &'static str {
         "publisher"
     } else {
         "client"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The row of `docs/METRICS.md` that documents `metric`.
+    fn documented(metric: &str) -> &'static str {
+        include_str!("../../docs/METRICS.md")
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{metric}`")))
+            .unwrap_or_else(|| panic!("{metric} is not in docs/METRICS.md"))
+    }
+
+    #[test]
+    fn every_reason_and_type_label_is_exported_and_documented() {
+        let m = Metrics::new();
+        let text = m.render();
+        let refused = documented("broker_connections_refused_total");
+        for r in Refused::ALL {
+            assert!(refused.contains(&format!("`{}`", r.label())), "{r:?}");
+            m.refused(r);
+            let series = format!(
+                "broker_connections_refused_total{{reason=\"{}\"}} 1",
+                r.label()
+            );
+            assert!(m.render().contains(&series), "{series}");
+        }
+        let closed = documented("broker_connections_closed_total");
+        for r in CloseReason::ALL {
+            assert!(closed.contains(&format!("`{}`", r.label())), "{r:?}");
+            assert!(text.contains(&format!("reason=\"{}\"", r.label())), "{r:?}");
+        }
+        m.event(EventType::Int(42));
+        m.event(EventType::ECHO);
+        let text = m.render();
+        assert!(
+            text.contains("broker_events_total{type=\"other\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("broker_events_total{type=\"echo\"} 1"),
+            "{text}"
+        );
     }
 }

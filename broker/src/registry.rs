@@ -39,7 +39,22 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// The metrics label (see `metrics::CLOSE_REASONS`).
+    pub const ALL: [CloseReason; 12] = [
+        CloseReason::Client,
+        CloseReason::Idle,
+        CloseReason::SlowConsumer,
+        CloseReason::ErrorBudget,
+        CloseReason::RateLimit,
+        CloseReason::TooLarge,
+        CloseReason::InvalidUtf8,
+        CloseReason::Protocol,
+        CloseReason::Kicked,
+        CloseReason::Shutdown,
+        CloseReason::Io,
+        CloseReason::Internal,
+    ];
+
+    /// The `reason` label of `broker_connections_closed_total`.
     pub fn label(self) -> &'static str {
         match self {
             CloseReason::Client => "client",

@@ -22,7 +22,7 @@ use crate::connection::Transport;
 use crate::gate::{Gate, GateLimits, Pending, Slot};
 use crate::handshake::{self, Admission, HeadError, Refusal, Request, Resume};
 use crate::history::MemoryHistory;
-use crate::metrics::{kind_label, Metrics};
+use crate::metrics::{kind_label, Metrics, Refused};
 use crate::ops::Activity;
 use crate::origin::OriginPolicy;
 use crate::registry::{CloseReason, CloseRequest, NewConn, Registry};
@@ -333,8 +333,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
                         tracker.spawn(serve_socket(stream, peer, pending, shared.clone()));
                     }
                     Err(closed) => {
-                        shared.metrics.refused(closed.label());
-                        tracing::debug!(peer = %peer, reason = closed.label(), "reset before the handshake");
+                        shared.metrics.refused(closed.refused());
+                        tracing::debug!(peer = %peer, reason = closed.refused().label(), "reset before the handshake");
                         let _ = stream.set_zero_linger();
                         drop(stream);
                     }
@@ -367,10 +367,10 @@ async fn serve_socket(stream: TcpStream, peer: SocketAddr, pending: Pending, sha
     match accepted {
         Ok(Ok(tls)) => handle_socket(tls, peer, pending, started, shared).await,
         Ok(Err(e)) => {
-            shared.metrics.refused("bad_request");
+            shared.metrics.refused(Refused::BadRequest);
             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
         }
-        Err(_) => shared.metrics.refused("handshake_timeout"),
+        Err(_) => shared.metrics.refused(Refused::HandshakeTimeout),
     }
 }
 
@@ -393,17 +393,17 @@ async fn handle_socket<S: Transport>(
         Ok(Ok(req)) => req,
         Ok(Err(HeadError::Closed | HeadError::Io(_))) => return,
         Ok(Err(e @ HeadError::TooLarge)) => {
-            shared.metrics.refused("bad_request");
+            shared.metrics.refused(Refused::BadRequest);
             let _ = handshake::respond_error(&mut stream, 431, &e.to_string()).await;
             return;
         }
         Ok(Err(e)) => {
-            shared.metrics.refused("bad_request");
+            shared.metrics.refused(Refused::BadRequest);
             let _ = handshake::respond_error(&mut stream, 400, &e.to_string()).await;
             return;
         }
         Err(_) => {
-            shared.metrics.refused("handshake_timeout");
+            shared.metrics.refused(Refused::HandshakeTimeout);
             let _ = handshake::respond_error(&mut stream, 408, "request head not received in time")
                 .await;
             return;
@@ -427,19 +427,19 @@ fn admit(req: &Request, shared: &Shared) -> Result<Admission, Refusal> {
     ) {
         (None, _) => false,
         (Some(given), Some(key)) if handshake::secret_eq(given, key.as_bytes()) => true,
-        (Some(_), _) => return Err(Refusal::new(403, "api_key", "wrong users-api-key")),
+        (Some(_), _) => return Err(Refusal::new(403, Refused::ApiKey, "wrong users-api-key")),
     };
     if !publisher {
         match origin {
             None => {
                 return Err(Refusal::new(
                     403,
-                    "no_origin",
+                    Refused::NoOrigin,
                     "an Origin header is required",
                 ))
             }
             Some(o) if !shared.origin.is_approved(o) => {
-                return Err(Refusal::new(403, "origin", "origin not approved"))
+                return Err(Refusal::new(403, Refused::Origin, "origin not approved"))
             }
             Some(_) => {}
         }
@@ -453,7 +453,7 @@ fn admit(req: &Request, shared: &Shared) -> Result<Admission, Refusal> {
             shared
                 .tokens
                 .verify(&t)
-                .map_err(|why| Refusal::new(401, "token", why))?,
+                .map_err(|why| Refusal::new(401, Refused::Token, why))?,
         ),
     };
     let resume = req.resume();
@@ -474,16 +474,16 @@ async fn upgrade<S: Transport>(
 ) {
     let m = &shared.metrics;
     let refuse =
-        |status: u16, reason: &'static str, message: String| Refusal::new(status, reason, message);
+        |status: u16, reason: Refused, message: String| Refusal::new(status, reason, message);
     let accept_key = req.websocket_accept();
     let admitted = accept_key
-        .map_err(|why| refuse(400, "bad_request", why.into()))
+        .map_err(|why| refuse(400, Refused::BadRequest, why.into()))
         .and_then(|key| admit(&req, &shared).map(|a| (key, a)));
     let (accept_key, admission) = match admitted {
         Ok(ok) => ok,
         Err(r) => {
             m.refused(r.reason);
-            tracing::info!(peer = %peer, origin = req.header_str("origin").unwrap_or("-"), reason = r.reason, "refused: {}", r.message);
+            tracing::info!(peer = %peer, origin = req.header_str("origin").unwrap_or("-"), reason = r.reason.label(), "refused: {}", r.message);
             let _ = handshake::respond_error(&mut stream, r.status, &r.message).await;
             m.handshake_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -494,7 +494,7 @@ async fn upgrade<S: Transport>(
     let slot: Slot = match shared.gate.connection(ip, admission.publisher) {
         Ok(slot) => slot,
         Err(closed) => {
-            m.refused(closed.label());
+            m.refused(closed.refused());
             let (status, message) = match closed {
                 crate::gate::Closed::PerAddress => (429, "too many connections from this address"),
                 _ => (503, "too many connections"),

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A bounded soak of the broker: `loadtest soak` holds connections with a steady mix of echoes
 # and broadcasts while the broker's memory (VmRSS) and open file descriptors are sampled from
-# /proc. Fails if either grows after warm-up, or if descriptors do not return to their
-# baseline once the clients have gone. Loopback only; stops by itself.
+# /proc. Fails if either grows after warm-up, if descriptors do not return to their baseline
+# once the clients have gone, or if RSS is not back within 20 MiB of its start within a minute
+# of that. Loopback only; stops by itself.
 #
 #   loadtest/soak-broker.sh [SECONDS] [CONNECTIONS]     (defaults: 120 500)
 #   BIN=target/release loadtest/soak-broker.sh 600 5000  (longer, by hand)
@@ -41,12 +42,21 @@ wait "$lt"
 # Descriptors back to baseline once the clients are gone.
 for _ in $(seq 100); do read -r rss_end fds_end < <(sample); [ "$fds_end" -le $((fds0 + 2)) ] && break; sleep 0.1; done
 echo "after the clients left: RSS ${rss_end} KiB, ${fds_end} fds"
+# Memory handed back: within a minute, RSS within 20 MiB of where it started.
+rss_back=$rss_end
+for _ in $(seq 120); do
+    read -r rss_back _ < <(sample)
+    [ "$rss_back" -le $((rss0 + 20480)) ] && break
+    sleep 0.5
+done
+echo "memory handed back: RSS ${rss_back} KiB (started at ${rss0} KiB)"
 
-python3 - "$work/samples" "$work/soak.json" "$fds0" "$fds_end" <<'PY'
+python3 - "$work/samples" "$work/soak.json" "$fds0" "$fds_end" "$rss0" "$rss_back" <<'PY'
 import json, sys
 samples = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
 summary = json.load(open(sys.argv[2]))
 fds0, fds_end = int(sys.argv[3]), int(sys.argv[4])
+rss0, rss_back = int(sys.argv[5]), int(sys.argv[6])
 n = len(samples)
 if n < 6:
     sys.exit(f"too few samples ({n}): run longer")
@@ -68,6 +78,8 @@ if fds_last > fds_mid + 5:
     problems.append("file descriptors grew after warm-up")
 if fds_end > fds0 + 2:
     problems.append("file descriptors did not return to the baseline")
+if rss_back > rss0 + 20480:
+    problems.append(f"memory was not handed back within a minute ({rss_back} KiB, started at {rss0})")
 if errors:
     problems.append(f"{errors} errors")
 if d and d.get("completeness", 1) < 1:

@@ -18,6 +18,7 @@
 //! - [`publish`]: `POST /api/publish`.
 //! - [`metrics`], [`ops`], [`admin`]: Prometheus metrics, health, the admin API.
 //! - [`cluster`]: sharing events with the other instances through NATS.
+//! - [`memory`]: handing memory back to the system after many connections have left.
 //! - [`server`]: the accept loop, start-up and shutdown.
 
 pub mod admin;
@@ -32,6 +33,7 @@ pub mod handshake;
 pub mod history;
 pub mod jsonc;
 pub mod jsregex;
+pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod origin;

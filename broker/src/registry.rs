@@ -302,6 +302,9 @@ pub struct Registry {
     /// How many publishers are connected, for whoever must know when it changes (the cluster
     /// takes MetaRequests from other instances only while there is one).
     publisher_count: tokio::sync::watch::Sender<usize>,
+    /// Connections registered now, and the most there were since [`Registry::take_peak`].
+    open: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 /// 8 random hex digits, new for every registry (every start).
@@ -338,6 +341,8 @@ impl Registry {
             queue_bound,
             positioned: AtomicUsize::new(0),
             publisher_count: tokio::sync::watch::Sender::new(0),
+            open: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
         }
     }
 
@@ -369,6 +374,8 @@ impl Registry {
         if conn.positions {
             self.positioned.fetch_add(1, Relaxed);
         }
+        let open = self.open.fetch_add(1, Relaxed) + 1;
+        self.peak.fetch_max(open, Relaxed);
         if let Some(user) = &conn.user {
             self.users
                 .entry(user.clone())
@@ -387,6 +394,7 @@ impl Registry {
 
     pub fn unregister(&self, conn: &Conn) {
         conn.outbox.close();
+        self.open.fetch_sub(1, Relaxed);
         if conn.positions {
             self.positioned.fetch_sub(1, Relaxed);
         }
@@ -504,6 +512,13 @@ impl Registry {
     /// Whether any connection asked for positions.
     pub fn any_positioned(&self) -> bool {
         self.positioned.load(Relaxed) > 0
+    }
+
+    /// The most connections there were since the last call (or the start), and the count now;
+    /// the peak starts again from now.
+    pub fn take_peak(&self) -> (usize, usize) {
+        let now = self.open.load(Relaxed);
+        (self.peak.swap(now, Relaxed).max(now), now)
     }
 
     /// Watches how many publishers are connected.

@@ -292,6 +292,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         }
     });
     tracker.spawn(crate::ops::serve(ops_listener, shared.clone()));
+    tracker.spawn(crate::memory::trim_after_spikes(shared.clone()));
     if let Some(task) = cluster_task {
         tracker.spawn(crate::cluster::run(task, shared.clone()));
     }

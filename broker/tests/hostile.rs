@@ -143,3 +143,40 @@ async fn thousands_of_connect_disconnect_cycles_leave_no_trace() {
         "broker RSS grew from {baseline} KiB to {after} KiB over 4,000 cycles"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_handed_back_after_a_spike_of_connections_leaves() {
+    rlimit::increase_nofile_limit(u64::MAX).expect("raise the open files limit");
+    let b = BrokerProcess::spawn(&[("BROKER_MAX_PENDING_HANDSHAKES_PER_ADDRESS", "0")]);
+    let baseline = b.rss_kib();
+    let mut spike = Vec::new();
+    for _ in 0..3000 {
+        spike.push(raw_upgrade(b.ws, "").await);
+    }
+    let during = b.rss_kib();
+    assert!(
+        during > baseline + 16 * 1024,
+        "the spike should cost memory: {baseline} -> {during} KiB"
+    );
+    drop(spike);
+    let ops = b.ops;
+    eventually("the spike's connections are gone", || async move {
+        let (_, m) = http_get(ops, "/metrics", None).await;
+        metric(&m, r#"broker_connections_open{kind="client"}"#) == 0.0
+    })
+    .await;
+    // Within a minute (the broker looks every 5 s), back to within 8 MiB of the start.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = b.rss_kib();
+        if now < baseline + 8 * 1024 {
+            eprintln!("broker RSS: {baseline} KiB, {during} KiB with 3,000 connections, {now} KiB after");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "RSS stayed at {now} KiB (started at {baseline}, {during} during the spike)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

@@ -76,7 +76,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "failover: stopped (time limit or signal)" >&2; exit 130' INT TERM
 # The whole script is bounded: past LIMIT_S it stops itself (and cleans up).
-(sleep "$LIMIT_S" && kill -TERM $$) 2>/dev/null &
+# (Short sleeps, and no inherited output: a killed watchdog leaves nothing holding the
+# script's stdout open, so callers reading it see its end at once.)
+(
+    end=$((SECONDS + LIMIT_S))
+    while [ "$SECONDS" -lt "$end" ]; do
+        sleep 1
+        kill -0 $$ 2>/dev/null || exit 0
+    done
+    kill -TERM $$
+) </dev/null >/dev/null 2>&1 &
 WATCHDOG=$!
 
 port_free() { ! (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -181,6 +181,9 @@ pub enum Scenario {
     Soak(SoakArgs),
     /// Run the phases of a scenario file (TOML or JSON) one after another.
     Mixed(MixedArgs),
+    /// Listeners that resume with positions while one instance of a cluster is drained or
+    /// killed mid-run; per-listener missing, duplicate and out-of-order events, reconnect times.
+    Failover(FailoverArgs),
 }
 
 impl Scenario {
@@ -193,6 +196,7 @@ impl Scenario {
             Scenario::Publish(_) => "publish",
             Scenario::Soak(_) => "soak",
             Scenario::Mixed(_) => "mixed",
+            Scenario::Failover(_) => "failover",
         }
     }
 }
@@ -410,6 +414,77 @@ pub struct SoakArgs {
     /// Do not reconnect connections that the server drops.
     #[arg(long)]
     pub no_reconnect: bool,
+}
+
+/// How `failover` disrupts the cluster mid-run.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disrupt {
+    /// `POST /admin/drain` to --drain-url (with --admin-token), or SIGTERM to --kill-pid: the
+    /// instance closes its clients with 1001 over its drain window and exits.
+    Drain,
+    /// SIGKILL to --kill-pid: the instance vanishes without closing anything.
+    Sigkill,
+    /// No disruption (a baseline for the same figures).
+    None,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FailoverArgs {
+    /// Listener connections (ordinary clients, `?recover=1`), all through --url.
+    #[arg(long, short, default_value_t = 2000)]
+    pub listeners: usize,
+
+    /// Numbered broadcast events per second from one publisher connection (--api-key).
+    #[arg(long, short, default_value_t = 200.0)]
+    pub rate: f64,
+
+    /// Sending phase length (after the ramp and warm-up).
+    #[arg(long, short, value_parser = parse_duration, default_value = "20s")]
+    pub duration: Duration,
+
+    /// What happens mid-run: `drain` (--drain-url and --admin-token, or --kill-pid for
+    /// SIGTERM), `sigkill` (--kill-pid), or `none`.
+    #[arg(long, value_enum, default_value_t = Disrupt::Drain)]
+    pub disrupt: Disrupt,
+
+    /// When the disruption happens, counted from the start of sending.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub disrupt_at: Duration,
+
+    /// The ops URL of the instance to drain (`http://127.0.0.1:9091`); `POST /admin/drain`.
+    #[arg(long)]
+    pub drain_url: Option<String>,
+
+    /// Bearer token of the admin API (the broker's `broker.admin.token`).
+    #[arg(long, env = "LOADTEST_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Process id of the instance to signal: SIGTERM for `--disrupt drain` without
+    /// --drain-url, SIGKILL for `--disrupt sigkill`. It must be on this machine.
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+
+    /// Reconnect without positions (no `?recover=1`, no `?since=`): what a deploy costs
+    /// clients that do not resume.
+    #[arg(long)]
+    pub no_recover: bool,
+
+    /// First reconnect delay; doubled after each failed attempt up to --backoff-max, each
+    /// delay drawn between half and all of it (jitter).
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    pub backoff_min: Duration,
+
+    /// The longest reconnect delay.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub backoff_max: Duration,
+
+    /// After sending stops, wait up to this long for every listener to have every event.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub drain: Duration,
+
+    /// Size of the `message` string of each event, in bytes.
+    #[arg(long, default_value_t = 32)]
+    pub message_size: usize,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -266,7 +266,33 @@ impl Target {
         let started = Instant::now();
         match tokio::time::timeout(
             self.connect_timeout,
-            self.handshake(index, role, recv_buffer),
+            self.handshake(index, role, recv_buffer, None),
+        )
+        .await
+        {
+            Err(_) => Err(ConnectFailure::Timeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(ws)) => Ok((ws, started.elapsed())),
+        }
+    }
+
+    /// As [`Target::connect`], with `query` (`name=value` pairs joined by `&`, already
+    /// percent-encoded) appended to the URL's query string: `recover=1`, `since=<position>`.
+    pub async fn connect_with_query(
+        &self,
+        index: usize,
+        role: Role,
+        query: Option<&str>,
+    ) -> Result<(Ws, Duration), ConnectFailure> {
+        let _slot = self
+            .inflight
+            .acquire()
+            .await
+            .map_err(|_| ConnectFailure::Io(io::ErrorKind::Other.into()))?;
+        let started = Instant::now();
+        match tokio::time::timeout(
+            self.connect_timeout,
+            self.handshake(index, role, None, query),
         )
         .await
         {
@@ -281,6 +307,7 @@ impl Target {
         index: usize,
         role: Role,
         recv_buffer: Option<u32>,
+        query: Option<&str>,
     ) -> Result<Ws, ConnectFailure> {
         let tcp = self
             .tcp_with(index, recv_buffer)
@@ -293,6 +320,14 @@ impl Target {
             endpoint.authority,
             endpoint.path_and_query
         );
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            uri.push(if endpoint.path_and_query.contains('?') {
+                '&'
+            } else {
+                '?'
+            });
+            uri.push_str(q);
+        }
         // A per-connection identity, else the one --token.
         let token: Option<String> = match (&self.identities, role) {
             (Some(ids), Role::Client) => Some(ids.token_for(index)),
@@ -421,7 +456,7 @@ async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("`{host}` resolved to no address"))
 }
 
-fn percent_encode(s: &str) -> String {
+pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -132,6 +132,8 @@ pub struct Outcome {
     pub stopped_by: StopReason,
     pub delivery: Option<DeliverySummary>,
     pub notes: Vec<String>,
+    /// `failover`: what the disruption cost the listeners.
+    pub failover: Option<crate::summary::FailoverSummary>,
 }
 
 /// Opens once, for everyone: the start of the measured phase, after the ramp.

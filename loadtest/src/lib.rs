@@ -367,6 +367,7 @@ async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result
         windows: Vec::new(),
         phases: done,
         server: None,
+        failover: None,
         verdict: None,
         hdr: Default::default(),
         histograms: Vec::new(),

@@ -42,6 +42,9 @@ pub struct Summary {
     /// `--server-pid`: the server's CPU time and memory per phase.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<crate::server::ServerSummary>,
+    /// `failover`: what the disruption cost the listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverSummary>,
     /// Thresholds and the built-in failure rule: pass or fail (the binary exits 1 on fail).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<crate::verdict::Verdict>,
@@ -211,6 +214,67 @@ pub struct ListenerDetail {
     pub catch_up_ms: Option<f64>,
 }
 
+/// `failover`: one instance drained or killed mid-run, listeners reconnecting (and resuming).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct FailoverSummary {
+    /// `drain`, `sigkill` or `none`.
+    pub disrupt: String,
+    /// How: `POST http://.../admin/drain`, `SIGTERM to pid N`, `SIGKILL to pid N`.
+    pub how: String,
+    /// Whether the disruption was carried out (the drain answered 2xx, the signal was sent).
+    pub disrupted: bool,
+    /// The answer or the error, e.g. `HTTP 202` or `connection refused`.
+    pub disrupt_result: String,
+    /// Seconds after sending started.
+    pub disrupted_at_s: Option<f64>,
+    /// Listeners resumed with positions (`?recover=1`, then `?since=`); false: `--no-recover`.
+    pub recover: bool,
+    /// Listeners that connected.
+    pub listeners: usize,
+    /// Events whose write by the publisher succeeded.
+    pub published: u64,
+    /// Events (published or not) that reached at least one listener: the cluster had them.
+    pub reached: u64,
+    /// Published events that no listener received (lost between the publisher and the
+    /// cluster, e.g. written to an instance that was killed).
+    pub publish_lost: u64,
+    /// Times the publisher connected again after its connection ended.
+    pub publisher_reconnects: u64,
+    /// Over all listeners: events that reached the cluster and that the listener did not get.
+    pub missing: u64,
+    /// Listeners that missed at least one event.
+    pub missing_listeners: usize,
+    /// The most events one listener missed.
+    pub max_missing: u64,
+    /// Receipts of an event the listener already had.
+    pub duplicates: u64,
+    pub duplicate_listeners: usize,
+    /// First receipts whose position (without positions: sequence number) is below one the
+    /// listener already received.
+    pub out_of_order: u64,
+    pub out_of_order_listeners: usize,
+    /// Listeners whose connection ended during the run (closed by the server or broken).
+    pub closed_listeners: usize,
+    /// How their connections ended, by label (`close_1001`, `eof`, `reset`, ...).
+    pub closed_by: BTreeMap<String, u64>,
+    /// Listener connections made again after one ended.
+    pub reconnects: u64,
+    /// Reconnect attempts that failed (each retried after a backoff).
+    pub reconnect_failures: u64,
+    /// Listeners still without a connection at the end.
+    pub not_reconnected: usize,
+    /// Recovery notices after a reconnect with `?since=`: `complete: true` and `false`.
+    pub recoveries_complete: u64,
+    pub recoveries_incomplete: u64,
+    /// Reasons of the incomplete ones, by text (at most 10 distinct).
+    pub incomplete_reasons: BTreeMap<String, u64>,
+    /// Events replayed by complete recoveries, in all.
+    pub replayed: u64,
+    /// From a listener's connection ending to its recovery notice (without positions: to its
+    /// upgrade), backoff included; milliseconds.
+    pub reconnect_ms: Option<Percentiles>,
+}
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LatencySummary {
     #[serde(flatten)]
@@ -317,6 +381,7 @@ impl Summary {
             windows,
             phases: Vec::new(),
             server: None,
+            failover: outcome.failover,
             verdict: None,
             hdr: BTreeMap::new(),
             histograms,
@@ -419,6 +484,82 @@ fn write_group(f: &mut fmt::Formatter<'_>, name: &str, g: &ListenerGroup) -> fmt
     Ok(())
 }
 
+/// The human lines of a failover run.
+fn write_failover(f: &mut fmt::Formatter<'_>, fo: &FailoverSummary) -> fmt::Result {
+    let at = fo
+        .disrupted_at_s
+        .map(|t| format!(" at {t:.2} s into sending"))
+        .unwrap_or_default();
+    writeln!(
+        f,
+        "  failover     {} ({}: {}){at}; listeners {}",
+        fo.disrupt,
+        fo.how,
+        fo.disrupt_result,
+        if fo.recover {
+            "resume with positions (?recover=1, then ?since=)"
+        } else {
+            "reconnect WITHOUT positions (--no-recover)"
+        }
+    )?;
+    writeln!(
+        f,
+        "    publisher  {} published, {} reached the cluster, {} lost before it; {} reconnects",
+        fo.published, fo.reached, fo.publish_lost, fo.publisher_reconnects
+    )?;
+    let by = if fo.closed_by.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", map_line(&fo.closed_by))
+    };
+    writeln!(
+        f,
+        "    listeners  {}; {} closed{by}, {} reconnects, {} failed attempts, {} not reconnected at the end",
+        fo.listeners, fo.closed_listeners, fo.reconnects, fo.reconnect_failures, fo.not_reconnected
+    )?;
+    writeln!(
+        f,
+        "    missing    {} (at most {} by one listener; {} listeners affected)",
+        fo.missing, fo.max_missing, fo.missing_listeners
+    )?;
+    writeln!(
+        f,
+        "    duplicates {} ({} listeners); out of order {} ({} listeners)",
+        fo.duplicates, fo.duplicate_listeners, fo.out_of_order, fo.out_of_order_listeners
+    )?;
+    if fo.recover {
+        writeln!(
+            f,
+            "    recoveries {} complete ({} events replayed), {} incomplete{}",
+            fo.recoveries_complete,
+            fo.replayed,
+            fo.recoveries_incomplete,
+            if fo.incomplete_reasons.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", map_line(&fo.incomplete_reasons))
+            }
+        )?;
+    }
+    match &fo.reconnect_ms {
+        Some(p) => writeln!(
+            f,
+            "    reconnect  p50 {}, p90 {}, p99 {}, max {} over {} reconnects (close to {})",
+            ms(p.p50_ms),
+            ms(p.p90_ms),
+            ms(p.p99_ms),
+            ms(p.max_ms),
+            p.count,
+            if fo.recover {
+                "recovery notice"
+            } else {
+                "upgrade"
+            }
+        ),
+        None => writeln!(f, "    reconnect  none"),
+    }
+}
+
 fn map_line(m: &BTreeMap<String, u64>) -> String {
     m.iter()
         .map(|(k, v)| format!("{k} {v}"))
@@ -504,7 +645,10 @@ impl Summary {
         if !self.errors.is_empty() {
             writeln!(f, "    errors     {}", map_line(&self.errors))?;
         }
-        if let Some(d) = &self.delivery {
+        if let Some(fo) = &self.failover {
+            write_failover(f, fo)?;
+        }
+        if let Some(d) = self.delivery.as_ref().filter(|_| self.failover.is_none()) {
             if d.expected == d.sent * d.listeners as u64 {
                 writeln!(
                     f,

@@ -107,10 +107,14 @@ pub enum Figure {
     SentPerS,
     ReceivedPerS,
     PeakOpen,
+    OutOfOrder,
+    PublishLost,
+    RecoveriesIncomplete,
+    NotReconnected,
 }
 
 impl Figure {
-    pub const ALL: [Figure; 13] = [
+    pub const ALL: [Figure; 17] = [
         Figure::Completeness,
         Figure::Missing,
         Figure::Duplicates,
@@ -124,6 +128,10 @@ impl Figure {
         Figure::SentPerS,
         Figure::ReceivedPerS,
         Figure::PeakOpen,
+        Figure::OutOfOrder,
+        Figure::PublishLost,
+        Figure::RecoveriesIncomplete,
+        Figure::NotReconnected,
     ];
 
     pub fn label(self) -> &'static str {
@@ -141,6 +149,10 @@ impl Figure {
             Figure::SentPerS => "sent_per_s",
             Figure::ReceivedPerS => "received_per_s",
             Figure::PeakOpen => "peak_open",
+            Figure::OutOfOrder => "out_of_order",
+            Figure::PublishLost => "publish_lost",
+            Figure::RecoveriesIncomplete => "recoveries_incomplete",
+            Figure::NotReconnected => "not_reconnected",
         }
     }
 
@@ -153,6 +165,7 @@ impl Figure {
     fn of(self, s: &Summary) -> Option<f64> {
         let c = &s.connections;
         let d = s.delivery.as_ref();
+        let fo = s.failover.as_ref();
         Some(match self {
             Figure::Completeness => d?.completeness,
             Figure::Missing => d?.missing as f64,
@@ -173,6 +186,10 @@ impl Figure {
             Figure::SentPerS => s.messages.sent_per_s,
             Figure::ReceivedPerS => s.messages.received_per_s,
             Figure::PeakOpen => c.peak_open as f64,
+            Figure::OutOfOrder => fo?.out_of_order as f64,
+            Figure::PublishLost => fo?.publish_lost as f64,
+            Figure::RecoveriesIncomplete => fo?.recoveries_incomplete as f64,
+            Figure::NotReconnected => fo?.not_reconnected as f64,
         })
     }
 }
@@ -341,7 +358,7 @@ impl Verdict {
 pub fn headline_measure(scenario: &str) -> &'static str {
     match scenario {
         "connect" => "handshake",
-        "broadcast" | "publish" => "delivery",
+        "broadcast" | "publish" | "failover" => "delivery",
         _ => "rtt",
     }
 }
@@ -371,6 +388,21 @@ pub fn judge(s: &Summary, thresholds: &[Threshold]) -> Verdict {
                 } else {
                     format!(" ({})", reasons.join(", "))
                 }
+            ),
+        });
+    }
+    // A failover run whose disruption did not happen measured no failover.
+    if let Some(fo) = s
+        .failover
+        .as_ref()
+        .filter(|fo| !fo.disrupted && fo.disrupt != "none")
+    {
+        checks.push(Check {
+            check: "run".into(),
+            passed: false,
+            detail: format!(
+                "the disruption `{}` ({}) did not happen: {}",
+                fo.disrupt, fo.how, fo.disrupt_result
             ),
         });
     }

@@ -67,6 +67,7 @@ pub async fn run(ctx: &RunCtx, args: &ConnectArgs) -> anyhow::Result<Outcome> {
         stopped_by: ctx.stopped_by(natural),
         delivery: None,
         notes,
+        failover: None,
     })
 }
 
@@ -128,6 +129,7 @@ async fn staged(ctx: &RunCtx, stages: &Stages) -> anyhow::Result<Outcome> {
         stopped_by: ctx.stopped_by(natural),
         delivery: None,
         notes,
+        failover: None,
     })
 }
 

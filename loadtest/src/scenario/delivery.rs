@@ -1185,6 +1185,7 @@ pub async fn run(
         stopped_by: ctx.stopped_by(natural),
         delivery: (args.listeners > 0).then_some(d),
         notes,
+        failover: None,
     })
 }
 

@@ -97,6 +97,7 @@ pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
         stopped_by: ctx.stopped_by(natural),
         delivery: None,
         notes,
+        failover: None,
     })
 }
 

@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod delivery;
 pub mod echo;
+pub mod failover;
 pub mod mixed;
 pub mod soak;
 
@@ -48,6 +49,7 @@ pub async fn run(ctx: &RunCtx, scenario: &Scenario) -> anyhow::Result<Outcome> {
             delivery::run(ctx, &a.delivery, transport).await
         }
         Scenario::Soak(a) => soak::run(ctx, a).await,
+        Scenario::Failover(a) => failover::run(ctx, a).await,
         Scenario::Mixed(_) => anyhow::bail!("a mixed scenario cannot be nested in another"),
     }
 }
@@ -70,6 +72,10 @@ pub fn check_workers(scenario: &Scenario) -> anyhow::Result<()> {
             "soak --broadcast-rate runs in one process: with --workers use --broadcast-rate 0 \
              (or a broadcast scenario for fan-out)"
         ),
+        Scenario::Failover(_) => anyhow::bail!(
+            "failover runs in one process (one publisher, one disruption): it cannot be used \
+             with --workers"
+        ),
         _ => Ok(()),
     }
 }
@@ -88,6 +94,12 @@ pub fn measures(scenario: &Scenario) -> (Latency, Option<Latency>) {
         Scenario::Soak(a) => (
             Latency::new("rtt", true),
             (a.broadcast_rate > 0.0).then(|| Latency::new("broadcast", true)),
+        ),
+        // Delivery from the intended send time (replays after a failover included), and the
+        // time from a listener's connection ending to its recovery.
+        Scenario::Failover(_) => (
+            Latency::new("delivery", true),
+            Some(Latency::new("reconnect", false)),
         ),
     }
 }
@@ -115,6 +127,7 @@ pub fn connections(scenario: &Scenario) -> usize {
         Scenario::Broadcast(a) => a.delivery.listeners + a.delivery.publishers + 1,
         Scenario::Publish(a) => a.delivery.listeners + a.delivery.publishers + 1,
         Scenario::Soak(a) => a.connections + 1,
+        Scenario::Failover(a) => a.listeners + 2,
         Scenario::Mixed(_) => 0,
     }
 }
@@ -135,6 +148,15 @@ pub fn planned(scenario: &Scenario, connect_rate: f64, connect_timeout: Duration
         Scenario::Broadcast(a) => delivery_plan(&a.delivery, ramp) + warmup(&a.delivery),
         Scenario::Publish(a) => delivery_plan(&a.delivery, ramp) + warmup(&a.delivery),
         Scenario::Soak(a) => ramp(a.connections + 1) + a.duration + a.reply_timeout,
+        // Ramp, warm-up, sending, the publisher's hand-over, the drain.
+        Scenario::Failover(a) => {
+            ramp(a.listeners)
+                + Duration::from_secs(5)
+                + Duration::from_millis(a.listeners as u64 / 10)
+                + a.duration
+                + CLOSE_GRACE * 2
+                + a.drain
+        }
         Scenario::Mixed(_) => Duration::ZERO,
     };
     // Closing takes longer for many connections (see `Fleet::finish`).

@@ -206,6 +206,7 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
         stopped_by: ctx.stopped_by(natural),
         delivery,
         notes,
+        failover: None,
     })
 }
 

@@ -58,6 +58,10 @@ const META_TAKEN: &[u8] = b"taken";
 /// How long reading a resuming client's missed events from JetStream may take.
 const RESUME_READ: Duration = Duration::from_secs(10);
 
+/// How long, beyond the close grace, events from closing connections are still shared at
+/// shutdown.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(3);
+
 /// How long the last flush at shutdown may take.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
@@ -349,18 +353,34 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
             let Some(cluster) = shared.cluster.as_ref() else {
                 return;
             };
+            // At shutdown, what the last connections send (a publisher on a draining
+            // instance) is still shared until they are gone, within a bound.
+            let linger = shared.config.broker.limits.close_grace() + SHUTDOWN_LINGER;
+            let mut stop_by = None;
             loop {
-                let msg = tokio::select! {
-                    () = shared.shutdown.cancelled() => break,
-                    msg = rx.recv() => match msg {
-                        Some(msg) => msg,
-                        None => break,
-                    },
+                let msg = if shared.shutdown.is_cancelled() {
+                    let deadline =
+                        *stop_by.get_or_insert_with(|| tokio::time::Instant::now() + linger);
+                    tokio::time::timeout_at(deadline, next_while_open(&mut rx, &shared))
+                        .await
+                        .ok()
+                        .flatten()
+                } else {
+                    tokio::select! {
+                        () = shared.shutdown.cancelled() => continue,
+                        msg = rx.recv() => msg,
+                    }
                 };
+                let Some(msg) = msg else { break };
                 cluster.queued.fetch_sub(msg.cost(), Ordering::AcqRel);
-                let sent = tokio::select! {
-                    () = shared.shutdown.cancelled() => break,
-                    r = client.publish_with_headers(msg.subject, msg.headers, msg.frame.into()) => r,
+                let publish =
+                    client.publish_with_headers(msg.subject, msg.headers, msg.frame.into());
+                let sent = match stop_by {
+                    Some(deadline) => tokio::time::timeout_at(deadline, publish)
+                        .await
+                        .map_err(|_| "the shutdown deadline passed".to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string())),
+                    None => publish.await.map_err(|e| e.to_string()),
                 };
                 match sent {
                     Ok(()) => out.inc(),
@@ -442,6 +462,24 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
         let _ = live.await;
     }
     let _ = tokio::time::timeout(FINAL_FLUSH, client.flush()).await;
+}
+
+/// The next queued event, while connections remain to send one; `None` once they are all gone
+/// and the queue is empty.
+async fn next_while_open(
+    rx: &mut mpsc::UnboundedReceiver<Outgoing>,
+    shared: &Shared,
+) -> Option<Outgoing> {
+    loop {
+        match rx.try_recv() {
+            Ok(msg) => return Some(msg),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) if shared.registry.is_empty() => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
 
 /// While this instance has a publisher, takes MetaRequests from clients of instances that

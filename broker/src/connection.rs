@@ -661,10 +661,17 @@ impl<S: Transport> Session<S> {
             tokio::time::timeout_at(deadline, self.ws.send(Message::Close(Some(frame)))).await;
         match sent {
             Ok(Ok(())) => {
+                // Until the peer's close frame: what a peer sent before it learnt of a drain
+                // (a publisher's events) is still routed; after any other close it is dropped.
+                let route = req.reason == CloseReason::Shutdown;
                 let _ = tokio::time::timeout(CLOSE_WAIT, async {
                     while let Some(Ok(msg)) = self.ws.next().await {
-                        if msg.is_close() {
-                            break;
+                        match msg {
+                            Message::Close(_) => break,
+                            msg @ (Message::Text(_) | Message::Binary(_)) if route => {
+                                let _ = self.on_message(msg);
+                            }
+                            _ => {}
                         }
                     }
                 })

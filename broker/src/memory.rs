@@ -38,7 +38,12 @@ pub async fn trim_after_spikes(shared: Arc<Shared>) {
         peak = peak.max(since_last_look);
         if worth_trimming(peak, now) {
             let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
-            tracing::debug!(peak, now, released, "memory handed back after connections left");
+            tracing::debug!(
+                peak,
+                now,
+                released,
+                "memory handed back after connections left"
+            );
             peak = now;
         }
     }

@@ -512,3 +512,66 @@ async fn a_meta_request_reaches_a_publisher_on_another_instance_and_the_reply_co
         b.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_on_a_draining_instance_loses_no_event_it_sent() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let nats = Nats::start(free_port());
+    let bs = instances(&nats, &["d1", "d2"]).await;
+    let mut listener = client(bs[1].ws_addr()).await;
+    let publ = publisher(bs[0].ws_addr()).await;
+    let (mut sink, mut stream) = publ.split();
+    let closed = std::sync::Arc::new(AtomicBool::new(false));
+    // The publisher reads while it sends, as a real one would: it stops at the close frame.
+    let reader = tokio::spawn({
+        let closed = closed.clone();
+        async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+            closed.store(true, Ordering::SeqCst);
+        }
+    });
+    let sending = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while !closed.load(Ordering::SeqCst) && sent < 100_000 {
+            let ev = json!({"eventType": 6, "files": [], "n": sent}).to_string();
+            if sink
+                .send(tokio_tungstenite::tungstenite::Message::text(ev))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+            if sent % 16 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        sent
+    });
+    // Let it get going, then drain its instance.
+    assert_eq!(recv_json(&mut listener).await["n"], 0);
+    let (status, _) = http_request(
+        bs[0].ops_addr(),
+        "POST",
+        "/admin/drain",
+        &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        "",
+    )
+    .await;
+    assert_eq!(status, 202);
+    let sent = tokio::time::timeout(DEADLINE, sending)
+        .await
+        .expect("the publisher was closed in time")
+        .expect("sender");
+    reader.await.expect("reader");
+    assert!(sent > 1 && sent < 100_000, "sent {sent}");
+    // Every event it sent before its 1001 reached the other instance's client, in order.
+    for n in 1..sent {
+        assert_eq!(recv_json(&mut listener).await["n"], n, "of {sent}");
+    }
+}

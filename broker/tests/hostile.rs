@@ -170,7 +170,9 @@ async fn memory_is_handed_back_after_a_spike_of_connections_leaves() {
     loop {
         let now = b.rss_kib();
         if now < baseline + 8 * 1024 {
-            eprintln!("broker RSS: {baseline} KiB, {during} KiB with 3,000 connections, {now} KiB after");
+            eprintln!(
+                "broker RSS: {baseline} KiB, {during} KiB with 3,000 connections, {now} KiB after"
+            );
             break;
         }
         assert!(

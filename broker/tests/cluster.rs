@@ -547,7 +547,7 @@ async fn a_publisher_on_a_draining_instance_loses_no_event_it_sent() {
                 break;
             }
             sent += 1;
-            if sent % 16 == 0 {
+            if sent.is_multiple_of(16) {
                 tokio::task::yield_now().await;
             }
         }

@@ -164,8 +164,9 @@ class BrokerClient extends EventEmitter {
       }
       this._attempt += 1;
       const delay = backoffDelay(this._attempt, this._backoff, this._random);
-      this.emit('reconnecting', this._attempt, delay, failure);
+      // Armed before the event, so a listener that calls close() cancels it.
       this._timer = setTimeout(() => this._connect(), delay);
+      this.emit('reconnecting', this._attempt, delay, failure);
     });
   }
 

@@ -69,7 +69,10 @@ class BrokerClient extends EventEmitter {
    * @param {string} [options.token] a user token, sent as `?token=`
    * @param {object} [options.headers] more upgrade headers
    * @param {Partial<typeof DEFAULT_BACKOFF>} [options.backoff]
-   * @param {string} [options.since] a position to resume from on the first connect
+   * @param {string} [options.since] a position to resume from on the first connect (default:
+   *   the URL's own `since`, else none)
+   * @param {number} [options.handshakeTimeoutMs] an attempt whose upgrade is not answered within
+   *   this (default 10 s) fails and is retried, so a black-holed connect cannot stall the client
    * @param {typeof import('ws')} [options.WebSocket] the WebSocket class (default: npm `ws`)
    * @param {() => number} [options.random] the jitter's random source (for tests)
    */
@@ -82,7 +85,9 @@ class BrokerClient extends EventEmitter {
     this._backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this._WebSocket = options.WebSocket || require('ws');
     this._random = options.random || Math.random;
-    this._position = options.since ?? null;
+    this._handshakeTimeout = options.handshakeTimeoutMs ?? 10000;
+    // An empty `since` would make the broker treat the client as not asking for positions at all.
+    this._position = options.since || this._url.searchParams.get('since') || null;
     this._attempt = 0; // failed attempts since the last connection that got its notice
     this._stopped = false;
     this._timer = null;
@@ -129,7 +134,10 @@ class BrokerClient extends EventEmitter {
 
   _connect() {
     this._timer = null;
-    const ws = new this._WebSocket(this._nextUrl(), { headers: this._headers });
+    const ws = new this._WebSocket(this._nextUrl(), {
+      headers: this._headers,
+      handshakeTimeout: this._handshakeTimeout,
+    });
     this._ws = ws;
     let opened = false;
     let failure = null; // why this attempt failed, if it did

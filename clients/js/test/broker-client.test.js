@@ -23,12 +23,12 @@ const ORIGIN = 'http://localhost';
 const FAST = { initialMs: 20, maxMs: 200, factor: 2, jitter: 1 };
 
 /** Starts the broker on an ephemeral port; resolves with the child and its WebSocket port. */
-function startBroker() {
+function startBroker(brokerConfig = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'broker-client-'));
   const file = path.join(dir, 'config.json');
   fs.writeFileSync(file, JSON.stringify({
     websocket: { host: '127.0.0.1', port: 0, approvedSocketDomains: ['^http://localhost$'], socketApiKey: KEY },
-    broker: { jwtSecret: SECRET },
+    broker: { jwtSecret: SECRET, ...brokerConfig },
   }));
   const child = spawn(BROKER, ['--config', file], {
     env: { ...process.env, BROKER_OPS_PORT: '0', RUST_LOG: 'info', NO_COLOR: '1' },
@@ -252,6 +252,33 @@ test('a position from another history gets incomplete, and live events keep comi
   }
 });
 
+test('with the history off the client is told, served without positions, and asks again on reconnect', async () => {
+  const { child, port } = await startBroker({ history: { maxBytes: 0 } });
+  try {
+    const urls = [];
+    const client = connect(`ws://127.0.0.1:${port}/`, { origin: ORIGIN, since: '', backoff: FAST, WebSocket: recordingWebSocket(urls) });
+    const events = [];
+    client.on('event', (event, position) => events.push({ event, position }));
+    const [notice] = await once(client, 'incomplete');
+    assert.strictEqual(notice.complete, false);
+    assert.match(notice.reason, /history/);
+    assert.strictEqual(client.position, null);
+
+    const pub = await publisher(port);
+    pub.send(JSON.stringify({ eventType: 6, files: [] }));
+    await waitUntil('the event', () => events.length === 1);
+    assert.deepStrictEqual(events[0], { event: { eventType: 6, files: [] }, position: null });
+
+    client._ws.terminate();
+    await once(client, 'incomplete');
+    assert.deepStrictEqual(urls.map((u) => new URL(u).search), ['?recover=1', '?recover=1'],
+      'no position to resume from: it asks again (an empty since would opt out of positions)');
+    pub.close();
+  } finally {
+    await stopBroker(child);
+  }
+});
+
 test('a refused upgrade (403 origin, 401 token) is an error and is not retried', async () => {
   const { child, port } = await startBroker();
   try {
@@ -299,4 +326,23 @@ test('failed attempts back off: growing, capped, jittered by the injected source
     [4, 8, 'ECONNREFUSED'], [5, 16, 'ECONNREFUSED'], [6, 16, 'ECONNREFUSED'],
   ]);
   assert.strictEqual(client._timer, null);
+});
+
+test('an upgrade that is never answered times out and is retried', async () => {
+  // Accepts TCP connections and never says a word.
+  const sockets = [];
+  const server = net.createServer((socket) => sockets.push(socket));
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    const client = connect(`ws://127.0.0.1:${server.address().port}/`, {
+      origin: ORIGIN, handshakeTimeoutMs: 50, backoff: FAST,
+    });
+    const [attempt, , err] = await once(client, 'reconnecting');
+    assert.strictEqual(attempt, 1);
+    assert.match(err.message, /handshake has timed out/);
+    client.close();
+  } finally {
+    for (const socket of sockets) socket.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  }
 });

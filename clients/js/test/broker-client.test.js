@@ -7,9 +7,11 @@ const test = require('node:test');
 const assert = require('node:assert');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
+const http = require('node:http');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
+const vm = require('node:vm');
 const { spawn } = require('node:child_process');
 const WebSocket = require('ws');
 const { BrokerClient } = require('../broker-client');
@@ -171,6 +173,29 @@ test('a client gets a recovery notice, then events without brokerPosition and in
   }
 });
 
+test("the root README's example runs as printed (URL and require path aside) and gets its echo", async () => {
+  const readme = fs.readFileSync(path.join(__dirname, '..', '..', '..', 'README.md'), 'utf8');
+  const example = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1])
+    .find((block) => block.includes("require('./clients/js/broker-client')"));
+  assert.ok(example, 'README.md shows the client');
+  const { child, port } = await startBroker();
+  try {
+    const log = [];
+    const context = vm.createContext({
+      require: (name) => require(name === './clients/js/broker-client' ? '../broker-client' : name),
+      console: { log: (...args) => log.push(args.join(' ')) },
+    });
+    const code = example.replace("'ws://localhost:8080'", `'ws://127.0.0.1:${port}'`);
+    assert.notStrictEqual(code, example);
+    vm.runInContext(`${code}\nglobalThis.client = client;`, context);
+    clients.add(context.client);
+    await waitUntil('the echo', () => log.length > 0);
+    assert.deepStrictEqual(log, ['We got an echo: Hello world?']);
+  } finally {
+    await stopBroker(child);
+  }
+});
+
 test('forced disconnects under a steady stream: every numbered event arrives once, in order', async () => {
   const { child, port } = await startBroker();
   const TOTAL = 500;
@@ -299,6 +324,42 @@ test('a refused upgrade (403 origin, 401 token) is an error and is not retried',
     }
   } finally {
     await stopBroker(child);
+  }
+});
+
+test('503 and 429 are retried; a frame that is not a JSON object is an error the client survives', async () => {
+  // A stand-in server: 503, then 429, then an upgrade that sends one bad frame and one event.
+  const answers = [503, 429];
+  const server = http.createServer();
+  const wss = new WebSocket.Server({ noServer: true });
+  server.on('upgrade', (req, socket, head) => {
+    const status = answers.shift();
+    if (status) {
+      socket.end(`HTTP/1.1 ${status} Busy\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{"error":"busy"}\n`);
+      return;
+    }
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      ws.send('not json');
+      ws.send(JSON.stringify({ eventType: 6, files: [] }));
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    const client = connect(`ws://127.0.0.1:${server.address().port}/`, { origin: ORIGIN, backoff: FAST });
+    const statuses = [];
+    client.on('reconnecting', (attempt, delay, err) => statuses.push(err.status));
+    const errors = [];
+    client.on('error', (err) => errors.push(err));
+    const [event, position] = await once(client, 'event');
+    assert.deepStrictEqual(statuses, [503, 429]);
+    assert.strictEqual(errors.length, 1);
+    assert.match(errors[0].message, /not a JSON object: not json/);
+    assert.deepStrictEqual([event, position], [{ eventType: 6, files: [] }, null]);
+    client.close();
+  } finally {
+    for (const ws of wss.clients) ws.terminate();
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
   }
 });
 

@@ -44,6 +44,7 @@ function startBroker(brokerConfig = {}) {
       const m = seen.match(/listening.* ws=127\.0\.0\.1:(\d+)/);
       if (m) {
         clearTimeout(timer);
+        fs.rmSync(dir, { recursive: true, force: true }); // the config has been read
         resolve({ child, port: Number(m[1]) });
       }
     });

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting and lints, the Rust tests of every crate (the broker
 # over real sockets, the load tester against the real broker), the Node `ws` compatibility test
-# of the Users API document's own client example, and the dashboard and alert-rule checks.
+# of the Users API document's own client example, the Node client in clients/js, and the
+# dashboard and alert-rule checks.
 # Installs what a fresh machine lacks (Debian packages, the npm `ws` package) on the way.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -34,6 +35,9 @@ cargo build --workspace --all-targets
 
 echo "== Node ws compatibility (the API document's own client example)"
 (cd compat && npm ci --no-audit --no-fund --silent && BROKER_BIN="$PWD/../target/debug/broker" node --test)
+
+echo "== Node client (clients/js: reconnects with backoff, resumes from its position)"
+(cd clients/js && npm ci --no-audit --no-fund --silent && BROKER_BIN="$PWD/../../target/debug/broker" node --test)
 
 echo "== fuzz (bounded)"
 fuzz/run.sh "${FUZZ_SECONDS:-30}"

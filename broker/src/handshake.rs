@@ -301,7 +301,11 @@ pub enum Resume {
 impl Request {
     /// The connection's ask for positions, from the query.
     pub fn resume(&self) -> Resume {
-        if let Some(since) = self.query("since").filter(|s| !s.is_empty()) {
+        if let Some(since) = self.query("since") {
+            // `since=` with nothing: a client that asks but has no position yet.
+            if since.is_empty() {
+                return Resume::Fresh;
+            }
             return since
                 .parse()
                 .map(Resume::Since)

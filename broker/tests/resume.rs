@@ -49,6 +49,9 @@ async fn positions_are_opt_in_and_other_clients_get_the_same_bytes_as_before() {
     let (mut new, notice) = positioned(b.ws_addr(), "recover=1", None).await;
     assert_eq!(notice["brokerRecovery"]["complete"], true);
     assert_eq!(notice["brokerRecovery"]["replayed"], 0);
+    // `since=` with no position asks the same.
+    let (_, empty) = positioned(b.ws_addr(), "since=", None).await;
+    assert_eq!(empty["brokerRecovery"]["complete"], true, "{empty}");
     let start = position(&notice);
     let mut publ = publisher(b.ws_addr()).await;
     let text = r#"{"eventType":6,"files":[{"name":"a.txt"}]}"#;

@@ -9,8 +9,10 @@
 #   --quick     skip the 19,000-connection run
 #   --out DIR   where to write the results (default benches/results/<date>/)
 #
-# Environment: COMPARE_PORT (default 18480; the WebSocket port of both servers in turn) and
-# COMPARE_OPS_PORT (default 19480; the broker's ops listener). Loopback only. Every run is
+# Environment: COMPARE_PORT (default 18480; the WebSocket port of both servers in turn),
+# COMPARE_OPS_PORT (default 19480; the broker's ops listener) and COMPARE_HISTORY_BYTES (the
+# broker's broker.history.maxBytes, default 16777216; 0 turns positions and resuming off, to
+# measure what the history costs). Loopback only. Every run is
 # bounded (loadtest's own deadline, and `timeout` around it); each server is started afresh for
 # each run, so one run's memory does not blur the next one's, and stopped after it (SIGTERM,
 # then SIGKILL after 10 s). Nothing is left running if the script is interrupted.
@@ -108,6 +110,7 @@ cat >"$cfg" <<EOF
     "ops": { "host": "127.0.0.1", "port": $ops_port },
     // Exit at once on SIGTERM: there is nobody to drain for.
     "drainWindow": 0,
+    "history": { "maxBytes": ${COMPARE_HISTORY_BYTES:-16777216} },
     "limits": {
       "maxConnections": 100000,
       "maxConnectionsPerAddress": 0,

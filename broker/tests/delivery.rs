@@ -113,8 +113,22 @@ async fn a_slow_reader_that_resumes_sees_every_complete_frame_then_1013() {
     let mut slow = paused_client(b.ws_addr(), &[("origin", origin)]).await;
     let mut publ = publisher(b.ws_addr()).await;
     let blob = "s".repeat(16 * 1024);
+    // The first event is written to the socket before the flood (otherwise, on a loaded
+    // machine, the flood can fill the queue before the connection's task writes anything).
+    send_json(
+        &mut publ,
+        &json!({"eventType": 6, "files": [], "blob": blob, "seq": 0}),
+    )
+    .await;
+    let ops = b.ops_addr();
+    eventually("the first event was written", || async move {
+        admin_row(ops, origin)
+            .await
+            .is_some_and(|r| r["messagesOut"].as_u64() >= Some(1))
+    })
+    .await;
     // Until the broker gives up on the reader (kernel buffers take a few MiB first).
-    let mut sent = 0u64;
+    let mut sent = 1u64;
     let mut closing = false;
     while !closing {
         assert!(sent < 4000, "the reader was never found slow");

@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::event::{ErrorReason, EventError, EventType};
 use crate::fanout::Target;
-use crate::history::{Entry, Position, Replay, Scope};
+use crate::history::{unresumable, Entry, Position, Replay, Scope};
 use crate::outbox::WireFrame;
 use crate::registry::Conn;
 use crate::registry::Registry;
@@ -710,32 +710,12 @@ impl JetStreamHistory {
                 }
             }
         };
-        if *since.epoch != *self.epoch {
-            return Replay::Incomplete {
-                reason: format!(
-                    "the position is from another history (epoch {}, now {}): the history stream was recreated or the position is from a standalone broker",
-                    since.epoch, self.epoch
-                ),
-                head,
-            };
-        }
-        if since.seq > head {
-            return Replay::Incomplete {
-                reason: format!("the position {since} is ahead of this history ({head})"),
-                head,
-            };
+        if let Some(reason) = unresumable(since, &self.epoch, first, head) {
+            return Replay::Incomplete { reason, head };
         }
         if since.seq == head {
             return Replay::Complete {
                 entries: Vec::new(),
-                head,
-            };
-        }
-        if since.seq + 1 < first {
-            return Replay::Incomplete {
-                reason: format!(
-                    "events after {since} are no longer kept (the history starts at {first})"
-                ),
                 head,
             };
         }

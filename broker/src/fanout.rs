@@ -29,6 +29,20 @@ pub enum Target<'a> {
     Connection(&'a str),
 }
 
+/// The replay of an ask without a position to resume from: nothing, from `head`.
+fn from_head(ask: &Resume, head: u64) -> Replay {
+    match ask {
+        Resume::Unreadable(why) => Replay::Incomplete {
+            reason: why.clone(),
+            head,
+        },
+        _ => Replay::Complete {
+            entries: Vec::new(),
+            head,
+        },
+    }
+}
+
 /// What became of an event from a connection.
 #[derive(Debug)]
 pub enum Routed {
@@ -171,30 +185,18 @@ impl Shared {
     pub async fn resume(&self, conn: &Conn, ask: &Resume) {
         let max = self.config.broker.limits.send_queue_bytes / 2;
         let wants = |scope: &Scope| self.receives(conn, scope);
+        // What to replay, from whichever history there is; for a fresh or unreadable ask,
+        // nothing, from the head.
         let (epoch, replay) = if let Some(js) = self.cluster.as_ref().and_then(|c| c.history()) {
             let replay = match ask {
                 Resume::Since(since) => js.since(self, since, wants, max).await,
-                Resume::Unreadable(why) => Replay::Incomplete {
-                    reason: why.clone(),
-                    head: js.head().await,
-                },
-                Resume::Off | Resume::Fresh => Replay::Complete {
-                    entries: Vec::new(),
-                    head: js.head().await,
-                },
+                _ => from_head(ask, js.head().await),
             };
             (js.epoch().to_string(), replay)
         } else if let Some(history) = &self.history {
             let replay = match ask {
                 Resume::Since(since) => history.since(since, wants, max),
-                Resume::Unreadable(why) => Replay::Incomplete {
-                    reason: why.clone(),
-                    head: history.head().seq,
-                },
-                Resume::Off | Resume::Fresh => Replay::Complete {
-                    entries: Vec::new(),
-                    head: history.head().seq,
-                },
+                _ => from_head(ask, history.head().seq),
             };
             (history.epoch().to_string(), replay)
         } else {

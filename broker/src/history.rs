@@ -185,30 +185,9 @@ impl MemoryHistory {
         let mut inner = self.lock();
         self.evict(&mut inner, Instant::now());
         let head = inner.head;
-        if *since.epoch != *self.epoch {
-            return Replay::Incomplete {
-                reason: format!(
-                    "the position is from another history (epoch {}, now {}): the broker restarted or its history was reset",
-                    since.epoch, self.epoch
-                ),
-                head,
-            };
-        }
-        if since.seq > head {
-            return Replay::Incomplete {
-                reason: format!("the position {since} is ahead of this history ({head})"),
-                head,
-            };
-        }
         let oldest = inner.entries.front().map_or(head + 1, |(_, e)| e.seq);
-        if since.seq + 1 < oldest {
-            return Replay::Incomplete {
-                reason: format!(
-                    "events after {since} are no longer kept (the history starts at {})",
-                    oldest
-                ),
-                head,
-            };
+        if let Some(reason) = unresumable(since, &self.epoch, oldest, head) {
+            return Replay::Incomplete { reason, head };
         }
         let mut bytes = 0;
         let mut entries = Vec::new();
@@ -241,6 +220,28 @@ impl MemoryHistory {
                 .map_or(Duration::ZERO, |(at, _)| at.elapsed()),
         }
     }
+}
+
+/// Why `since` cannot be resumed from a history of `epoch` that holds `oldest..=head`, if it
+/// cannot (both histories, memory and JetStream, decide the same way).
+pub fn unresumable(since: &Position, epoch: &str, oldest: u64, head: u64) -> Option<String> {
+    if *since.epoch != *epoch {
+        return Some(format!(
+            "the position is from another history (epoch {}, now {epoch}): the broker restarted, or its history was reset or recreated",
+            since.epoch
+        ));
+    }
+    if since.seq > head {
+        return Some(format!(
+            "the position {since} is ahead of this history ({head})"
+        ));
+    }
+    if since.seq < head && since.seq + 1 < oldest {
+        return Some(format!(
+            "events after {since} are no longer kept (the history starts at {oldest})"
+        ));
+    }
+    None
 }
 
 /// The event `frame` (a JSON object) with `"brokerPosition": "<pos>"` added as its last field,

@@ -346,20 +346,6 @@ async fn nats_unreachable_at_start_holds_up_neither_start_nor_sigterm() {
     .await;
 }
 
-/// A client that asked for positions or to resume; returns it with its recovery notice.
-async fn positioned(addr: std::net::SocketAddr, query: &str) -> (Client, Value) {
-    let mut ws = connect_with(
-        addr,
-        &format!("/?{query}"),
-        &[("origin", "http://localhost")],
-    )
-    .await
-    .expect("connects");
-    let notice = recv_json(&mut ws).await;
-    assert!(notice.get("brokerRecovery").is_some(), "{notice}");
-    (ws, notice)
-}
-
 async fn history_in_jetstream(b: &RunningBroker) -> bool {
     let (_, body) = http_get(b.ops_addr(), "/readyz", None).await;
     body.contains("history: JetStream")
@@ -374,7 +360,7 @@ async fn a_client_cut_off_from_one_instance_resumes_on_another_exactly() {
         eventually("the history is in JetStream", || history_in_jetstream(b)).await;
     }
     let (a, b) = (bs[0].ws_addr(), bs[1].ws_addr());
-    let (mut ws, notice) = positioned(a, "recover=1").await;
+    let (mut ws, notice) = positioned_client(a, "recover=1").await;
     assert_eq!(notice["brokerRecovery"]["complete"], true, "{notice}");
     // A publisher on b, events to everyone and to alice (whom this anonymous client must not
     // see), while the client is moved from a to b and back every 400 events.
@@ -425,7 +411,7 @@ async fn a_client_cut_off_from_one_instance_resumes_on_another_exactly() {
         "every broadcast once, in order; none of alice's"
     );
     // Instance a goes away (SIGTERM's path): its client resumes on b with nothing lost.
-    let (mut moved, _) = positioned(a, "recover=1").await;
+    let (mut moved, _) = positioned_client(a, "recover=1").await;
     let mut publ = publisher(b).await;
     let ev = json!({"eventType": 6, "files": [], "n": "before"});
     send_json(&mut publ, &ev).await;
@@ -440,7 +426,7 @@ async fn a_client_cut_off_from_one_instance_resumes_on_another_exactly() {
     for n in 0..5 {
         send_json(&mut publ, &json!({"eventType": 6, "files": [], "n": n})).await;
     }
-    let (mut moved, notice) = positioned(b, &format!("since={last}")).await;
+    let (mut moved, notice) = positioned_client(b, &format!("since={last}")).await;
     assert_eq!(notice["brokerRecovery"]["replayed"], 5, "{notice}");
     for n in 0..5 {
         assert_eq!(recv_json(&mut moved).await["n"], n);

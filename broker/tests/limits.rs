@@ -5,6 +5,19 @@ use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A client connecting through a proxy that says it is `ip` (`X-Forwarded-For`).
+async fn forwarded_for(
+    addr: std::net::SocketAddr,
+    ip: &str,
+) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+    connect_with(
+        addr,
+        "/",
+        &[("origin", "http://localhost"), ("x-forwarded-for", ip)],
+    )
+    .await
+}
+
 async fn refused_count(b: &broker::server::RunningBroker, reason: &str) -> f64 {
     let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
     metric(
@@ -48,14 +61,7 @@ async fn total_connections_are_bounded_with_a_reserve_for_publishers() {
 async fn connections_per_address_are_bounded_and_forwarded_for_is_believed_only_from_proxies() {
     let b = start_with(json!({"broker": {"limits": {"maxConnectionsPerAddress": 2, "trustedProxies": ["127.0.0.1"]}}})).await;
     let addr = b.ws_addr();
-    let via = |ip: &'static str| async move {
-        connect_with(
-            addr,
-            "/",
-            &[("origin", "http://localhost"), ("x-forwarded-for", ip)],
-        )
-        .await
-    };
+    let via = |ip: &'static str| forwarded_for(addr, ip);
     // Behind the trusted proxy 127.0.0.1, each forwarded address has its own budget.
     let _a1 = via("198.51.100.1").await.expect("first");
     let _a2 = via("198.51.100.1").await.expect("second");
@@ -67,14 +73,7 @@ async fn connections_per_address_are_bounded_and_forwarded_for_is_believed_only_
     // Without a trusted proxy the header is ignored: the peer address counts.
     let b = start_with(json!({"broker": {"limits": {"maxConnectionsPerAddress": 2}}})).await;
     let addr = b.ws_addr();
-    let spoof = |ip: &'static str| async move {
-        connect_with(
-            addr,
-            "/",
-            &[("origin", "http://localhost"), ("x-forwarded-for", ip)],
-        )
-        .await
-    };
+    let spoof = |ip: &'static str| forwarded_for(addr, ip);
     let _c1 = spoof("198.51.100.7").await.expect("first");
     let _c2 = spoof("198.51.100.8").await.expect("second");
     assert_eq!(refused_status(spoof("198.51.100.9").await), 429);
@@ -216,14 +215,7 @@ async fn a_trusted_proxy_written_ipv4_mapped_is_the_same_proxy() {
     // `::ffff:127.0.0.1` in the config is the peer 127.0.0.1.
     let b = start_with(json!({"broker": {"limits": {"maxConnectionsPerAddress": 1, "trustedProxies": ["::ffff:127.0.0.1"]}}})).await;
     let addr = b.ws_addr();
-    let via = |ip: &'static str| async move {
-        connect_with(
-            addr,
-            "/",
-            &[("origin", "http://localhost"), ("x-forwarded-for", ip)],
-        )
-        .await
-    };
+    let via = |ip: &'static str| forwarded_for(addr, ip);
     let _a = via("198.51.100.1").await.expect("first");
     let _b = via("198.51.100.2")
         .await
@@ -236,14 +228,7 @@ async fn a_trusted_proxy_written_ipv4_mapped_is_the_same_proxy() {
 async fn ipv6_clients_are_counted_per_64_and_behind_proxies_the_limit_is_on_by_default() {
     let b = start_with(json!({"broker": {"limits": {"maxConnectionsPerAddress": 2, "trustedProxies": ["127.0.0.1"]}}})).await;
     let addr = b.ws_addr();
-    let via = |ip: &'static str| async move {
-        connect_with(
-            addr,
-            "/",
-            &[("origin", "http://localhost"), ("x-forwarded-for", ip)],
-        )
-        .await
-    };
+    let via = |ip: &'static str| forwarded_for(addr, ip);
     // One host given a /64 is one address, however many of its addresses it uses.
     let _a = via("2001:db8:1:2::1").await.expect("first of the /64");
     let _b = via("2001:db8:1:2:ffff::9")

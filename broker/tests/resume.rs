@@ -6,8 +6,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-/// A client that asked for positions (`?recover=1`) or to resume (`?since=`), as `user` when
-/// given. Returns it with its first frame, the recovery notice.
+/// A client that asked for positions or to resume, as `user` when given.
 async fn positioned(
     addr: std::net::SocketAddr,
     query: &str,
@@ -16,16 +15,7 @@ async fn positioned(
     let token = user
         .map(|u| format!("&token={}", user_token(u)))
         .unwrap_or_default();
-    let mut ws = connect_with(
-        addr,
-        &format!("/?{query}{token}"),
-        &[("origin", "http://localhost")],
-    )
-    .await
-    .expect("connects");
-    let notice = recv_json(&mut ws).await;
-    assert!(notice.get("brokerRecovery").is_some(), "{notice}");
-    (ws, notice)
+    positioned_client(addr, &format!("{query}{token}")).await
 }
 
 fn position(v: &Value) -> String {

@@ -148,6 +148,21 @@ pub async fn recv_text(ws: &mut Client) -> String {
     }
 }
 
+/// A client that asked for positions or to resume (`query`: `recover=1`, `since=...`, and
+/// any more parameters); returns it with its first frame, the recovery notice.
+pub async fn positioned_client(addr: SocketAddr, query: &str) -> (Client, Value) {
+    let mut ws = connect_with(
+        addr,
+        &format!("/?{query}"),
+        &[("origin", "http://localhost")],
+    )
+    .await
+    .expect("connects");
+    let notice = recv_json(&mut ws).await;
+    assert!(notice.get("brokerRecovery").is_some(), "{notice}");
+    (ws, notice)
+}
+
 /// A user token (HS256 with the test secret, valid for 10 minutes).
 pub fn user_token(name: &str) -> String {
     let now = std::time::SystemTime::now()

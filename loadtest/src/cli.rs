@@ -105,6 +105,20 @@ pub struct TargetArgs {
     #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
 
+    /// Run the workers on these agents (`loadtest agent` on other machines) instead of here:
+    /// worker i on agent i mod n; as many workers as agents unless --workers asks for more.
+    #[arg(long, global = true, env = "LOADTEST_AGENTS", value_delimiter = ',')]
+    pub agents: Vec<String>,
+
+    /// The token the agents want (their --token).
+    #[arg(
+        long,
+        global = true,
+        env = "LOADTEST_AGENT_TOKEN",
+        hide_env_values = true
+    )]
+    pub agent_token: Option<String>,
+
     /// New connections per second during ramp-up (all scenarios).
     #[arg(long, global = true, default_value_t = 1000.0)]
     pub connect_rate: f64,
@@ -184,6 +198,25 @@ pub enum Scenario {
     /// Listeners that resume with positions while one instance of a cluster is drained or
     /// killed mid-run; per-listener missing, duplicate and out-of-order events, reconnect times.
     Failover(FailoverArgs),
+    /// Serve as a load machine: a coordinator run with `--agents HOST:PORT,...` starts its
+    /// workers here (see the README's "Several machines").
+    Agent(AgentArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Where to listen for coordinators (loopback unless given: an agent runs what an
+    /// authenticated coordinator asks of this program).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: std::net::SocketAddr,
+
+    /// The token coordinators must present (at least 8 characters).
+    #[arg(long, env = "LOADTEST_AGENT_TOKEN", hide_env_values = true)]
+    pub token: String,
+
+    /// Stop after starting this many workers (default: serve until Ctrl-C).
+    #[arg(long)]
+    pub runs: Option<usize>,
 }
 
 impl Scenario {
@@ -197,6 +230,7 @@ impl Scenario {
             Scenario::Soak(_) => "soak",
             Scenario::Mixed(_) => "mixed",
             Scenario::Failover(_) => "failover",
+            Scenario::Agent(_) => "agent",
         }
     }
 }

@@ -18,6 +18,7 @@
 //! (HDR histograms and windows), `scenario/*` (one file per scenario), `summary` (the result,
 //! for people and for `--json`), `report` (SVG plots and HTML), `progress` (live bars).
 
+pub mod agent;
 pub mod cli;
 pub mod client;
 pub mod context;
@@ -126,7 +127,7 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
             scenario::planned(&cli.scenario, rate, timeout),
         ),
     };
-    let parent = worker.is_none() && cli.target.workers > 1;
+    let parent = worker.is_none() && (cli.target.workers > 1 || !cli.target.agents.is_empty());
     if shard.count > 1 || parent {
         match &phases {
             Some(phases) => {
@@ -216,15 +217,35 @@ async fn run_parent(
     if cli.argv.is_empty() {
         bail!("--workers needs the loadtest program itself (its arguments are passed on)");
     }
-    let n = usize::from(cli.target.workers);
-    progress.note(&format!("starting {n} worker processes, run {run_id}"));
+    let agents = workers::Agents {
+        addrs: cli.target.agents.clone(),
+        token: cli.target.agent_token.clone().unwrap_or_default(),
+    };
+    let n = usize::from(cli.target.workers).max(agents.addrs.len());
+    if agents.addrs.is_empty() {
+        progress.note(&format!("starting {n} worker processes, run {run_id}"));
+    } else {
+        if agents.token.is_empty() {
+            bail!("--agents needs --agent-token (or LOADTEST_AGENT_TOKEN): the agents' --token");
+        }
+        progress.note(&format!(
+            "starting {n} workers on {} agents, run {run_id}",
+            agents.addrs.len()
+        ));
+    }
     // The workers keep their own deadline; this one only ends workers that stopped answering.
     let limit = budget + WRAP_UP * 2;
-    let (parts, notes) = workers::run_parent(&cli.argv, run_id, n, limit, interrupt).await?;
+    let (parts, notes) =
+        workers::run_parent(&cli.argv, run_id, n, limit, interrupt, &agents).await?;
     let finished = parts.len();
     let mut summary = merge::merge(parts);
     summary.notes.push(format!(
-        "{finished} of {n} worker processes reported; figures merged (histograms exactly)"
+        "{finished} of {n} worker processes reported{}; figures merged (histograms exactly)",
+        if agents.addrs.is_empty() {
+            String::new()
+        } else {
+            format!(" from {} agents", agents.addrs.len())
+        }
     ));
     summary.notes.extend(notes);
     summary.verdict = Some(verdict::judge(&summary, thresholds));

@@ -29,6 +29,16 @@ async fn main() -> ExitCode {
         });
     }
 
+    if let loadtest::cli::Scenario::Agent(a) = &cli.scenario {
+        return match loadtest::agent::serve(a.listen, &a.token, a.runs, interrupt).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+
     match loadtest::run_until(cli, interrupt).await {
         Ok(summary) if worker => {
             loadtest::workers::Link::done(summary);

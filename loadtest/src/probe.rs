@@ -47,11 +47,16 @@ impl Kind {
     }
 }
 
-/// Nanoseconds on the machine's monotonic clock (`CLOCK_MONOTONIC`, since boot).
+/// Set by an agent for its worker: nanoseconds to add to this machine's monotonic clock to be
+/// on the coordinator's (see [`crate::agent`]).
+pub const CLOCK_OFFSET_ENV: &str = "LOADTEST_CLOCK_OFFSET_NS";
+
+/// Nanoseconds on the machine's monotonic clock (`CLOCK_MONOTONIC`, since boot), moved onto the
+/// coordinator's scale in a worker of an agent ([`CLOCK_OFFSET_ENV`]).
 ///
 /// The clock is the machine's, not the process's: with `--workers`, an event sent by one worker
-/// process and received by another is timed on one scale. (Across machines the clocks differ;
-/// see the README on coordinator mode.)
+/// process and received by another is timed on one scale; with `--agents`, every machine's
+/// workers are put on the coordinator's scale at the start, to within half a round trip.
 pub fn now_ns() -> u64 {
     ns_at(Instant::now())
 }
@@ -60,7 +65,13 @@ pub fn now_ns() -> u64 {
 pub fn ns_at(at: Instant) -> u64 {
     // `Instant` is CLOCK_MONOTONIC on Linux but opaque: pair one reading of each, once.
     static EPOCH: OnceLock<(Instant, u64)> = OnceLock::new();
-    let (epoch, base) = *EPOCH.get_or_init(|| (Instant::now(), monotonic_ns()));
+    let (epoch, base) = *EPOCH.get_or_init(|| {
+        let offset: i64 = std::env::var(CLOCK_OFFSET_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        (Instant::now(), monotonic_ns().saturating_add_signed(offset))
+    });
     let since = if at >= epoch {
         u64::try_from((at - epoch).as_nanos()).unwrap_or(u64::MAX)
     } else {

@@ -273,50 +273,67 @@ pub fn decode_histograms(s: &mut Summary) -> anyhow::Result<()> {
 
 /// Starts `count` workers running `argv` (this binary's own arguments), relays their barriers
 /// and sent sets, and returns their summaries (histograms decoded) in worker order, with a note
-/// for each worker that gave none. Every worker is killed if `limit` passes first.
+/// for each worker that gave none. Every worker is killed if `limit` passes first. With
+/// `agents`, worker `i` runs on agent `i % agents.len()` (see [`crate::agent`]) instead of as a
+/// child process here.
 pub async fn run_parent(
     argv: &[std::ffi::OsString],
     run_id: &str,
     count: usize,
     limit: Duration,
     interrupt: CancellationToken,
+    agents: &Agents,
 ) -> anyhow::Result<(Vec<Summary>, Vec<String>)> {
     let exe = std::env::current_exe().context("cannot find this program to start workers")?;
     let mut children = Vec::with_capacity(count);
-    let mut inputs = Vec::with_capacity(count);
+    let mut inputs: Vec<Option<Input>> = Vec::with_capacity(count);
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Option<String>)>();
     for i in 0..count {
-        let mut child = tokio::process::Command::new(&exe)
-            .args(argv.iter().skip(1))
-            .env(WORKER_ENV, format!("{run_id}/{i}/{count}"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start worker {i} ({})", exe.display()))?;
-        inputs.push(child.stdin.take());
-        let stdout = child.stdout.take().context("worker stdout")?;
+        let worker = format!("{run_id}/{i}/{count}");
+        let output: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if agents.addrs.is_empty() {
+            let mut child = tokio::process::Command::new(&exe)
+                .args(argv.iter().skip(1))
+                .env(WORKER_ENV, &worker)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start worker {i} ({})", exe.display()))?;
+            inputs.push(child.stdin.take().map(|w| Box::new(w) as Input));
+            let stdout = child.stdout.take().context("worker stdout")?;
+            children.push(child);
+            Box::new(stdout)
+        } else {
+            let addr = &agents.addrs[i % agents.addrs.len()];
+            let (read, write) = crate::agent::start_remote(addr, &agents.token, &worker, argv)
+                .await
+                .with_context(|| format!("worker {i} on agent {addr}"))?;
+            inputs.push(Some(Box::new(write)));
+            Box::new(read)
+        };
         let tx = tx.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
+            let mut lines = BufReader::new(output).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let _ = tx.send((i, Some(line)));
             }
             let _ = tx.send((i, None));
         });
-        children.push(child);
     }
     drop(tx);
     // Ctrl-C (or SIGINT from a supervisor) reaches the parent: pass it on, so every worker
     // wraps up and reports what it measured.
     let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
-    let forward = tokio::spawn(async move {
-        interrupt.cancelled().await;
-        for pid in pids {
-            // SAFETY: kill(2) with a pid this process started; a gone pid is only an error.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGINT);
+    let forward = tokio::spawn({
+        let interrupt = interrupt.clone();
+        async move {
+            interrupt.cancelled().await;
+            for pid in pids {
+                // SAFETY: kill(2) with a pid this process started; a gone pid is only an error.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGINT);
+                }
             }
         }
     });
@@ -326,8 +343,24 @@ pub async fn run_parent(
     let mut ready: HashMap<String, HashSet<usize>> = HashMap::new();
     let mut sent: HashMap<String, (HashSet<usize>, SeqSet)> = HashMap::new();
     let mut notes = Vec::new();
+    let remote = !agents.addrs.is_empty();
+    let mut interrupted = false;
     let relay = async {
-        while let Some((i, line)) = rx.recv().await {
+        loop {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                () = interrupt.cancelled(), if remote && !interrupted => {
+                    // Agents pass this on to their worker as SIGINT.
+                    interrupted = true;
+                    let line = format!("{}\n", crate::agent::INTERRUPT);
+                    for w in inputs.iter_mut().flatten() {
+                        let _ = w.write_all(line.as_bytes()).await;
+                        let _ = w.flush().await;
+                    }
+                    continue;
+                }
+            };
+            let Some((i, line)) = next else { break };
             match line {
                 None => alive[i] = false,
                 Some(line) => match serde_json::from_str::<ToParent>(&line) {
@@ -385,18 +418,28 @@ pub async fn run_parent(
     }
     drop(inputs);
     forward.abort();
+    let mut statuses = vec![None; count];
     for (i, mut child) in children.into_iter().enumerate() {
-        let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+        statuses[i] = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
             Ok(Ok(s)) => s.code(),
             _ => {
                 let _ = child.kill().await;
                 None
             }
         };
-        if summaries[i].is_none() {
+    }
+    for (i, summary) in summaries.iter().enumerate() {
+        if summary.is_none() {
+            let how = if remote {
+                format!("on agent {}", agents.addrs[i % agents.addrs.len()])
+            } else {
+                format!(
+                    "exit status {}",
+                    statuses[i].map_or_else(|| "none".to_owned(), |c| c.to_string())
+                )
+            };
             notes.push(format!(
-                "worker {i} gave no summary (exit status {}); its share is missing from the figures",
-                status.map_or_else(|| "none".to_owned(), |c| c.to_string())
+                "worker {i} gave no summary ({how}); its share is missing from the figures"
             ));
         }
     }
@@ -413,11 +456,17 @@ pub async fn run_parent(
     Ok((out, notes))
 }
 
-async fn broadcast(
-    inputs: &mut [Option<tokio::process::ChildStdin>],
-    alive: &[bool],
-    msg: &ToWorker,
-) {
+/// Where the parent writes a worker's messages: a child's stdin, or an agent's socket.
+type Input = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+/// The agents a run is spread over (`--agents`), and the token they want.
+#[derive(Debug, Clone, Default)]
+pub struct Agents {
+    pub addrs: Vec<String>,
+    pub token: String,
+}
+
+async fn broadcast(inputs: &mut [Option<Input>], alive: &[bool], msg: &ToWorker) {
     let Ok(mut line) = serde_json::to_string(msg) else {
         return;
     };

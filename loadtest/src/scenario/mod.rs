@@ -51,6 +51,7 @@ pub async fn run(ctx: &RunCtx, scenario: &Scenario) -> anyhow::Result<Outcome> {
         Scenario::Soak(a) => soak::run(ctx, a).await,
         Scenario::Failover(a) => failover::run(ctx, a).await,
         Scenario::Mixed(_) => anyhow::bail!("a mixed scenario cannot be nested in another"),
+        Scenario::Agent(_) => anyhow::bail!("agent is not a scenario to run"),
     }
 }
 
@@ -84,7 +85,9 @@ pub fn check_workers(scenario: &Scenario) -> anyhow::Result<()> {
 pub fn measures(scenario: &Scenario) -> (Latency, Option<Latency>) {
     let open_loop = |d: &DeliveryArgs| d.rate != Rate::Max || !d.stage.is_empty();
     match scenario {
-        Scenario::Connect(_) | Scenario::Mixed(_) => (Latency::new("handshake", false), None),
+        Scenario::Connect(_) | Scenario::Mixed(_) | Scenario::Agent(_) => {
+            (Latency::new("handshake", false), None)
+        }
         Scenario::Echo(_) => (Latency::new("rtt", false), None),
         Scenario::Broadcast(a) => (Latency::new("delivery", open_loop(&a.delivery)), None),
         Scenario::Publish(a) => (
@@ -128,7 +131,7 @@ pub fn connections(scenario: &Scenario) -> usize {
         Scenario::Publish(a) => a.delivery.listeners + a.delivery.publishers + 1,
         Scenario::Soak(a) => a.connections + 1,
         Scenario::Failover(a) => a.listeners + 2,
-        Scenario::Mixed(_) => 0,
+        Scenario::Mixed(_) | Scenario::Agent(_) => 0,
     }
 }
 
@@ -157,7 +160,7 @@ pub fn planned(scenario: &Scenario, connect_rate: f64, connect_timeout: Duration
                 + CLOSE_GRACE * 2
                 + a.drain
         }
-        Scenario::Mixed(_) => Duration::ZERO,
+        Scenario::Mixed(_) | Scenario::Agent(_) => Duration::ZERO,
     };
     // Closing takes longer for many connections (see `Fleet::finish`).
     body + CLOSE_GRACE * 2 + Duration::from_millis(connections(scenario) as u64 / 5)

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::net::IpAddr;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// WebSocket capacity tester for the broker (and any server speaking its protocol).
@@ -96,8 +98,14 @@ pub struct TargetArgs {
     ///
     /// One source address has about 28,000 ephemeral ports towards one server port; eight
     /// addresses lift that ceiling far above what one machine's memory holds.
-    #[arg(long, global = true, default_value_t = 0)]
+    #[arg(long, global = true, default_value_t = 0, conflicts_with = "source_ip")]
     pub source_addrs: u8,
+
+    /// Spread client sockets over these local addresses (any interface, IPv4 or IPv6, of the
+    /// target's family), e.g. the addresses of several NICs or an alias range, to lift the
+    /// ephemeral-port ceiling against a remote target: connection i binds to address i mod n.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub source_ip: Vec<IpAddr>,
 
     /// Run as N worker processes on this machine, each with its own open-file limit, and report
     /// them as one run: connections, listeners, publishers and rates are split between them,

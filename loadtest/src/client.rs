@@ -50,7 +50,7 @@ pub struct Target {
     api_key: Option<String>,
     token: Option<String>,
     token_in_query: bool,
-    sources: Vec<Ipv4Addr>,
+    sources: Vec<IpAddr>,
     connect_timeout: Duration,
     ws_config: WebSocketConfig,
     inflight: Arc<Semaphore>,
@@ -120,18 +120,38 @@ impl Target {
             endpoints.push(e);
         }
 
-        let sources: Vec<Ipv4Addr> = (1..=args.source_addrs)
-            .map(|k| Ipv4Addr::new(127, 0, 0, k))
-            .collect();
+        let sources: Vec<IpAddr> = if args.source_ip.is_empty() {
+            (1..=args.source_addrs)
+                .map(|k| IpAddr::V4(Ipv4Addr::new(127, 0, 0, k)))
+                .collect()
+        } else {
+            args.source_ip.clone()
+        };
         for e in &endpoints {
-            if !sources.is_empty() && !matches!(e.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
+            if args.source_addrs > 0 && !matches!(e.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
                 bail!(
                     "--source-addrs binds sockets to 127.0.0.x, which only reaches a loopback \
-                     IPv4 target; {} resolved to {}",
+                     IPv4 target; {} resolved to {} (use --source-ip with this machine's \
+                     addresses instead)",
                     e.host,
                     e.addr.ip()
                 );
             }
+            if let Some(ip) = sources.iter().find(|ip| ip.is_ipv4() != e.addr.is_ipv4()) {
+                bail!(
+                    "--source-ip {ip} is not of the family of {} ({})",
+                    e.host,
+                    e.addr.ip()
+                );
+            }
+        }
+        for ip in &args.source_ip {
+            // A clear error now rather than every connection failing later.
+            std::net::TcpListener::bind(SocketAddr::new(*ip, 0)).map_err(|e| {
+                anyhow::anyhow!(
+                    "--source-ip {ip} cannot be bound ({e}): is it an address of this machine?"
+                )
+            })?;
         }
         let identities = crate::identity::Identities::from_args(args)?.map(Arc::new);
         if args.connect_rate.is_nan() || args.connect_rate <= 0.0 {
@@ -407,7 +427,7 @@ impl Target {
         if !self.sources.is_empty() {
             let source = self.sources[index % self.sources.len()];
             bind_address_no_port(&socket);
-            socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+            socket.bind(SocketAddr::new(source, 0))?;
         }
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;

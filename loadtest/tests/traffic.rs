@@ -95,3 +95,67 @@ async fn user_events_reach_their_user_only_and_are_counted_per_listener() {
     assert_eq!(s.connections.failures.get("http_401"), Some(&3), "{s}");
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ip_spreads_sockets_over_the_given_local_addresses() {
+    let b = broker_with(r#""^http://localhost$""#, "").await;
+    let url = format!("ws://{}/", b.ws_addr());
+    let cli = loadtest::Cli::try_parse_from([
+        "loadtest",
+        "--quiet",
+        "--url",
+        &url,
+        "--source-ip",
+        "127.0.0.5,127.0.0.6",
+        "connect",
+        "-c",
+        "6",
+        "--hold",
+        "2s",
+    ])
+    .expect("parses");
+    let running = tokio::spawn(run(cli));
+    let shared = b.shared().clone();
+    let remotes = common::within(async {
+        loop {
+            let conns = shared.registry.snapshot();
+            if conns.len() == 6 {
+                return conns.iter().map(|c| c.remote.ip()).collect::<Vec<_>>();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let five: std::net::IpAddr = "127.0.0.5".parse().expect("ip");
+    let six: std::net::IpAddr = "127.0.0.6".parse().expect("ip");
+    assert_eq!(
+        remotes.iter().filter(|ip| **ip == five).count(),
+        3,
+        "{remotes:?}"
+    );
+    assert_eq!(
+        remotes.iter().filter(|ip| **ip == six).count(),
+        3,
+        "{remotes:?}"
+    );
+    let s = running.await.expect("the run");
+    assert_eq!(s.connections.established, 6, "{s}");
+    // An address of another family, or one this machine does not have, is refused up front.
+    for bad in ["::1", "192.0.2.1"] {
+        let cli = loadtest::Cli::try_parse_from([
+            "loadtest",
+            "--quiet",
+            "--url",
+            &url,
+            "--source-ip",
+            bad,
+            "connect",
+            "-c",
+            "1",
+        ])
+        .expect("parses");
+        let err = loadtest::run(cli).await.expect_err(bad).to_string();
+        assert!(err.contains("--source-ip"), "{bad}: {err}");
+    }
+    b.shutdown().await;
+}

@@ -337,22 +337,15 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
+    /// `ALL` lists each enum in declaration order, so a variant's number is its index.
     pub fn refused(&self, reason: Refused) {
-        if let Some(c) = Refused::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .and_then(|i| self.refused_by_reason.get(i))
-        {
+        if let Some(c) = self.refused_by_reason.get(reason as usize) {
             c.inc();
         }
     }
 
     pub fn closed(&self, reason: CloseReason) {
-        if let Some(c) = CloseReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .and_then(|i| self.closed_by_reason.get(i))
-        {
+        if let Some(c) = self.closed_by_reason.get(reason as usize) {
             c.inc();
         }
     }
@@ -390,6 +383,16 @@ mod tests {
             .lines()
             .find(|l| l.starts_with(&format!("| `{metric}`")))
             .unwrap_or_else(|| panic!("{metric} is not in docs/METRICS.md"))
+    }
+
+    #[test]
+    fn all_lists_each_enum_in_declaration_order() {
+        for (i, r) in Refused::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
     }
 
     #[test]

@@ -551,7 +551,9 @@ async fn upgrade<S: Transport>(
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         if resume != Resume::Off {
-            shared.resume(&conn, &resume).await;
+            // Boxed: the resume (a JetStream read) is a large future that every connection
+            // task would otherwise carry for its whole life, resuming or not.
+            Box::pin(shared.resume(&conn, &resume)).await;
         }
         crate::connection::serve(ws, conn, shared).await;
         drop(slot);

@@ -278,22 +278,7 @@ impl Target {
         role: Role,
         recv_buffer: Option<u32>,
     ) -> Result<(Ws, Duration), ConnectFailure> {
-        let _slot = self
-            .inflight
-            .acquire()
-            .await
-            .map_err(|_| ConnectFailure::Io(io::ErrorKind::Other.into()))?;
-        let started = Instant::now();
-        match tokio::time::timeout(
-            self.connect_timeout,
-            self.handshake(index, role, recv_buffer, None),
-        )
-        .await
-        {
-            Err(_) => Err(ConnectFailure::Timeout),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(ws)) => Ok((ws, started.elapsed())),
-        }
+        self.connect_bounded(index, role, recv_buffer, None).await
     }
 
     /// As [`Target::connect`], with `query` (`name=value` pairs joined by `&`, already
@@ -304,6 +289,17 @@ impl Target {
         role: Role,
         query: Option<&str>,
     ) -> Result<(Ws, Duration), ConnectFailure> {
+        self.connect_bounded(index, role, None, query).await
+    }
+
+    /// One handshake within the in-flight bound and the connect timeout; its duration.
+    async fn connect_bounded(
+        &self,
+        index: usize,
+        role: Role,
+        recv_buffer: Option<u32>,
+        query: Option<&str>,
+    ) -> Result<(Ws, Duration), ConnectFailure> {
         let _slot = self
             .inflight
             .acquire()
@@ -312,7 +308,7 @@ impl Target {
         let started = Instant::now();
         match tokio::time::timeout(
             self.connect_timeout,
-            self.handshake(index, role, None, query),
+            self.handshake(index, role, recv_buffer, query),
         )
         .await
         {

@@ -4,11 +4,13 @@
 //! The UI sends [`Command`]s and drains [`Update`]s once per frame; every update wakes the UI
 //! (`request_repaint`). One *session* per ops URL and token does the live work:
 //!
-//! 1. `GET /admin/stats` proves the URL and the token (401 stops the session: retrying a bad
-//!    token only fills the broker's log, the operator has to fix it);
-//! 2. `GET /admin/stream` (Server-Sent Events) is the live feed of connects, disconnects and
+//! 1. `GET /admin/v1/stats` proves the URL and the token (401 stops the session: retrying a bad
+//!    token only fills the broker's log, the operator has to fix it). A broker from before the
+//!    API was versioned answers 404 there: the session then uses its unversioned `/admin/...`
+//!    paths, which are the same version 1 routes;
+//! 2. `GET /admin/v1/stream` (Server-Sent Events) is the live feed of connects, disconnects and
 //!    once-a-second stats; a broker without it (404) is polled once a second instead;
-//! 3. `GET /admin/connections`, paged, is the full list: at start, every few seconds (the per
+//! 3. `GET /admin/v1/connections`, paged, is the full list: at start, every few seconds (the per
 //!    connection counters are only in the list), and right after the filter changes.
 //!
 //! When the broker goes away the session retries with exponential backoff (1 s doubling to 30 s)
@@ -21,12 +23,13 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::api::{
-    percent_encode, ConnectionInfo, ConnectionPage, ListFilter, Stats, StreamMessage, Target,
+use admin_api::{
+    percent_encode, route, ConnectionInfo, ConnectionPage, InjectRequest, InjectResponse,
+    ListFilter, Stats, StreamMessage, Target,
 };
 
-/// Page size for `GET /admin/connections` (the broker's maximum).
-const PAGE: u64 = 1000;
+/// Page size for `GET /admin/v1/connections` (the broker's maximum).
+const PAGE: u64 = admin_api::MAX_PAGE;
 /// Rows fetched at most per resync; past that the table says so and asks for a filter.
 pub const MAX_ROWS: u64 = 50_000;
 /// How often the full list is fetched again.
@@ -619,7 +622,8 @@ async fn fetch_all(
     loop {
         let page: ConnectionPage = ep
             .get(&format!(
-                "/admin/connections?{}",
+                "{}?{}",
+                ep.path(route::CONNECTIONS),
                 filter.query(offset, PAGE)
             ))
             .await?;
@@ -637,6 +641,8 @@ struct Endpoint {
     http: reqwest::Client,
     base: String,
     token: Token,
+    /// The broker predates the versioned API: its routes are under `/admin`, not `/admin/v1`.
+    legacy: std::sync::atomic::AtomicBool,
 }
 
 impl Endpoint {
@@ -647,7 +653,21 @@ impl Endpoint {
             .user_agent(concat!("broker-admin-gui/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
-        Ok(Endpoint { http, base, token })
+        Ok(Endpoint {
+            http,
+            base,
+            token,
+            legacy: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The path of `route` on this broker.
+    fn path(&self, route: &str) -> String {
+        if self.legacy.load(std::sync::atomic::Ordering::Relaxed) {
+            format!("{}{route}", admin_api::LEGACY_PREFIX)
+        } else {
+            admin_api::path(route)
+        }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -663,34 +683,48 @@ impl Endpoint {
         json_body(send(rb).await?).await
     }
 
+    /// The first call of a session: on a 404 for the versioned path, tries the unversioned one
+    /// of older brokers, and keeps to it if it answers.
     async fn stats(&self) -> Result<Stats, ApiError> {
-        self.get("/admin/stats").await
+        match self.get(&self.path(route::STATS)).await {
+            Err(ApiError::Status { status: 404, .. })
+                if !self.legacy.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                let legacy = format!("{}{}", admin_api::LEGACY_PREFIX, route::STATS);
+                let stats = self.get(&legacy).await?;
+                self.legacy
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(stats)
+            }
+            other => other,
+        }
     }
 
     async fn open_stream(&self) -> Result<reqwest::Response, ApiError> {
         // No overall timeout: the stream is meant to stay open. Silence is caught per chunk.
         let rb = self
-            .request(reqwest::Method::GET, "/admin/stream")
+            .request(reqwest::Method::GET, &self.path(route::STREAM))
             .header(reqwest::header::ACCEPT, "text/event-stream");
         send(rb).await
     }
 
     async fn inject(&self, event: Value, target: &Target) -> Result<u64, ApiError> {
-        let body = serde_json::json!({ "event": event, "target": target.to_json() });
+        let body = InjectRequest {
+            event,
+            target: target.clone(),
+        };
         let rb = self
-            .request(reqwest::Method::POST, "/admin/events")
+            .request(reqwest::Method::POST, &self.path(route::EVENTS))
             .timeout(CALL_TIMEOUT)
             .json(&body);
-        let answer: Value = json_body(send(rb).await?).await?;
-        answer
-            .get("delivered")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| ApiError::BadResponse(format!("no \"delivered\" count in {answer}")))
+        let answer: InjectResponse = json_body(send(rb).await?).await?;
+        Ok(answer.delivered)
     }
 
     async fn kick(&self, id: &str, code: u16, reason: &str) -> Result<(), ApiError> {
         let path = format!(
-            "/admin/connections/{}?code={code}&reason={}",
+            "{}/{}?code={code}&reason={}",
+            self.path(route::CONNECTIONS),
             percent_encode(id),
             percent_encode(reason)
         );
@@ -702,7 +736,7 @@ impl Endpoint {
 
     async fn drain(&self) -> Result<(), ApiError> {
         let rb = self
-            .request(reqwest::Method::POST, "/admin/drain")
+            .request(reqwest::Method::POST, &self.path(route::DRAIN))
             .timeout(CALL_TIMEOUT);
         send(rb).await.map(drop)
     }
@@ -736,9 +770,10 @@ async fn send(rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError
         return Ok(response);
     }
     let body = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&body)
+    let message = serde_json::from_str::<admin_api::ErrorBody>(&body)
         .ok()
-        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+        .map(|e| e.error)
+        .filter(|e| !e.is_empty())
         .unwrap_or_else(|| {
             let text = body.trim();
             if text.is_empty() {

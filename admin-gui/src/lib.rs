@@ -2,9 +2,9 @@
 //!
 //! The file list is the architecture: [`client`] is the network worker (off the UI thread),
 //! [`state`] the model it feeds, [`app`] the frame loop, [`panels`] one file per panel,
-//! [`api`] the admin API's JSON, [`settings`] what is remembered between runs.
+//! [`settings`] what is remembered between runs. The admin API's types are the `admin_api`
+//! crate, shared with the broker's routes.
 
-pub mod api;
 pub mod app;
 pub mod client;
 pub mod format;

@@ -8,8 +8,8 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::api::{ConnectionInfo, ListFilter, Stats, Totals};
 use crate::client::{Action, ActionOutcome, LinkStatus, Snapshot, Update};
+use admin_api::{ConnectionInfo, ListFilter, Stats, Totals};
 
 /// How much rate history is kept (the charts show up to this much).
 pub const HISTORY: Duration = Duration::from_secs(10 * 60);
@@ -308,6 +308,14 @@ impl Default for Model {
 }
 
 impl Model {
+    /// Whether this session's token may change things (inject, kick, drain). A read-only token
+    /// (`broker.admin.readToken`) may not: the app greys those controls out and says why.
+    pub fn may_change(&self) -> bool {
+        self.stats
+            .as_ref()
+            .is_none_or(|s| s.access == admin_api::Access::Admin)
+    }
+
     /// Folds one update from the worker into the model.
     pub fn apply(&mut self, update: Update) {
         match update {
@@ -580,7 +588,7 @@ fn describe_transition(old: &LinkStatus, new: &LinkStatus) -> Option<(Level, Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::OpenConnections;
+    use admin_api::OpenConnections;
 
     fn conn(id: &str, port: u16, user: Option<&str>, msgs_in: u64) -> ConnectionInfo {
         ConnectionInfo {

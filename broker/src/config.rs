@@ -190,6 +190,9 @@ pub enum LogFormat {
 pub struct OpsConfig {
     pub host: IpAddr,
     pub port: u16,
+    /// Serve the ops listener over TLS (HTTPS), with the certificate of `sslKey`/`sslCert`
+    /// (also when `ssl` itself is off, e.g. when a load balancer terminates the public TLS).
+    pub tls: bool,
 }
 
 impl Default for OpsConfig {
@@ -197,6 +200,7 @@ impl Default for OpsConfig {
         OpsConfig {
             host: IpAddr::from([127, 0, 0, 1]),
             port: 9090,
+            tls: false,
         }
     }
 }
@@ -204,9 +208,14 @@ impl Default for OpsConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AdminConfig {
-    /// Bearer token for the admin API; without one the admin API is off.
+    /// Bearer token for the admin API (every call); without it and `readToken` the admin API
+    /// is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Bearer token that may only read (`GET`: list, stats, stream); a change made with it is
+    /// refused with 403.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -398,7 +407,13 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     ),
     ("BROKER_OPS_HOST", "broker.ops.host", EnvKind::Text),
     ("BROKER_OPS_PORT", "broker.ops.port", EnvKind::Json),
+    ("BROKER_OPS_TLS", "broker.ops.tls", EnvKind::Json),
     ("BROKER_ADMIN_TOKEN", "broker.admin.token", EnvKind::Text),
+    (
+        "BROKER_ADMIN_READ_TOKEN",
+        "broker.admin.readToken",
+        EnvKind::Text,
+    ),
     ("BROKER_CLUSTER_NATS", "broker.cluster.nats", EnvKind::Text),
     (
         "BROKER_CLUSTER_SUBJECT",
@@ -517,6 +532,45 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     ),
 ];
 
+/// `BROKER_X_FILE=/path` stands for `BROKER_X` with the file's content (its last line ending
+/// dropped), for secrets mounted as files (Docker and Kubernetes secrets). Setting both is an
+/// error, as is a file that cannot be read; either names the variable.
+/// Each entry: the variable it stands for, the value, the variable to name in messages.
+fn with_file_variables(
+    env: &[(String, String)],
+) -> Result<Vec<(String, String, String)>, ConfigError> {
+    let mut out = Vec::with_capacity(env.len());
+    for (var, value) in env {
+        let Some(base) = var.strip_suffix("_FILE") else {
+            out.push((var.clone(), value.clone(), var.clone()));
+            continue;
+        };
+        let Some((_, key, _)) = ENV_OVERRIDES.iter().find(|(v, _, _)| *v == base) else {
+            continue;
+        };
+        if env.iter().any(|(v, _)| v == base) {
+            return Err(ConfigError::Invalid {
+                key: key.to_string(),
+                from: format!(" (from {base} and {var})"),
+                message: "set one of them, not both".into(),
+            });
+        }
+        let mut text = std::fs::read_to_string(value).map_err(|e| ConfigError::Invalid {
+            key: key.to_string(),
+            from: format!(" (from {var})"),
+            message: format!("{value}: cannot read: {e}"),
+        })?;
+        if text.ends_with('\n') {
+            text.pop();
+            if text.ends_with('\r') {
+                text.pop();
+            }
+        }
+        out.push((base.to_string(), text, var.clone()));
+    }
+    Ok(out)
+}
+
 impl Config {
     /// The embedded default with no environment applied.
     pub fn embedded_default() -> Config {
@@ -565,8 +619,9 @@ impl Config {
                 message: "the top level must be a JSON object".into(),
             });
         }
+        let env = with_file_variables(env)?;
         let mut from_env = Vec::new();
-        for (var, value) in env {
+        for (var, value, shown) in &env {
             let Some((_, key, kind)) = ENV_OVERRIDES.iter().find(|(v, _, _)| v == var) else {
                 continue;
             };
@@ -578,12 +633,12 @@ impl Config {
                         Some(sub) => format!("{key}.{sub}"),
                         None => key.to_string(),
                     },
-                    from: format!(" (from {var})"),
+                    from: format!(" (from {shown})"),
                     message: format!("column {}: {}", e.column, e.message),
                 })?,
             };
             set_path(&mut root, key, json);
-            from_env.push((var.as_str(), *key));
+            from_env.push((shown.as_str(), *key));
         }
         let mut config = Self::from_value(root, name, &from_env)?;
         config.source = name.to_string();
@@ -744,15 +799,32 @@ impl Config {
                 ));
             }
         }
-        if let Some(token) = &self.broker.admin.token {
-            if token.len() < 16 {
+        for (key, token) in [
+            ("broker.admin.token", &self.broker.admin.token),
+            ("broker.admin.readToken", &self.broker.admin.read_token),
+        ] {
+            if token.as_ref().is_some_and(|t| t.len() < 16) {
                 return Err(ConfigError::invalid(
-                    "broker.admin.token",
+                    key,
                     "must be at least 16 characters long",
                 ));
             }
         }
-        if self.ssl {
+        if self.broker.admin.token.is_some()
+            && self.broker.admin.token == self.broker.admin.read_token
+        {
+            return Err(ConfigError::invalid(
+                "broker.admin.readToken",
+                "must differ from broker.admin.token (it would grant every call)",
+            ));
+        }
+        if self.broker.ops.tls && (self.ssl_key.is_none() || self.ssl_cert.is_none()) {
+            return Err(ConfigError::invalid(
+                "broker.ops.tls",
+                "needs sslKey and sslCert (the ops listener serves the same certificate as wss://)",
+            ));
+        }
+        if self.ssl || self.broker.ops.tls {
             for (key, v) in [("sslKey", &self.ssl_key), ("sslCert", &self.ssl_cert)] {
                 match v {
                     None => return Err(ConfigError::invalid(key, "is required when ssl is true")),
@@ -780,6 +852,7 @@ impl Config {
             }
         }
         crate::tls::acceptor(self)?;
+        crate::tls::ops_acceptor(self)?;
         Ok(())
     }
 
@@ -801,6 +874,7 @@ impl Config {
             "websocket.socketApiKey",
             "broker.jwtSecret",
             "broker.admin.token",
+            "broker.admin.readToken",
         ] {
             if get_path(&v, path).is_some() {
                 set_path(&mut v, path, Value::String("********".into()));
@@ -1125,6 +1199,103 @@ mod tests {
         assert_eq!(c.broker.limits.trusted_proxies, want);
     }
 
+    /// `BROKER_X_FILE` stands for `BROKER_X` with the file's content (mounted secrets).
+    #[test]
+    fn file_variables_read_secrets_from_files_and_name_themselves_in_errors() {
+        let dir = std::env::temp_dir().join(format!("broker-file-vars-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let token = dir.join("admin-token");
+        std::fs::write(&token, "a-token-of-twenty-chars\n").expect("write");
+        let read = dir.join("read-token");
+        std::fs::write(&read, "a-read-token-of-20-chars").expect("write");
+        let short = dir.join("short");
+        std::fs::write(&short, "short\r\n").expect("write");
+        let path = |p: &std::path::Path| p.display().to_string();
+
+        let c = Config::from_parts(
+            "{}",
+            "t",
+            &env(&[
+                ("BROKER_ADMIN_TOKEN_FILE", &path(&token)),
+                ("BROKER_ADMIN_READ_TOKEN_FILE", &path(&read)),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.broker.admin.token.as_deref(),
+            Some("a-token-of-twenty-chars"),
+            "last newline dropped"
+        );
+        assert_eq!(
+            c.broker.admin.read_token.as_deref(),
+            Some("a-read-token-of-20-chars")
+        );
+
+        let err = Config::from_parts(
+            "{}",
+            "t",
+            &env(&[("BROKER_ADMIN_TOKEN_FILE", &path(&short))]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("broker.admin.token (from BROKER_ADMIN_TOKEN_FILE)"),
+            "{err}"
+        );
+        let err = Config::from_parts(
+            "{}",
+            "t",
+            &env(&[("BROKER_ADMIN_TOKEN_FILE", "/nonexistent/token")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("(from BROKER_ADMIN_TOKEN_FILE)")
+                && err.contains("/nonexistent/token: cannot read"),
+            "{err}"
+        );
+        let err = Config::from_parts(
+            "{}",
+            "t",
+            &env(&[
+                ("BROKER_ADMIN_TOKEN", "a-token-of-twenty-chars"),
+                ("BROKER_ADMIN_TOKEN_FILE", &path(&token)),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("set one of them, not both"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn admin_tokens_and_ops_tls_are_checked() {
+        let err = Config::from_json_str(
+            r#"{"broker":{"admin":{"token":"same-token-0123456789","readToken":"same-token-0123456789"}}}"#,
+            "c",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("broker.admin.readToken") && err.contains("must differ"),
+            "{err}"
+        );
+        let err = Config::from_json_str(r#"{"broker":{"admin":{"readToken":"short"}}}"#, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("broker.admin.readToken") && err.contains("16"),
+            "{err}"
+        );
+        let err = Config::from_json_str(r#"{"broker":{"ops":{"tls":true}}}"#, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("broker.ops.tls") && err.contains("sslKey"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn display_masks_secrets() {
         let c = Config::from_json_str(
@@ -1134,6 +1305,13 @@ mod tests {
         .expect("valid");
         let shown = c.to_display_json();
         assert!(!shown.contains("supersecretkey"), "{shown}");
+        let with_tokens = Config::from_json_str(
+            r#"{"broker":{"admin":{"token":"admin-token-0123456789","readToken":"read-token-0123456789"}}}"#,
+            "c",
+        )
+        .expect("valid")
+        .to_display_json();
+        assert!(!with_tokens.contains("token-0123456789"), "{with_tokens}");
         assert!(!shown.contains("0123456789abcdef0123"), "{shown}");
         assert!(shown.contains("********"));
     }

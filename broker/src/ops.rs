@@ -10,8 +10,16 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use admin_api::{ConnectionInfo, StreamMessage};
 
 use crate::registry::{CloseReason, Conn};
 use crate::server::Shared;
@@ -33,20 +41,28 @@ impl Activity {
         self.tx.subscribe()
     }
 
-    pub fn publish(&self, line: impl FnOnce() -> serde_json::Value) {
+    pub fn publish(&self, message: impl FnOnce() -> StreamMessage) {
         if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(line().to_string().into());
+            match serde_json::to_string(&message()) {
+                Ok(line) => {
+                    let _ = self.tx.send(line.into());
+                }
+                Err(e) => tracing::error!(error = %e, "admin stream message did not serialise"),
+            }
         }
     }
 
     pub fn connected(&self, conn: &Conn) {
-        self.publish(
-            || serde_json::json!({"type": "connect", "connection": connection_json(conn)}),
-        );
+        self.publish(|| StreamMessage::Connect {
+            connection: connection_info(conn),
+        });
     }
 
     pub fn disconnected(&self, conn: &Conn, reason: CloseReason) {
-        self.publish(|| serde_json::json!({"type": "disconnect", "id": &*conn.wire_id, "reason": reason.label()}));
+        self.publish(|| StreamMessage::Disconnect {
+            id: conn.wire_id.to_string(),
+            reason: reason.label().into(),
+        });
     }
 }
 
@@ -57,39 +73,125 @@ impl Default for Activity {
 }
 
 /// One connection as the admin API shows it.
-pub fn connection_json(c: &Conn) -> serde_json::Value {
+pub fn connection_info(c: &Conn) -> ConnectionInfo {
     use std::sync::atomic::Ordering::Relaxed;
     let since = c
         .connected_at
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    serde_json::json!({
-        "id": &*c.wire_id,
-        "remoteAddr": c.remote.to_string(),
-        "origin": c.origin.as_deref(),
-        "user": c.user.as_deref(),
-        "publisher": c.publisher,
-        "connectedAt": since,
-        "messagesIn": c.counters.messages_in.load(Relaxed),
-        "messagesOut": c.counters.messages_out.load(Relaxed),
-        "bytesIn": c.counters.bytes_in.load(Relaxed),
-        "bytesOut": c.counters.bytes_out.load(Relaxed),
-        "sendQueueDepth": c.queue_depth(),
-        "sendQueueBytes": c.outbox.bytes(),
-        "closing": c.close_request().map(|r| r.reason.label()),
-        "shard": c.shard,
-    })
+    ConnectionInfo {
+        id: c.wire_id.to_string(),
+        remote_addr: c.remote.to_string(),
+        origin: c.origin.as_deref().map(str::to_owned),
+        user: c.user.as_deref().map(str::to_owned),
+        publisher: c.publisher,
+        connected_at: since,
+        messages_in: c.counters.messages_in.load(Relaxed),
+        messages_out: c.counters.messages_out.load(Relaxed),
+        bytes_in: c.counters.bytes_in.load(Relaxed),
+        bytes_out: c.counters.bytes_out.load(Relaxed),
+        send_queue_depth: c.queue_depth() as u64,
+        send_queue_bytes: c.outbox.bytes() as u64,
+        closing: c.close_request().map(|r| r.reason.label().to_owned()),
+        shard: c.shard as u64,
+    }
 }
 
-/// Serves the ops listener until shutdown.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Serves the ops listener until shutdown, over TLS when `broker.ops.tls` is on.
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
     let token = shared.shutdown.clone();
     let app = router(shared);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await
-    {
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+        }
+        Some(tls) => {
+            let listener = TlsListener::new(listener, tls, token.clone());
+            axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+        }
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "ops listener failed");
+    }
+}
+
+/// Handshakes in progress on the ops listener at most; more wait in the kernel's backlog.
+const OPS_TLS_HANDSHAKES: usize = 64;
+/// A TLS handshake on the ops listener that takes longer is dropped.
+const OPS_TLS_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The ops listener over TLS. A task accepts TCP connections and runs each handshake in a task
+/// of its own, under a deadline and a cap on how many run at once, so a client that stalls
+/// its handshake delays nobody; finished streams reach axum through a channel.
+struct TlsListener {
+    local: std::io::Result<SocketAddr>,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, tls: TlsAcceptor, shutdown: CancellationToken) -> TlsListener {
+        let local = listener.local_addr();
+        let (tx, ready) = mpsc::channel(OPS_TLS_HANDSHAKES);
+        let slots = Arc::new(Semaphore::new(OPS_TLS_HANDSHAKES));
+        tokio::spawn(async move {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (tcp, peer) = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of descriptors and the like: wait a little, as axum does.
+                            tracing::warn!(error = %e, "ops listener: accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let (tls, tx) = (tls.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    match tokio::time::timeout(OPS_TLS_DEADLINE, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "ops listener: TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "ops listener: TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        });
+        TlsListener { local, ready }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accept task ended (shutdown): nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match &self.local {
+            Ok(a) => Ok(*a),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
     }
 }
 

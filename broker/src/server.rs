@@ -200,6 +200,7 @@ fn random_instance_id() -> String {
 /// Binds both listeners and starts serving. Fails if a port cannot be bound.
 pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
     let tls = crate::tls::acceptor(&config)?;
+    let ops_tls = crate::tls::ops_acceptor(&config)?;
     let origin = OriginPolicy::new(&config.websocket.approved_socket_domains)?;
     for warning in origin.warnings() {
         tracing::warn!("{warning}");
@@ -291,7 +292,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
             }
         }
     });
-    tracker.spawn(crate::ops::serve(ops_listener, shared.clone()));
+    tracker.spawn(crate::ops::serve(ops_listener, ops_tls, shared.clone()));
     tracker.spawn(crate::memory::trim_after_spikes(shared.clone()));
     if let Some(task) = cluster_task {
         tracker.spawn(crate::cluster::run(task, shared.clone()));

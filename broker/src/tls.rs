@@ -40,15 +40,28 @@ fn certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigE
     Ok(certs)
 }
 
-/// The acceptor for `config`, or `None` when `ssl` is off.
+/// The acceptor of the WebSocket port, or `None` when `ssl` is off.
 pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
     if !config.ssl {
         return Ok(None);
     }
+    build(config).map(Some)
+}
+
+/// The acceptor of the ops listener (`broker.ops.tls`), or `None` when it is off: the same
+/// certificate, chain and key as `wss://`.
+pub fn ops_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
+    if !config.broker.ops.tls {
+        return Ok(None);
+    }
+    build(config).map(Some)
+}
+
+fn build(config: &Config) -> Result<TlsAcceptor, ConfigError> {
     let (Some(key_path), Some(cert_path)) = (&config.ssl_key, &config.ssl_cert) else {
         return Err(invalid(
             "sslKey",
-            "sslKey and sslCert are required when ssl is true".into(),
+            "sslKey and sslCert are required when ssl or broker.ops.tls is true".into(),
         ));
     };
     let mut chain = certs("sslCert", cert_path)?;
@@ -91,5 +104,5 @@ pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
                 format!("the key does not fit the certificate: {e}"),
             )
         })?;
-    Ok(Some(TlsAcceptor::from(Arc::new(server))))
+    Ok(TlsAcceptor::from(Arc::new(server)))
 }

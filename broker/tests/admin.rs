@@ -29,6 +29,13 @@ async fn admin(
 async fn every_admin_call_needs_the_token() {
     let b = start().await;
     for (method, path) in [
+        ("GET", "/admin/v1/connections"),
+        ("GET", "/admin/v1/stats"),
+        ("POST", "/admin/v1/events"),
+        ("DELETE", "/admin/v1/connections/x.1"),
+        ("POST", "/admin/v1/drain"),
+        ("GET", "/admin/v1/stream"),
+        // The unversioned paths of the first release: the same routes.
         ("GET", "/admin/connections"),
         ("GET", "/admin/stats"),
         ("POST", "/admin/events"),
@@ -51,7 +58,7 @@ async fn every_admin_call_needs_the_token() {
     let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
     assert_eq!(
         metric(&m, r#"broker_admin_requests_total{status="401"}"#),
-        12.0
+        24.0
     );
     assert!(is_ready(&b).await, "nothing was drained");
     b.shutdown().await;
@@ -112,6 +119,72 @@ async fn lists_filters_and_pages_connections() {
     assert_eq!(stats["connections"]["publishers"], 1);
     assert_eq!(stats["totals"]["accepted"], 3);
     assert_eq!(stats["ready"], true);
+    b.shutdown().await;
+}
+
+/// The API is versioned: `/admin/v1/...`, a header naming the version on every answer, and
+/// `apiVersion` in stats; the unversioned paths of the first release answer the same. The
+/// answers are read with the `admin_api` types the desktop app uses.
+#[tokio::test]
+async fn the_api_is_versioned_and_its_answers_read_as_the_shared_types() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = start().await;
+    let _c = client(b.ws_addr()).await;
+    for path in ["/admin/v1/stats", "/admin/stats"] {
+        let mut s = tokio::net::TcpStream::connect(b.ops_addr())
+            .await
+            .expect("connect");
+        s.write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("request");
+        let mut out = String::new();
+        tokio::time::timeout(DEADLINE, s.read_to_string(&mut out))
+            .await
+            .expect("in time")
+            .expect("read");
+        let (head, body) = out.split_once("\r\n\r\n").expect("a head");
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains(&format!(
+                "{}: {}",
+                admin_api::VERSION_HEADER,
+                admin_api::VERSION
+            )),
+            "{path}: no version header in {head}"
+        );
+        let stats: admin_api::Stats = serde_json::from_str(body).expect("Stats");
+        assert_eq!(stats.api_version, admin_api::VERSION);
+        assert_eq!(stats.connections.clients, 1);
+    }
+    let (status, page) = admin(
+        &b,
+        "GET",
+        &admin_api::path(admin_api::route::CONNECTIONS),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let page: admin_api::ConnectionPage = serde_json::from_value(page).expect("ConnectionPage");
+    assert_eq!(page.total, 1);
+    assert!(page.connections[0].remote_addr.starts_with("127.0.0.1:"));
+    b.shutdown().await;
+}
+
+/// Search by remote address (the fleet console's "search by address").
+#[tokio::test]
+async fn lists_connections_by_remote_address() {
+    let b = start().await;
+    let _c = client(b.ws_addr()).await;
+    let (_, hit) = admin(&b, "GET", "/admin/v1/connections?remote=127.0.0.", "").await;
+    assert_eq!(hit["total"], 1);
+    let (_, miss) = admin(&b, "GET", "/admin/v1/connections?remote=10.9.", "").await;
+    assert_eq!(miss["total"], 0);
+    assert_eq!(miss["connections"], json!([]));
     b.shutdown().await;
 }
 
@@ -188,6 +261,42 @@ async fn kick_closes_one_connection_with_the_given_code() {
     b.shutdown().await;
 }
 
+/// RFC 6455 7.4: 1004 is reserved, 1005, 1006 and 1015 are never sent, 1016-2999 belong to the
+/// protocol. The broker refuses them with the rule the desktop app shows (one function in
+/// `admin_api`), and the connection stays open.
+#[tokio::test]
+async fn kick_refuses_close_codes_that_rfc_6455_forbids() {
+    let b = start().await;
+    let mut a = client(b.ws_addr()).await;
+    let (_, list) = admin(&b, "GET", "/admin/v1/connections", "").await;
+    let id = list["connections"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    for code in [1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+        let (status, r) = admin(
+            &b,
+            "DELETE",
+            &format!("/admin/v1/connections/{id}?code={code}"),
+            "",
+        )
+        .await;
+        assert_eq!(status, 400, "code {code}");
+        assert_eq!(r["error"], admin_api::KICK_CODE_RULE, "code {code}");
+    }
+    assert_nothing_pending(&mut a).await;
+    let (status, r) = admin(
+        &b,
+        "DELETE",
+        &format!("/admin/v1/connections/{id}?code=1012"),
+        "",
+    )
+    .await;
+    assert_eq!((status, r["kicked"].as_str()), (200, Some(id.as_str())));
+    assert_eq!(close_code(&mut a).await, 1012);
+    b.shutdown().await;
+}
+
 #[tokio::test]
 async fn drain_fails_readiness_stops_accepting_and_closes_with_1001() {
     let b = start_with(json!({"broker": {"drainWindow": 0.2}})).await;
@@ -250,4 +359,104 @@ async fn stream_reports_connects_disconnects_and_stats() {
     }
     assert_eq!(ev["id"], id);
     b.shutdown().await;
+}
+
+/// `broker.admin.readToken` reads (list, stats, stream) and nothing else: inject, kick and drain
+/// answer 403 and change nothing; stats tells the app what its token may do. Either token
+/// works alone; without both, the API is off.
+#[tokio::test]
+async fn a_read_only_token_reads_and_is_refused_every_change() {
+    const READ: &str = "read-only-token-0123456789";
+    let b = start_with(json!({"broker": {"admin": {"readToken": READ}}})).await;
+    let mut c = client(b.ws_addr()).await;
+    let call = |method: &'static str, path: String, token: &'static str, body: &'static str| {
+        let addr = b.ops_addr();
+        async move {
+            let auth = format!("Bearer {token}");
+            let (status, text) = http_request(
+                addr,
+                method,
+                &path,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await;
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, stats) = call("GET", "/admin/v1/stats".into(), READ, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["access"], "read");
+    let (_, list) = call("GET", "/admin/v1/connections".into(), READ, "").await;
+    assert_eq!(list["total"], 1);
+    let id = list["connections"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    for (method, path, body) in [
+        (
+            "POST",
+            "/admin/v1/events".to_string(),
+            r#"{"event":{"eventType":10,"message":"hi"}}"#,
+        ),
+        ("DELETE", format!("/admin/v1/connections/{id}"), ""),
+        ("POST", "/admin/v1/drain".to_string(), ""),
+        (
+            "POST",
+            "/admin/events".to_string(),
+            r#"{"event":{"eventType":10,"message":"hi"}}"#,
+        ),
+    ] {
+        let (status, r) = call(method, path.clone(), READ, body).await;
+        assert_eq!(status, 403, "{method} {path}");
+        assert!(
+            r["error"].as_str().is_some_and(|e| e.contains("only read")),
+            "{r}"
+        );
+    }
+    assert_nothing_pending(&mut c).await;
+    assert!(is_ready(&b).await, "the refused drain did not drain");
+    let (_, stats) = call("GET", "/admin/v1/stats".into(), ADMIN_TOKEN, "").await;
+    assert_eq!(
+        stats["access"], "admin",
+        "the admin token still works next to it"
+    );
+    let (status, _) = call(
+        "POST",
+        "/admin/v1/events".into(),
+        ADMIN_TOKEN,
+        r#"{"event":{"eventType":10,"message":"hi"}}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
+    assert_eq!(
+        metric(&m, r#"broker_admin_requests_total{status="403"}"#),
+        4.0
+    );
+    b.shutdown().await;
+
+    // A read token alone mounts the API, read-only.
+    let b = start_with(json!({"broker": {"admin": {"token": null, "readToken": READ}}})).await;
+    let (status, _) = call_on(b.ops_addr(), "GET", "/admin/v1/stats", READ).await;
+    assert_eq!(status, 200);
+    let (status, _) = call_on(b.ops_addr(), "POST", "/admin/v1/drain", READ).await;
+    assert_eq!(status, 403);
+    b.shutdown().await;
+}
+
+async fn call_on(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> (u16, String) {
+    let auth = format!("Bearer {token}");
+    http_request(addr, method, path, &[("authorization", &auth)], "").await
 }

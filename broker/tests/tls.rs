@@ -163,3 +163,66 @@ async fn tls_and_the_request_head_share_one_deadline() {
     assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"));
     b.shutdown().await;
 }
+
+/// `broker.ops.tls`: the ops listener speaks HTTPS with the `wss://` certificate (here with the
+/// public port in plain `ws://`, as behind a TLS-terminating load balancer), plain HTTP gets no
+/// answer there, and a client that stalls its handshake does not hold up the others.
+#[tokio::test]
+async fn the_ops_listener_serves_https_with_the_same_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pki();
+    let b =
+        start_with(json!({"sslKey": p.key, "sslCert": p.cert, "broker": {"ops": {"tls": true}}}))
+            .await;
+    // A silent client that never starts its handshake.
+    let _stalled = tokio::net::TcpStream::connect(b.ops_addr())
+        .await
+        .expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(client_config(&p.cert_pem));
+    let https = |path: &'static str, token: Option<&'static str>| {
+        let connector = connector.clone();
+        let addr = b.ops_addr();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let mut tls = tokio::time::timeout(DEADLINE, connector.connect(name, tcp))
+                .await
+                .expect("handshake in time")
+                .expect("handshake");
+            let auth = token
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            tls.write_all(
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("write");
+            let mut out = Vec::new();
+            // rustls reports a peer that closes without close_notify as an error; the answer
+            // is complete either way.
+            let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut out))
+                .await
+                .expect("answer in time");
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let health = https("/healthz", None).await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let stats = https("/admin/v1/stats", Some(ADMIN_TOKEN)).await;
+    assert!(stats.starts_with("HTTP/1.1 200"), "{stats}");
+    assert!(stats.contains("\"apiVersion\":1"), "{stats}");
+    let metrics = https("/metrics", None).await;
+    assert!(metrics.contains("broker_connections_open"), "{metrics}");
+    // Plain HTTP to the TLS port: no HTTP answer.
+    let (status, _) = http_request(b.ops_addr(), "GET", "/healthz", &[], "").await;
+    assert_eq!(
+        status, 0,
+        "plain HTTP must not be answered on the TLS ops port"
+    );
+    // The WebSocket port is still plain ws:// (ssl is off).
+    let _ws = client(b.ws_addr()).await;
+    b.shutdown().await;
+}

@@ -9,16 +9,17 @@ use egui::{Align, Layout, RichText, TextEdit};
 use egui_extras::{Column as TableColumn, TableBuilder};
 
 use super::{caption, danger_button, palette, section, status};
-use crate::api::{ConnectionInfo, ListFilter};
 use crate::client::{Action, Command, MAX_ROWS};
 use crate::format;
 use crate::state::{Column, Model};
+use admin_api::{ConnectionInfo, ListFilter};
 
 /// What the connections panels keep between frames.
 #[derive(Default)]
 pub struct ConnectionsPanel {
     origin: String,
     user: String,
+    remote: String,
     publisher: Option<bool>,
     kick: Option<KickDialog>,
 }
@@ -184,17 +185,27 @@ impl ConnectionsPanel {
                     .desired_width(100.0),
             )
             .labelled_by(label.id);
+            let label = ui.label("Address contains");
+            ui.add(
+                TextEdit::singleline(&mut self.remote)
+                    .hint_text("10.0.0.")
+                    .desired_width(110.0),
+            )
+            .labelled_by(label.id);
             ui.selectable_value(&mut self.publisher, None, "All");
             ui.selectable_value(&mut self.publisher, Some(false), "Clients");
             ui.selectable_value(&mut self.publisher, Some(true), "Publishers");
-            let filtering =
-                !self.origin.is_empty() || !self.user.is_empty() || self.publisher.is_some();
+            let filtering = !self.origin.is_empty()
+                || !self.user.is_empty()
+                || !self.remote.is_empty()
+                || self.publisher.is_some();
             if ui
                 .add_enabled(filtering, egui::Button::new("Clear"))
                 .clicked()
             {
                 self.origin.clear();
                 self.user.clear();
+                self.remote.clear();
                 self.publisher = None;
             }
 
@@ -221,6 +232,7 @@ impl ConnectionsPanel {
         let filter = ListFilter {
             origin: self.origin.clone(),
             user: self.user.trim().to_string(),
+            remote: self.remote.trim().to_string(),
             publisher: self.publisher,
         };
         if &filter != model.filter() {
@@ -258,14 +270,21 @@ impl ConnectionsPanel {
         ui.add_space(6.0);
         ui.horizontal(|ui| {
             if ui
-                .add_enabled(departed.is_none(), egui::Button::new("Send event to it"))
+                .add_enabled(
+                    departed.is_none() && model.may_change(),
+                    egui::Button::new("Send event to it"),
+                )
                 .on_hover_text("Aim the inject form below at this connection")
                 .clicked()
             {
                 action = Some(DetailAction::InjectTo(connection.id.clone()));
             }
             if ui
-                .add_enabled(departed.is_none(), danger_button("Kick…"))
+                .add_enabled(
+                    departed.is_none() && model.may_change(),
+                    danger_button("Kick…"),
+                )
+                .on_disabled_hover_text(super::READ_ONLY_HINT)
                 .on_hover_text("Close this connection (asks for confirmation)")
                 .clicked()
             {
@@ -305,8 +324,8 @@ impl ConnectionsPanel {
             .trim()
             .parse::<u16>()
             .ok()
-            .filter(|c| valid_close_code(*c));
-        let reason_ok = dialog.reason.len() <= 123;
+            .filter(|c| admin_api::kick_code_allowed(*c));
+        let reason_ok = dialog.reason.len() <= admin_api::MAX_CLOSE_REASON;
         let modal = egui::Modal::new(egui::Id::unique("kick-dialog")).show(ctx, |ui| {
             ui.set_width(380.0);
             ui.label(
@@ -340,12 +359,18 @@ impl ConnectionsPanel {
                 });
             if code.is_none() {
                 ui.label(
-                    RichText::new("The close code must be 1000–1014 (not 1004–1006) or 3000–4999")
+                    RichText::new(format!("The close {}", admin_api::KICK_CODE_RULE))
                         .color(palette::BAD),
                 );
             }
             if !reason_ok {
-                ui.label(RichText::new("The reason must fit in 123 bytes").color(palette::BAD));
+                ui.label(
+                    RichText::new(format!(
+                        "The reason must fit in {} bytes",
+                        admin_api::MAX_CLOSE_REASON
+                    ))
+                    .color(palette::BAD),
+                );
             }
             ui.add_space(8.0);
             ui.horizontal(|ui| {
@@ -378,12 +403,6 @@ impl ConnectionsPanel {
             self.kick = None;
         }
     }
-}
-
-/// Close codes the broker accepts for a kick: the RFC 6455 codes that may be sent in a close
-/// frame, and the range for applications.
-fn valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1014 | 3000..=4999) && !matches!(code, 1004..=1006)
 }
 
 fn details_grid(ui: &mut egui::Ui, c: &ConnectionInfo) {
@@ -481,10 +500,10 @@ fn number(ui: &mut egui::Ui, text: String) {
 mod tests {
     #[test]
     fn close_codes() {
-        assert!(super::valid_close_code(4000));
-        assert!(super::valid_close_code(1008));
-        assert!(!super::valid_close_code(1005));
-        assert!(!super::valid_close_code(999));
-        assert!(!super::valid_close_code(5000));
+        assert!(admin_api::kick_code_allowed(4000));
+        assert!(admin_api::kick_code_allowed(1008));
+        assert!(!admin_api::kick_code_allowed(1005));
+        assert!(!admin_api::kick_code_allowed(999));
+        assert!(!admin_api::kick_code_allowed(5000));
     }
 }

@@ -8,9 +8,9 @@ use egui::{RichText, TextEdit};
 use serde_json::{json, Map, Value};
 
 use super::{palette, section};
-use crate::api::{validate_event, Target};
 use crate::client::{Action, Command};
 use crate::state::Model;
+use admin_api::{validate_event, Target};
 
 /// The event types of PROTOCOL.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,13 +279,14 @@ impl InjectPanel {
 
         ui.add_space(6.0);
         ui.horizontal(|ui| {
-            let ready = event.is_ok() && target.is_ok() && !self.sending;
+            let ready = event.is_ok() && target.is_ok() && !self.sending && model.may_change();
             let send = ui
                 .add_enabled(
                     ready,
                     egui::Button::new(RichText::new("Send event").strong()),
                 )
                 .on_disabled_hover_text(match (&event, &target) {
+                    _ if !model.may_change() => super::READ_ONLY_HINT.into(),
                     (Err(e), _) => e.clone(),
                     (_, Err(e)) => e.clone(),
                     _ => "Waiting for the broker's answer".into(),

@@ -26,6 +26,10 @@ pub mod palette {
 
 /// A coloured dot and a label, for states. The dot is its own widget so the label reads (and
 /// is found by tests) as just the words.
+/// Why a control is greyed out for a read-only token.
+pub const READ_ONLY_HINT: &str =
+    "This token may only read (broker.admin.readToken): inject, kick and drain need the admin token";
+
 pub fn status(ui: &mut egui::Ui, color: Color32, text: impl Into<String>) -> egui::Response {
     let dot = |ui: &mut egui::Ui| {
         let h = ui.text_style_height(&egui::TextStyle::Body);

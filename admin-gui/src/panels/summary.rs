@@ -26,13 +26,23 @@ pub fn show(ui: &mut egui::Ui, model: &Model) -> bool {
         } else {
             status(ui, palette::WARN, "Draining / not ready");
         }
+        if !model.may_change() {
+            status(ui, palette::MUTED, "Read-only token").on_hover_text(super::READ_ONLY_HINT);
+        }
         ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
             let button = ui
-                .add_enabled(stats.ready, danger_button("Drain instance…"))
+                .add_enabled(
+                    stats.ready && model.may_change(),
+                    danger_button("Drain instance…"),
+                )
                 .on_hover_text(
                     "Stop accepting, close every client over the drain window, then exit",
                 )
-                .on_disabled_hover_text("This instance is already draining");
+                .on_disabled_hover_text(if model.may_change() {
+                    "This instance is already draining"
+                } else {
+                    super::READ_ONLY_HINT
+                });
             drain = button.clicked();
         });
     });

@@ -112,7 +112,7 @@ promtool test rules "$rules_test"
 echo "== dashboard JSON"
 python3 -m json.tool "$dashboard" >/dev/null
 python3 - "$dashboard" <<'PY'
-import json, sys
+import json, re, sys
 
 path = sys.argv[1]
 with open(path) as f:
@@ -126,8 +126,50 @@ if d.get("schemaVersion", 0) < 36:
 variables = {v["name"]: v for v in d["templating"]["list"]}
 if variables.get("datasource", {}).get("type") != "datasource":
     errors.append("no datasource template variable")
-if "instance" not in variables:
+
+def var_query(v):
+    q = v.get("query")
+    return q.get("query", "") if isinstance(q, dict) else (q or "")
+
+# The job and the instances are chosen at the top, never written into a query.
+job = variables.get("job")
+if job is None:
+    errors.append("no job template variable")
+else:
+    if job.get("type") not in ("query", "custom", "textbox", "constant"):
+        errors.append("job variable: type %r (want query, custom, textbox or constant)" % job.get("type"))
+    if job.get("multi") or job.get("includeAll"):
+        errors.append("job variable: must be single-valued (queries use job=\"$job\")")
+    if not (job.get("current") or {}).get("value"):
+        errors.append("job variable: no default value (current)")
+inst = variables.get("instance")
+if inst is None:
     errors.append("no instance template variable")
+elif 'job="$job"' not in var_query(inst) or 'job="$job"' not in inst.get("definition", var_query(inst)):
+    errors.append('instance variable: its query must select job="$job": %r' % var_query(inst))
+
+# Every selector of a broker metric, a process metric or up: job="$job" and
+# instance=~"$instance" (an expression: instance=~"$instance" without a job is as wrong as a
+# hard-coded job). Any other job matcher anywhere (job="broker", job=~"...") fails.
+SELECTOR = re.compile(r'(?<![A-Za-z0-9_:$])(up|(?:broker|process)_[a-z_]+)\s*(\{[^}]*\})?')
+JOB = re.compile(r'\bjob\s*(=~|!=|!~|=)\s*"([^"]*)"')
+def check_expr(where, expr, selectors=True):
+    for op, value in JOB.findall(expr):
+        if (op, value) != ("=", "$job"):
+            errors.append('%s: hard-coded job (job%s"%s"; use job="$job"): %s' % (where, op, value, expr))
+    if not selectors:
+        return
+    for m in SELECTOR.finditer(expr):
+        matchers = {x.strip() for x in (m.group(2) or "{}")[1:-1].split(",")}
+        for want in ('job="$job"', 'instance=~"$instance"'):
+            if want not in matchers:
+                errors.append("%s: %s without %s: %s" % (where, m.group(1), want, expr))
+
+for v in d["templating"]["list"]:
+    if v.get("type") == "query":
+        check_expr("variable %r" % v["name"], var_query(v), selectors=False)
+        check_expr("variable %r" % v["name"], v.get("definition", ""), selectors=False)
+
 ids = set()
 def panels(ps):
     for p in ps:
@@ -149,8 +191,7 @@ for p in panels(d["panels"]):
         expr = t.get("expr", "")
         if "rate(" in expr and "[$__rate_interval]" not in expr and "[$__range]" not in expr:
             errors.append("panel %r: rate/increase without $__rate_interval: %s" % (p["title"], expr))
-        if "up{" not in expr and "broker_" in expr and '$instance' not in expr:
-            errors.append("panel %r: query ignores $instance: %s" % (p["title"], expr))
+        check_expr("panel %r" % p["title"], expr)
 for e in errors:
     print("dashboard:", e, file=sys.stderr)
 if errors:
@@ -174,7 +215,7 @@ n = 0
 for p in panels(d["panels"]):
     for t in p.get("targets", []):
         expr = (t["expr"].replace("$__rate_interval", "1m").replace("$__range", "1h")
-                .replace("$instance", ".*"))
+                .replace("$instance", ".*").replace("$job", "broker"))
         n += 1
         print("      - record: dashboard:expr_%d" % n)
         print("        expr: %s" % json.dumps(expr))

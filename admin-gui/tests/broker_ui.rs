@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{
     app, step_until, wait_for_label, wait_for_no_label, TestBroker, ADMIN_TOKEN, DEADLINE,
+    READ_TOKEN,
 };
 use egui_kittest::kittest::{NodeT, Queryable};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -224,6 +225,42 @@ fn drain_asks_for_confirmation_first() {
         DEADLINE,
         |_| !broker.is_ready(),
     );
+}
+
+/// With the read-only token the app shows everything, says "Read-only token", and greys out
+/// every control that changes something (drain, kick, send): the broker would refuse them.
+#[test]
+fn a_read_only_token_sees_everything_and_changes_nothing() {
+    let broker = TestBroker::start();
+    let c = broker.client();
+    let mut harness = app(&broker.ops_url(), READ_TOKEN);
+    wait_for_label(&mut harness, "Live", DEADLINE);
+    wait_for_label(&mut harness, &c.addr(), DEADLINE);
+    wait_for_label(&mut harness, "Read-only token", DEADLINE);
+    assert!(!harness.state().model().may_change());
+    assert!(
+        harness
+            .get_by_label("Drain instance…")
+            .accesskit_node()
+            .is_disabled(),
+        "drain is greyed out"
+    );
+    assert!(
+        harness
+            .get_by_label("Send event")
+            .accesskit_node()
+            .is_disabled(),
+        "inject is greyed out"
+    );
+    // Select the connection: its kick button is greyed out too.
+    harness.get_by_label(&c.addr()).click();
+    wait_for_label(&mut harness, "Kick…", DEADLINE);
+    assert!(
+        harness.get_by_label("Kick…").accesskit_node().is_disabled(),
+        "kick is greyed out"
+    );
+    harness.check_accessibility();
+    assert!(broker.is_ready());
 }
 
 #[test]

@@ -18,8 +18,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::MaybeTlsStream;
 
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
+/// `broker.admin.readToken` of the test broker: may only read.
+pub const READ_TOKEN: &str = "read-only-token-0123456789";
 
-const CONFIG: &str = r#"{"websocket":{"port":0,"host":"127.0.0.1","approvedSocketDomains":["^http://localhost$"],"socketApiKey":"publisher-key-123"},"broker":{"ops":{"port":0},"admin":{"token":"admin-token-0123456789"}}}"#;
+const CONFIG: &str = r#"{"websocket":{"port":0,"host":"127.0.0.1","approvedSocketDomains":["^http://localhost$"],"socketApiKey":"publisher-key-123"},"broker":{"ops":{"port":0},"admin":{"token":"admin-token-0123456789","readToken":"read-only-token-0123456789"}}}"#;
 
 /// A broker running on its own tokio runtime, so that the test thread can drive the UI
 /// synchronously. Shut down on drop.

@@ -41,6 +41,18 @@ pub mod route {
     pub const DRAIN: &str = "/drain";
     /// `GET`: Server-Sent Events, one [`crate::StreamMessage`] per `data:` line.
     pub const STREAM: &str = "/stream";
+    /// `GET`: this instance's last minutes of stats, one sample a second
+    /// ([`crate::StatsHistory`]), to seed charts.
+    pub const STATS_HISTORY: &str = "/stats/history";
+    /// `GET`: every instance of the fleet, with its health and stats
+    /// ([`crate::InstanceList`]). One instance without NATS lists itself.
+    pub const INSTANCES: &str = "/instances";
+    /// `POST`: drain the named instance, wherever it is ([`crate::DrainResponse`]).
+    pub const INSTANCE_DRAIN: &str = "/instances/{instance}/drain";
+    /// `GET`: the named instance's [`crate::StatsHistory`], wherever it is.
+    pub const INSTANCE_HISTORY: &str = "/instances/{instance}/history";
+    /// `GET`: connections across the fleet ([`crate::ListQuery`] -> [`crate::FleetPage`]).
+    pub const FLEET_CONNECTIONS: &str = "/fleet/connections";
 }
 
 /// The full path of a route: `path(route::STATS)` is `/admin/v1/stats`.
@@ -48,17 +60,42 @@ pub fn path(route: &str) -> String {
     format!("{PREFIX}{route}")
 }
 
-/// The path that kicks connection `id` (percent-encoded), without the query.
+/// The path that kicks connection `id` (percent-encoded), without the query. The kick reaches
+/// the connection on whichever instance holds it.
 pub fn connection_path(id: &str) -> String {
     format!("{PREFIX}/connections/{}", percent_encode(id))
+}
+
+/// The path of a route about one instance (`route::INSTANCE_DRAIN`, `route::INSTANCE_HISTORY`).
+pub fn instance_path(route: &str, instance: &str) -> String {
+    format!(
+        "{PREFIX}{}",
+        route.replace("{instance}", &percent_encode(instance))
+    )
+}
+
+/// A connection id (`<instance>.<run>.<n>`) split into the node that made it
+/// (`<instance>.<run>`) and its number: the order of lists and of the `after` cursor.
+pub fn id_key(id: &str) -> (&str, u64) {
+    match id.rsplit_once('.') {
+        Some((node, n)) => (node, n.parse().unwrap_or(0)),
+        None => (id, 0),
+    }
+}
+
+/// The instance a connection id names (`b1` in `b1.3f9a0c2e.42`).
+pub fn id_instance(id: &str) -> &str {
+    id.split_once('.').map_or(id, |(instance, _)| instance)
 }
 
 /// One connection as `GET .../connections` and the stream's `connect` messages show it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ConnectionInfo {
-    /// The broker-wide id: `<instance>.<n>`.
+    /// The fleet-wide id: `<instance>.<run>.<n>`.
     pub id: String,
+    /// The instance that holds the connection.
+    pub instance: String,
     pub remote_addr: String,
     pub origin: Option<String>,
     /// The user a token or a login named, if any.
@@ -107,6 +144,10 @@ pub struct ListQuery {
     pub user: String,
     pub remote: String,
     pub publisher: Option<bool>,
+    /// A cursor: only connections after this id (in [`id_key`] order). Paging by `after`
+    /// neither skips nor repeats a connection that stays open while the list changes; paging
+    /// by `offset` may.
+    pub after: String,
     pub offset: u64,
     /// At most [`MAX_PAGE`]; [`DEFAULT_PAGE`] when absent.
     pub limit: Option<u64>,
@@ -126,6 +167,89 @@ impl ListQuery {
     pub fn limit(&self) -> u64 {
         self.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE)
     }
+
+    /// Whether `id` comes after the cursor.
+    pub fn is_after_cursor(&self, id: &str) -> bool {
+        self.after.is_empty() || id_key(id) > id_key(&self.after)
+    }
+
+    /// The query string, without the leading `?`.
+    pub fn to_query(&self) -> String {
+        let mut q = self.filter().query(self.offset, self.limit());
+        if !self.after.is_empty() {
+            q.push_str("&after=");
+            q.push_str(&percent_encode(&self.after));
+        }
+        q
+    }
+}
+
+/// One page of `GET .../fleet/connections`: every instance's matches, merged in [`id_key`]
+/// order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FleetPage {
+    /// Matches on the instances that answered (on all pages).
+    pub total: u64,
+    pub limit: u64,
+    pub connections: Vec<ConnectionInfo>,
+    /// The `after` of the next page; absent on the last one.
+    pub next: Option<String>,
+    /// The instances that answered.
+    pub answered: Vec<String>,
+    /// Instances known to be in the fleet that did not answer in time: the list lacks theirs.
+    pub missing: Vec<String>,
+}
+
+/// `GET .../instances`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct InstanceList {
+    /// The instance that answered this call.
+    pub answered_by: String,
+    /// Whether it is in a cluster (NATS configured); without, it lists itself only.
+    pub clustered: bool,
+    pub instances: Vec<InstanceInfo>,
+}
+
+/// One instance of the fleet, as its last heartbeat described it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct InstanceInfo {
+    pub instance: String,
+    pub health: Health,
+    /// Milliseconds since its last heartbeat (0 for the instance that answered).
+    pub seen_ms_ago: u64,
+    pub stats: Stats,
+}
+
+/// Whether an instance is heard from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Its heartbeats arrive (every 2 s).
+    #[default]
+    Up,
+    /// No heartbeat for three intervals: gone, partitioned, or stopped. Listed for a minute,
+    /// then dropped.
+    Silent,
+}
+
+/// `GET .../stats/history`: one sample a second, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct StatsHistory {
+    pub instance: String,
+    pub samples: Vec<StatsSample>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct StatsSample {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    pub connections: OpenConnections,
+    pub totals: Totals,
 }
 
 /// Which connections a list returns. The broker applies it to its connections, the app to the
@@ -529,7 +653,7 @@ mod tests {
             },
         };
         let text = serde_json::to_string(&msg).unwrap();
-        assert!(text.starts_with(r#"{"type":"connect","connection":{"id":"i.1","remoteAddr""#));
+        assert!(text.starts_with(r#"{"type":"connect","connection":{"id":"i.1","instance":"","remoteAddr""#));
         assert_eq!(serde_json::from_str::<StreamMessage>(&text).unwrap(), msg);
 
         let page = ConnectionPage {
@@ -612,6 +736,26 @@ mod tests {
         .unwrap();
         assert_eq!(q.filter(), f);
         assert_eq!((q.offset, q.limit()), (5, MAX_PAGE));
+    }
+
+    #[test]
+    fn ids_order_by_node_then_number_and_the_cursor_follows() {
+        assert_eq!(id_key("b1.3f9a0c2e.42"), ("b1.3f9a0c2e", 42));
+        assert_eq!(id_instance("b1.3f9a0c2e.42"), "b1");
+        assert!(id_key("b1.aaaaaaaa.9") < id_key("b1.aaaaaaaa.10"), "numbers, not text");
+        let q = ListQuery {
+            after: "b1.aaaaaaaa.9".into(),
+            ..Default::default()
+        };
+        assert!(q.is_after_cursor("b1.aaaaaaaa.10"));
+        assert!(!q.is_after_cursor("b1.aaaaaaaa.9"));
+        assert!(q.is_after_cursor("b2.aaaaaaaa.1"));
+        assert!(ListQuery::default().is_after_cursor("anything"));
+        assert_eq!(q.to_query(), "offset=0&limit=100&after=b1.aaaaaaaa.9");
+        assert_eq!(
+            instance_path(route::INSTANCE_DRAIN, "b 2"),
+            "/admin/v1/instances/b%202/drain"
+        );
     }
 
     #[test]

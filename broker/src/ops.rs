@@ -81,6 +81,7 @@ pub fn connection_info(c: &Conn) -> ConnectionInfo {
         .map_or(0, |d| d.as_secs());
     ConnectionInfo {
         id: c.wire_id.to_string(),
+        instance: admin_api::id_instance(&c.wire_id).to_owned(),
         remote_addr: c.remote.to_string(),
         origin: c.origin.as_deref().map(str::to_owned),
         user: c.user.as_deref().map(str::to_owned),

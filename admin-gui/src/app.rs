@@ -11,7 +11,7 @@ use crate::panels::charts::Charts;
 use crate::panels::connect::{self, ConnectAction, ConnectForm};
 use crate::panels::connections::{ConnectionsPanel, DetailAction};
 use crate::panels::inject::InjectPanel;
-use crate::panels::{activity, danger_button, summary};
+use crate::panels::{activity, danger_button, instances, summary};
 use crate::settings::{Settings, SettingsStore};
 use crate::state::{Level, Model};
 
@@ -34,7 +34,8 @@ pub struct AdminApp {
     connections: ConnectionsPanel,
     charts: Charts,
     inject: InjectPanel,
-    confirm_drain: bool,
+    /// The instance whose drain awaits the operator's confirmation.
+    confirm_drain: Option<String>,
     last_selected: Option<String>,
 }
 
@@ -59,7 +60,7 @@ impl AdminApp {
             connections: ConnectionsPanel::default(),
             charts: Charts::default(),
             inject: InjectPanel::default(),
-            confirm_drain: false,
+            confirm_drain: None,
             last_selected: None,
         };
         if from_command_line || (!app.form.url.is_empty() && !app.form.token.is_empty()) {
@@ -130,6 +131,9 @@ impl AdminApp {
             .kick_dialog(&ctx, &mut self.model, &mut commands);
         self.drain_dialog(&ctx, &mut commands);
 
+        if let Some(ranges) = self.model.watch_changed() {
+            commands.push(Command::Watch(ranges));
+        }
         for command in commands {
             self.client.send(command);
         }
@@ -150,19 +154,13 @@ impl AdminApp {
         commands: &mut Vec<Command>,
         action: &mut Option<ConnectAction>,
     ) {
-        let mut drain = false;
         egui::Panel::top("summary")
             .frame(
                 egui::Frame::side_top_panel(ui.style()).inner_margin(egui::Margin::symmetric(8, 4)),
             )
-            .show(ui, |ui| {
-                drain = summary::show(ui, &self.model);
-            });
-        if drain {
-            self.confirm_drain = true;
-        }
+            .show(ui, |ui| summary::show(ui, &self.model));
 
-        let selected = self.model.selected().map(str::to_owned);
+        let selected = self.model.connections.selected().map(str::to_owned);
         if selected != self.last_selected {
             self.inject.follow_selection(selected.as_deref());
             self.last_selected = selected;
@@ -196,7 +194,13 @@ impl AdminApp {
             if let Some(a) = connect::reconnect_banner(ui, &self.model.link) {
                 *action = Some(a);
             }
-            self.charts.show(ui, self.model.history.samples());
+            if let Some(instance) = instances::show(ui, &self.model) {
+                self.confirm_drain = Some(instance);
+            }
+            ui.add_space(4.0);
+            ui.separator();
+            self.charts
+                .show(ui, self.model.answering(), self.model.history.samples());
             ui.add_space(6.0);
             ui.separator();
             self.connections.table(ui, &mut self.model, commands);
@@ -204,15 +208,17 @@ impl AdminApp {
     }
 
     fn drain_dialog(&mut self, ctx: &egui::Context, commands: &mut Vec<Command>) {
-        if !self.confirm_drain {
+        let Some(instance) = self.confirm_drain.clone() else {
             return;
-        }
-        let (instance, clients) = self.model.stats.as_ref().map_or((String::new(), 0), |s| {
-            (
-                s.instance.clone(),
-                s.connections.clients + s.connections.publishers,
-            )
-        });
+        };
+        let clients = self
+            .model
+            .instances()
+            .iter()
+            .find(|r| r.info.instance == instance)
+            .map_or(0, |r| {
+                r.info.stats.connections.clients + r.info.stats.connections.publishers
+            });
         let mut close = false;
         let modal = egui::Modal::new(egui::Id::unique("drain-dialog")).show(ctx, |ui| {
             ui.set_width(420.0);
@@ -231,7 +237,9 @@ impl AdminApp {
             ui.horizontal(|ui| {
                 if ui.add(danger_button("Drain instance")).clicked() {
                     self.model.clear_outcome(crate::client::Action::Drain);
-                    commands.push(Command::Drain);
+                    commands.push(Command::Drain {
+                        instance: instance.clone(),
+                    });
                     close = true;
                 }
                 if ui.button("Cancel").clicked() {
@@ -240,7 +248,7 @@ impl AdminApp {
             });
         });
         if close || modal.should_close() {
-            self.confirm_drain = false;
+            self.confirm_drain = None;
         }
     }
 }

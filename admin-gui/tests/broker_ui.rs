@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use admin_gui::panels::instances::drain_label;
 use common::{
     app, step_until, wait_for_label, wait_for_no_label, TestBroker, ADMIN_TOKEN, DEADLINE,
     READ_TOKEN,
@@ -208,15 +209,17 @@ fn kick_closes_the_selected_connection() {
 fn drain_asks_for_confirmation_first() {
     let broker = TestBroker::start();
     let mut harness = app(&broker.ops_url(), ADMIN_TOKEN);
-    wait_for_label(&mut harness, "Drain instance…", DEADLINE);
+    wait_for_label(&mut harness, "Live", DEADLINE);
+    let button = drain_label(harness.state().model().answering());
+    wait_for_label(&mut harness, &button, DEADLINE);
 
-    harness.get_by_label("Drain instance…").click();
+    harness.get_by_label(&button).click();
     wait_for_label(&mut harness, "Cancel", DEADLINE);
     harness.get_by_label("Cancel").click();
     wait_for_no_label(&mut harness, "Cancel", DEADLINE);
     assert!(broker.is_ready(), "cancel does not drain");
 
-    harness.get_by_label("Drain instance…").click();
+    harness.get_by_label(&button).click();
     wait_for_label(&mut harness, "Drain instance", DEADLINE);
     harness.get_by_label("Drain instance").click();
     step_until(
@@ -238,11 +241,9 @@ fn a_read_only_token_sees_everything_and_changes_nothing() {
     wait_for_label(&mut harness, &c.addr(), DEADLINE);
     wait_for_label(&mut harness, "Read-only token", DEADLINE);
     assert!(!harness.state().model().may_change());
+    let button = drain_label(harness.state().model().answering());
     assert!(
-        harness
-            .get_by_label("Drain instance…")
-            .accesskit_node()
-            .is_disabled(),
+        harness.get_by_label(&button).accesskit_node().is_disabled(),
         "drain is greyed out"
     );
     assert!(

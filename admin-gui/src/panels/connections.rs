@@ -11,6 +11,7 @@ use egui_extras::{Column as TableColumn, TableBuilder};
 use super::{caption, danger_button, palette, section, status};
 use crate::client::{Action, Command, MAX_ROWS};
 use crate::format;
+use crate::state::connections::instance_of;
 use crate::state::{Column, Model};
 use admin_api::{ConnectionInfo, ListFilter};
 
@@ -49,18 +50,20 @@ impl ConnectionsPanel {
 
         let mut clicked_row: Option<String> = None;
         let mut clicked_header: Option<Column> = None;
-        model.refresh_view();
-        let rows = model.view_rows();
+        let table = &mut model.connections;
+        table.refresh_view();
+        let rows = table.view_rows();
         let now = format::now_unix();
-        let sort = model.sort();
-        let selected = model.selected();
+        let sort = table.sort();
+        let selected = table.selected();
+        let mut drawn: Option<std::ops::Range<usize>> = None;
 
         if rows.is_empty() {
             ui.add_space(20.0);
             ui.vertical_centered(|ui| {
-                let text = if !model.synced {
+                let text = if !table.synced {
                     "Loading connections…"
-                } else if model.filter().is_empty() {
+                } else if table.filter().is_empty() {
                     "No connections"
                 } else {
                     "No connections match the filter"
@@ -78,6 +81,7 @@ impl ConnectionsPanel {
                 .sense(egui::Sense::click())
                 .cell_layout(Layout::left_to_right(Align::Center))
                 .column(TableColumn::initial(118.0).at_least(60.0).clip(true))
+                .column(TableColumn::initial(104.0).at_least(50.0).clip(true))
                 .column(TableColumn::initial(140.0).at_least(80.0).clip(true))
                 .column(TableColumn::initial(170.0).at_least(60.0).clip(true))
                 .column(TableColumn::initial(90.0).at_least(40.0).clip(true))
@@ -110,13 +114,21 @@ impl ConnectionsPanel {
                 })
                 .body(|body| {
                     body.rows(ROW_HEIGHT, rows.len(), |mut row| {
-                        let id = &rows[row.index()];
-                        let Some(c) = model.connection(id) else {
+                        let index = row.index();
+                        drawn = Some(match drawn.take() {
+                            Some(r) => r.start.min(index)..r.end.max(index + 1),
+                            None => index..index + 1,
+                        });
+                        let id = &rows[index];
+                        let Some(c) = table.connection(id) else {
                             return;
                         };
                         row.set_selected(selected == Some(id.as_str()));
                         row.col(|ui| {
                             ui.label(RichText::new(&c.id).monospace());
+                        });
+                        row.col(|ui| {
+                            ui.label(RichText::new(instance_of(c)).monospace());
                         });
                         row.col(|ui| {
                             ui.label(&c.remote_addr);
@@ -158,12 +170,13 @@ impl ConnectionsPanel {
                 });
         });
 
+        table.set_visible(drawn.unwrap_or(0..0));
         if let Some(column) = clicked_header {
-            model.sort_by(column);
+            table.sort_by(column);
         }
         if let Some(id) = clicked_row {
-            let again = model.selected() == Some(id.as_str());
-            model.select(if again { None } else { Some(id) });
+            let again = table.selected() == Some(id.as_str());
+            table.select(if again { None } else { Some(id) });
         }
     }
 
@@ -210,22 +223,34 @@ impl ConnectionsPanel {
             }
 
             ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
-                let shown = model.connection_count() as u64;
+                let table = &model.connections;
+                let shown = table.len() as u64;
                 let mut text = format!(
                     "{} connection{}",
-                    format::count(model.server_total),
-                    if model.server_total == 1 { "" } else { "s" }
+                    format::count(table.server_total),
+                    if table.server_total == 1 { "" } else { "s" }
                 );
-                if !model.filter().is_empty() {
+                if !table.filter().is_empty() {
                     text.push_str(" match");
                 }
-                if shown < model.server_total && model.server_total > MAX_ROWS {
+                if shown < table.server_total && table.server_total > MAX_ROWS {
                     text.push_str(&format!(
                         " · first {} listed, narrow the filter",
                         format::count(shown)
                     ));
                 }
                 ui.label(RichText::new(text).color(palette::MUTED));
+                if !table.missing.is_empty() {
+                    status(
+                        ui,
+                        palette::WARN,
+                        format!("No answer from {}", table.missing.join(", ")),
+                    )
+                    .on_hover_text(
+                        "These instances did not answer the last list in time: their \
+                         connections may be missing or out of date",
+                    );
+                }
             });
         });
 
@@ -235,8 +260,8 @@ impl ConnectionsPanel {
             remote: self.remote.trim().to_string(),
             publisher: self.publisher,
         };
-        if &filter != model.filter() {
-            model.set_filter(filter.clone());
+        if &filter != model.connections.filter() {
+            model.connections.set_filter(filter.clone());
             commands.push(Command::SetFilter(filter));
         }
     }
@@ -245,11 +270,14 @@ impl ConnectionsPanel {
     pub fn details(&mut self, ui: &mut egui::Ui, model: &mut Model) -> Option<DetailAction> {
         let mut action = None;
         section(ui, "Selected connection");
-        let Some(id) = model.selected().map(str::to_owned) else {
+        let Some(id) = model.connections.selected().map(str::to_owned) else {
             ui.label(RichText::new("Click a row to see a connection here.").color(palette::MUTED));
             return None;
         };
-        let (connection, departed) = match (model.connection(&id), model.departed()) {
+        let (connection, departed) = match (
+            model.connections.connection(&id),
+            model.connections.departed(),
+        ) {
             (Some(c), _) => (c.clone(), None),
             (None, Some(d)) => (d.connection.clone(), Some(d.reason.clone())),
             (None, None) => {
@@ -418,6 +446,7 @@ fn details_grid(ui: &mut egui::Ui, c: &ConnectionInfo) {
                 ui.end_row();
             };
             row(ui, "ID", RichText::new(&c.id).monospace());
+            row(ui, "Instance", RichText::new(instance_of(c)).monospace());
             row(ui, "Remote address", RichText::new(&c.remote_addr));
             row(
                 ui,
@@ -472,7 +501,9 @@ fn details_grid(ui: &mut egui::Ui, c: &ConnectionInfo) {
             );
             row(ui, "Shard", RichText::new(c.shard.to_string()));
         });
-    ui.label(caption("Counters refresh every few seconds."));
+    ui.label(caption(
+        "Counters of the rows on screen and of this one refresh every 2 s.",
+    ));
 }
 
 fn optional(ui: &mut egui::Ui, value: Option<&str>) {

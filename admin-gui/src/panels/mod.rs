@@ -6,6 +6,7 @@ pub mod charts;
 pub mod connect;
 pub mod connections;
 pub mod inject;
+pub mod instances;
 pub mod summary;
 
 use egui::{Color32, RichText};

@@ -1,21 +1,34 @@
-//! The instance line (id, version, uptime, ready) and the headline numbers, with the drain
-//! button: what an operator glances at first.
+//! The fleet line (instances up, the instance the app talks to, its version and uptime, the
+//! token's access) and the headline numbers summed over the fleet: what an operator glances
+//! at first.
 
-use egui::{Align, Color32, Layout, RichText};
+use egui::{Color32, RichText};
 
-use super::{caption, danger_button, palette, status};
+use super::{caption, palette, status};
 use crate::format;
 use crate::state::Model;
 
-/// Returns true when the operator asks to drain (the app then asks for confirmation).
-pub fn show(ui: &mut egui::Ui, model: &Model) -> bool {
+pub fn show(ui: &mut egui::Ui, model: &Model) {
     let Some(stats) = &model.stats else {
-        return false;
+        return;
     };
-    let mut drain = false;
+    let fleet = model.fleet_totals();
     ui.add_space(2.0);
     ui.horizontal(|ui| {
-        ui.label(caption("INSTANCE"));
+        ui.label(caption("FLEET"));
+        let instances = if fleet.instances == 1 {
+            "1 instance".to_string()
+        } else {
+            format!("{} instances", fleet.instances)
+        };
+        let color = if fleet.up == fleet.instances {
+            palette::GOOD
+        } else {
+            palette::WARN
+        };
+        status(ui, color, format!("{instances}, {} up", fleet.up));
+        ui.separator();
+        ui.label(caption("ANSWERING"));
         ui.label(RichText::new(&stats.instance).monospace().strong());
         ui.label(caption("VERSION"));
         ui.label(&stats.version);
@@ -29,39 +42,23 @@ pub fn show(ui: &mut egui::Ui, model: &Model) -> bool {
         if !model.may_change() {
             status(ui, palette::MUTED, "Read-only token").on_hover_text(super::READ_ONLY_HINT);
         }
-        ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
-            let button = ui
-                .add_enabled(
-                    stats.ready && model.may_change(),
-                    danger_button("Drain instance…"),
-                )
-                .on_hover_text(
-                    "Stop accepting, close every client over the drain window, then exit",
-                )
-                .on_disabled_hover_text(if model.may_change() {
-                    "This instance is already draining"
-                } else {
-                    super::READ_ONLY_HINT
-                });
-            drain = button.clicked();
-        });
     });
     ui.add_space(4.0);
 
-    let latest = model.history.latest().copied().unwrap_or_default();
-    let t = stats.totals;
+    let latest = fleet.rates;
+    let t = fleet.totals;
     ui.horizontal(|ui| {
         kpi(
             ui,
             "CLIENTS",
-            format::count(stats.connections.clients),
+            format::count(fleet.connections.clients),
             None,
             palette::ACCENT,
         );
         kpi(
             ui,
             "PUBLISHERS",
-            format::count(stats.connections.publishers),
+            format::count(fleet.connections.publishers),
             None,
             palette::PUBLISHER,
         );
@@ -128,7 +125,6 @@ pub fn show(ui: &mut egui::Ui, model: &Model) -> bool {
         );
     });
     ui.add_space(4.0);
-    drain
 }
 
 fn kpi(ui: &mut egui::Ui, title: &str, value: String, sub: Option<String>, color: Color32) {

@@ -12,6 +12,7 @@ use crate::panels::connect::{self, ConnectAction, ConnectForm};
 use crate::panels::connections::{ConnectionsPanel, DetailAction};
 use crate::panels::inject::InjectPanel;
 use crate::panels::{activity, danger_button, instances, summary};
+use crate::secrets::{SecretError, Secrets, TokenNote};
 use crate::settings::{Settings, SettingsStore};
 use crate::state::{Level, Model};
 
@@ -19,17 +20,30 @@ use crate::state::{Level, Model};
 #[derive(Debug, Default)]
 pub struct Options {
     /// Ops URL and token given on the command line or in the environment: connect at once,
-    /// and do not write them to the settings file.
+    /// and do not store them.
     pub url: Option<String>,
     pub token: Option<Token>,
+    /// Where the URL is remembered.
     pub settings: SettingsStore,
+    /// Where the token is kept (the system keyring in the app, [`Secrets::None`] by default).
+    pub secrets: Secrets,
 }
+
+/// What a keyring save reports: the URL, the token, and how it went.
+type KeyringAnswer = (String, String, Result<(), SecretError>);
 
 pub struct AdminApp {
     client: Client,
     model: Model,
     settings: SettingsStore,
     saved: Settings,
+    secrets: Secrets,
+    /// What the keyring holds as far as the app knows: (URL, token).
+    kept: Option<(String, String)>,
+    token_note: TokenNote,
+    /// The answer of a keyring save running on its own thread (a keyring may be slow, or ask
+    /// the user to unlock it: never on the UI thread).
+    saving: Option<std::sync::mpsc::Receiver<KeyringAnswer>>,
     form: ConnectForm,
     connections: ConnectionsPanel,
     charts: Charts,
@@ -45,17 +59,40 @@ impl AdminApp {
         let client = Client::spawn(move || wake.request_repaint())?;
         let saved = options.settings.load();
         let from_command_line = options.url.is_some() || options.token.is_some();
-        let form = ConnectForm {
-            url: options.url.unwrap_or_else(|| saved.url.clone()),
-            token: options
-                .token
-                .map_or_else(|| saved.token.clone(), |t| t.expose().to_string()),
+        let url = options.url.unwrap_or_else(|| saved.url.clone());
+        let mut model = Model::default();
+        let mut kept = None;
+        let (token, token_note) = match options.token {
+            Some(t) => (t.expose().to_string(), TokenNote::FromCommandLine),
+            None if url.trim().is_empty() => (String::new(), TokenNote::Nothing),
+            None => match options.secrets.get(url.trim()) {
+                Ok(Some(t)) => {
+                    kept = Some((url.trim().to_string(), t.clone()));
+                    (t, TokenNote::InKeyring)
+                }
+                Ok(None) | Err(_) if !saved.plain_token.is_empty() => {
+                    model.note(
+                        Level::Warning,
+                        "the settings file holds the admin token in plain JSON (written by an \
+                         older version): the next Connect moves it to the keyring, if there is \
+                         one, and removes it from the file",
+                    );
+                    (saved.plain_token.clone(), TokenNote::PlainJson)
+                }
+                Ok(None) => (String::new(), TokenNote::Nothing),
+                Err(e) => (String::new(), TokenNote::NotSaved(e)),
+            },
         };
+        let form = ConnectForm { url, token };
         let mut app = AdminApp {
             client,
-            model: Model::default(),
+            model,
             settings: options.settings,
             saved,
+            secrets: options.secrets,
+            kept,
+            token_note,
+            saving: None,
             form,
             connections: ConnectionsPanel::default(),
             charts: Charts::default(),
@@ -74,27 +111,99 @@ impl AdminApp {
         &self.model
     }
 
+    /// Where the token is kept, for tests.
+    pub fn token_note(&self) -> &TokenNote {
+        &self.token_note
+    }
+
     fn connect(&mut self, remember: bool) {
         let url = self.form.url.trim().to_string();
+        let token = self.form.token.trim().to_string();
         if remember {
+            // The URL in the settings file, the token never (an older version's plain token
+            // is left out when the file is written again).
             let settings = Settings {
                 url: url.clone(),
-                token: self.form.token.clone(),
+                plain_token: String::new(),
             };
             if settings != self.saved {
                 match self.settings.save(&settings) {
                     Ok(()) => self.saved = settings,
-                    Err(e) => self.model.note(
-                        Level::Warning,
-                        format!("could not remember the URL and token: {e}"),
-                    ),
+                    Err(e) => self
+                        .model
+                        .note(Level::Warning, format!("could not remember the URL: {e}")),
                 }
             }
+            self.keep_token(&url, &token);
         }
         self.client.send(Command::Connect {
             url,
-            token: Token::new(self.form.token.trim()),
+            token: Token::new(token),
         });
+    }
+
+    /// Saves the token for `url` in the keyring, on a thread of its own.
+    fn keep_token(&mut self, url: &str, token: &str) {
+        if self
+            .kept
+            .as_ref()
+            .is_some_and(|(u, t)| u == url && t == token)
+        {
+            self.token_note = TokenNote::InKeyring;
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let secrets = self.secrets.clone();
+        let (url, token) = (url.to_string(), token.to_string());
+        let spawned = std::thread::Builder::new()
+            .name("keyring".into())
+            .spawn(move || {
+                let result = secrets.set(&url, &token);
+                let _ = tx.send((url, token, result));
+            });
+        match spawned {
+            Ok(_) => {
+                self.token_note = TokenNote::Saving;
+                self.saving = Some(rx);
+            }
+            Err(e) => {
+                self.token_note = TokenNote::NotSaved(SecretError::Failed(e.to_string()));
+            }
+        }
+    }
+
+    /// Takes the answer of a keyring save, if it came.
+    fn poll_keyring(&mut self) {
+        let Some(rx) = &self.saving else {
+            return;
+        };
+        let (url, token, result) = match rx.try_recv() {
+            Ok(answer) => answer,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => (
+                String::new(),
+                String::new(),
+                Err(SecretError::Failed("the keyring thread stopped".into())),
+            ),
+        };
+        self.saving = None;
+        match result {
+            Ok(()) => {
+                self.kept = Some((url, token.clone()));
+                self.token_note = if token.is_empty() {
+                    TokenNote::Nothing
+                } else {
+                    TokenNote::InKeyring
+                };
+            }
+            Err(e) => {
+                self.model.note(
+                    Level::Warning,
+                    format!("token not saved ({e}): enter it again at the next start"),
+                );
+                self.token_note = TokenNote::NotSaved(e);
+            }
+        }
     }
 
     /// Draws the whole window. `eframe::App::ui` calls this; tests call it through kittest.
@@ -102,13 +211,14 @@ impl AdminApp {
         for update in self.client.poll() {
             self.model.apply(update);
         }
+        self.poll_keyring();
         let mut commands = Vec::new();
 
         let mut action = None;
         egui::Panel::top("connect-bar")
             .frame(egui::Frame::side_top_panel(ui.style()).inner_margin(8.0))
             .show(ui, |ui| {
-                action = connect::bar(ui, &mut self.form, &self.model.link);
+                action = connect::bar(ui, &mut self.form, &self.token_note, &self.model.link);
             });
 
         if self.model.has_data() {

@@ -10,6 +10,7 @@ pub mod app;
 pub mod client;
 pub mod format;
 pub mod panels;
+pub mod secrets;
 pub mod settings;
 pub mod state;
 

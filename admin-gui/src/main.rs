@@ -3,12 +3,14 @@
 use clap::Parser;
 
 use admin_gui::client::Token;
+use admin_gui::secrets::Secrets;
 use admin_gui::settings::SettingsStore;
 use admin_gui::{AdminApp, Options};
 
 /// Desktop admin app for the broker: live connections, charts, event injection, kick, drain.
 ///
-/// Without options it opens with the URL and token remembered from the last Connect.
+/// Without options it opens with the URL remembered from the last Connect, and its token from
+/// the system keyring.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -57,6 +59,7 @@ fn main() -> eframe::Result {
                     url: cli.url,
                     token: cli.token.map(Token::new),
                     settings: SettingsStore::user_default(),
+                    secrets: Secrets::system(),
                 },
             )?;
             Ok(Box::new(app))

@@ -1,8 +1,10 @@
-//! The ops URL and token, remembered between runs in a small JSON file in the user's config
-//! directory (`$XDG_CONFIG_HOME/broker-admin-gui/settings.json`, else `~/.config/...`).
+//! The ops URL, remembered between runs in a small JSON file in the user's config directory
+//! (`$XDG_CONFIG_HOME/broker-admin-gui/settings.json`, else `~/.config/...`). The token is not
+//! in it: it goes to the system keyring ([`crate::secrets`]), or nowhere.
 //!
 //! A file of our own rather than eframe's persistence: it is written only when the operator
-//! clicks Connect (not on every exit), and on Unix with mode 0600 since it holds a secret.
+//! clicks Connect (not on every exit), and on Unix with mode 0600 (older versions kept the
+//! token in it, and a URL may say more than it should).
 
 use std::path::PathBuf;
 
@@ -12,8 +14,11 @@ use serde::{Deserialize, Serialize};
 #[serde(default)]
 pub struct Settings {
     pub url: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub token: String,
+    /// A token an older version of the app wrote here in plain JSON: read, so that the app
+    /// still connects (and says where the token came from), never written. The next save
+    /// leaves it out of the file.
+    #[serde(rename = "token", skip_serializing)]
+    pub plain_token: String,
 }
 
 /// Where settings live; `None` keeps them in memory only (tests, or no home directory).
@@ -102,7 +107,7 @@ mod tests {
         assert_eq!(store.load(), Settings::default());
         let s = Settings {
             url: "http://127.0.0.1:9090".into(),
-            token: "t0k3n".into(),
+            plain_token: String::new(),
         };
         store.save(&s).unwrap();
         assert_eq!(store.load(), s);
@@ -115,6 +120,27 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_plain_token_from_an_older_version_is_read_and_never_written() {
+        let dir = std::env::temp_dir().join(format!("admin-gui-legacy-{}", std::process::id()));
+        let path = dir.join("settings.json");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"url":"http://h:9090","token":"old-plain-token"}"#,
+        )
+        .unwrap();
+        let store = SettingsStore::at(&path);
+        let s = store.load();
+        assert_eq!(s.plain_token, "old-plain-token");
+        store.save(&s).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("old-plain-token"), "{text}");
+        assert!(!text.contains("token"), "{text}");
+        assert_eq!(store.load().url, "http://h:9090");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

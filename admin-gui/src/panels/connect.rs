@@ -7,6 +7,7 @@ use egui::{Align, Layout, RichText, TextEdit};
 
 use super::{palette, status};
 use crate::client::LinkStatus;
+use crate::secrets::TokenNote;
 
 /// What the operator typed in the connection bar.
 #[derive(Default)]
@@ -24,7 +25,12 @@ pub enum ConnectAction {
 }
 
 /// The top bar: title, URL, token (never shown in clear), Connect/Disconnect, link state.
-pub fn bar(ui: &mut egui::Ui, form: &mut ConnectForm, link: &LinkStatus) -> Option<ConnectAction> {
+pub fn bar(
+    ui: &mut egui::Ui,
+    form: &mut ConnectForm,
+    note: &TokenNote,
+    link: &LinkStatus,
+) -> Option<ConnectAction> {
     let mut action = None;
     ui.horizontal(|ui| {
         ui.label(RichText::new("Broker admin").strong().size(17.0));
@@ -47,6 +53,17 @@ pub fn bar(ui: &mut egui::Ui, form: &mut ConnectForm, link: &LinkStatus) -> Opti
                     .desired_width(190.0),
             )
             .labelled_by(label.id);
+        if let Some(text) = note.text() {
+            let color = match note {
+                TokenNote::NotSaved(_) | TokenNote::PlainJson => palette::WARN,
+                _ => palette::MUTED,
+            };
+            let r = ui.label(RichText::new(text).small().color(color));
+            let detail = note.detail();
+            if !detail.is_empty() {
+                r.on_hover_text(detail);
+            }
+        }
         let enter = (url.lost_focus() || token.lost_focus())
             && ui.input(|i| i.key_pressed(egui::Key::Enter));
 

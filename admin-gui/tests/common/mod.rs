@@ -164,19 +164,41 @@ impl WsClient {
 
 /// The app connected to `url` with `token`, remembering nothing on disk.
 pub fn app(url: &str, token: &str) -> Harness<'static, AdminApp> {
+    app_with(Options {
+        url: Some(url.to_string()),
+        token: Some(Token::new(token)),
+        settings: SettingsStore::in_memory(),
+        ..Default::default()
+    })
+}
+
+/// The app started with these options.
+pub fn app_with(options: Options) -> Harness<'static, AdminApp> {
     let ctx = egui::Context::default();
-    let app = AdminApp::new(
-        &ctx,
-        Options {
-            url: Some(url.to_string()),
-            token: Some(Token::new(token)),
-            settings: SettingsStore::in_memory(),
-        },
-    )
-    .expect("app starts");
+    let app = AdminApp::new(&ctx, options).expect("app starts");
     Harness::builder()
         .with_size([1500.0, 950.0])
         .build_ui_state(|ui, app: &mut AdminApp| app.show(ui), app)
+}
+
+/// A fresh directory under the system's temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("admin-gui-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Steps the UI until `cond` holds; panics with `what` after `timeout`.

@@ -152,6 +152,11 @@ impl Cluster {
         )
     }
 
+    /// The subject prefix the instances of this deployment share.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Connected, with our subscriptions in place: events flow both ways.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed) && self.subscribed.load(Ordering::Relaxed)
@@ -443,6 +448,7 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
         None => None,
     };
     let meta = tokio::spawn(take_meta_requests(client.clone(), shared.clone()));
+    let fleet = tokio::spawn(crate::fleet::run(client.clone(), shared.clone()));
     let mut incoming = futures_util::stream::select_all(subscriptions);
     loop {
         tokio::select! {
@@ -458,6 +464,7 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
     }
     let _ = publishing.await;
     let _ = meta.await;
+    let _ = fleet.await;
     if let Some(live) = live {
         let _ = live.await;
     }

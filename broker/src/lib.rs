@@ -16,7 +16,9 @@
 //! - [`fanout`]: routing and delivering one encoded event to many.
 //! - [`history`]: positions and the history a resuming client replays.
 //! - [`publish`]: `POST /api/publish`.
-//! - [`metrics`], [`ops`], [`admin`]: Prometheus metrics, health, the admin API.
+//! - [`metrics`], [`ops`], [`admin`]: Prometheus metrics, health, the admin API's HTTP routes.
+//! - [`control`]: what an operator can do to this instance (list, stats, kick, drain), whoever
+//!   asks; [`fleet`]: the other instances, heartbeats and admin requests between them.
 //! - [`cluster`]: sharing events with the other instances through NATS.
 //! - [`memory`]: handing memory back to the system after many connections have left.
 //! - [`server`]: the accept loop, start-up and shutdown.
@@ -26,8 +28,10 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod control;
 pub mod event;
 pub mod fanout;
+pub mod fleet;
 pub mod gate;
 pub mod handshake;
 pub mod history;

@@ -19,6 +19,8 @@ use crate::auth::TokenVerifier;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::connection::Transport;
+use crate::control::Recent;
+use crate::fleet::Fleet;
 use crate::gate::{Gate, GateLimits, Pending, Slot};
 use crate::handshake::{self, Admission, HeadError, Refusal, Request, Resume};
 use crate::history::MemoryHistory;
@@ -35,6 +37,10 @@ pub struct Shared {
     pub metrics: Metrics,
     pub tokens: TokenVerifier,
     pub events: Activity,
+    /// The other instances, as the admin API sees them (this one alone without NATS).
+    pub fleet: Fleet,
+    /// The last minutes of this instance's stats, for charts.
+    pub recent: Recent,
     /// Set when `ssl` is on: the WebSocket port serves `wss://` only.
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Set in cluster mode: where events are shared with the other instances.
@@ -250,7 +256,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
             config.broker.history.max_age(),
         )
     });
+    let fleet = Fleet::new(registry.instance(), cluster.as_ref().map(Cluster::prefix));
     let shared = Arc::new(Shared {
+        fleet,
+        recent: Recent::default(),
         tls,
         cluster,
         history,
@@ -294,6 +303,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
     });
     tracker.spawn(crate::ops::serve(ops_listener, ops_tls, shared.clone()));
     tracker.spawn(crate::memory::trim_after_spikes(shared.clone()));
+    tracker.spawn(crate::control::sample_every_second(shared.clone()));
     if let Some(task) = cluster_task {
         tracker.spawn(crate::cluster::run(task, shared.clone()));
     }

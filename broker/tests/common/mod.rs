@@ -1,6 +1,8 @@
 //! Test harness: a real broker on ephemeral loopback ports, and real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -30,12 +30,32 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::control::{self, Refusal};
 use crate::event;
-use crate::fanout::Target;
+use crate::fleet::Fleet;
 use crate::handshake::secret_eq;
-use crate::server::Shared;
+use crate::shared::Shared;
+use crate::target::Target;
+
+/// What the admin routes work with: this instance, and what it knows of the fleet.
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    fleet: Arc<Fleet>,
+}
+
+impl axum::extract::FromRef<AdminState> for Arc<Shared> {
+    fn from_ref(s: &AdminState) -> Arc<Shared> {
+        s.shared.clone()
+    }
+}
+
+impl axum::extract::FromRef<AdminState> for Arc<Fleet> {
+    fn from_ref(s: &AdminState) -> Arc<Fleet> {
+        s.fleet.clone()
+    }
+}
 
 /// The admin routes, or `None` when neither an admin nor a read-only token is configured.
-pub fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
+pub fn routes(shared: &Arc<Shared>, fleet: Arc<Fleet>) -> Option<Router<Arc<Shared>>> {
     let admin = &shared.config.broker.admin;
     let mut tokens = Vec::new();
     if let Some(t) = &admin.token {
@@ -54,7 +74,7 @@ pub fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
         tokens: tokens.into(),
         shared: shared.clone(),
     };
-    let api = Router::new()
+    let api: Router<AdminState> = Router::new()
         .route(route::CONNECTIONS, get(list_connections))
         .route(route::CONNECTION, delete(kick))
         .route(route::STATS, get(get_stats))
@@ -79,11 +99,16 @@ pub fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
                     HeaderValue::from(admin_api::VERSION),
                 );
                 r
-            })),
+            }))
+            .with_state(AdminState {
+                shared: shared.clone(),
+                fleet,
+            }),
     )
 }
 
-/// A short, stable name for a token in logs: `token:` and 8 hex digits of FNV-1a.
+/// A short, stable name for a token in logs: `token:` and 8 hex digits of FNV-1a (the caller
+/// prefixes the kind: `admin-token:…`, `read-token:…`).
 fn fingerprint(token: &str) -> String {
     let hash = token.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -214,35 +239,39 @@ async fn list_connections(
 
 async fn fleet_connections(
     State(shared): State<Arc<Shared>>,
+    State(fleet): State<Arc<Fleet>>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    Json(shared.fleet.list(&shared, &q).await).into_response()
+    Json(fleet.list(&shared, &q).await).into_response()
 }
 
 async fn instances(
     State(shared): State<Arc<Shared>>,
+    State(fleet): State<Arc<Fleet>>,
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Response {
-    Json(shared.fleet.instances(&shared, caller.access)).into_response()
+    Json(fleet.instances(&shared, caller.access)).into_response()
 }
 
 async fn history(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.recent.history(shared.registry.instance())).into_response()
+    Json(shared.recent.history(shared.registry().instance())).into_response()
 }
 
 async fn instance_history(
     State(shared): State<Arc<Shared>>,
+    State(fleet): State<Arc<Fleet>>,
     Path(instance): Path<String>,
 ) -> Response {
-    answer(shared.fleet.history(&shared, &instance).await)
+    answer(fleet.history(&shared, &instance).await)
 }
 
 async fn drain_instance(
     State(shared): State<Arc<Shared>>,
+    State(fleet): State<Arc<Fleet>>,
     axum::Extension(Caller { who, .. }): axum::Extension<Caller>,
     Path(instance): Path<String>,
 ) -> Response {
-    match shared.fleet.drain(&shared, &instance, &who).await {
+    match fleet.drain(&shared, &instance, &who).await {
         Ok(r) => (StatusCode::ACCEPTED, Json(r)).into_response(),
         Err(r) => refused(r),
     }
@@ -274,7 +303,9 @@ async fn inject(
         ApiTarget::User(user) => Target::User { user, except: None },
         ApiTarget::Connection(connection) => Target::Connection(connection),
     };
-    let delivered = shared.deliver(&target, &Utf8Bytes::from(text), info.event_type);
+    let delivered = shared
+        .router
+        .deliver(&target, &Utf8Bytes::from(text), info.event_type);
     tracing::info!(who = %who, action = "inject", event_type = info.event_type.label(), target = ?target, delivered, "admin injected an event");
     (
         StatusCode::ACCEPTED,
@@ -288,11 +319,12 @@ async fn inject(
 /// Kicks a connection on whichever instance holds it (the id names the instance).
 async fn kick(
     State(shared): State<Arc<Shared>>,
+    State(fleet): State<Arc<Fleet>>,
     axum::Extension(Caller { who, .. }): axum::Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<KickQuery>,
 ) -> Response {
-    answer(shared.fleet.kick(&shared, &id, &q, &who).await)
+    answer(fleet.kick(&shared, &id, &q, &who).await)
 }
 
 async fn drain(
@@ -308,7 +340,7 @@ async fn stream(
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let access = caller.access;
-    let rx = shared.events.subscribe();
+    let rx = shared.activity.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let stream = futures_util::stream::unfold(

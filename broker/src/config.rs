@@ -218,6 +218,9 @@ pub struct AdminConfig {
     pub read_token: Option<String>,
 }
 
+/// `broker.cluster.queueBytes` by default: 64 MiB of events waiting to be published to NATS.
+pub const DEFAULT_CLUSTER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ClusterConfig {
@@ -235,7 +238,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             nats: None,
             subject: String::new(),
-            queue_bytes: crate::cluster::QUEUE_BYTES,
+            queue_bytes: DEFAULT_CLUSTER_QUEUE_BYTES,
         }
     }
 }
@@ -851,9 +854,46 @@ impl Config {
                 }
             }
         }
-        crate::tls::acceptor(self)?;
-        crate::tls::ops_acceptor(self)?;
+        self.tls_acceptor()?;
+        self.ops_tls_acceptor()?;
         Ok(())
+    }
+
+    fn tls_files(&self) -> crate::tls::Files<'_> {
+        crate::tls::Files {
+            key: self.ssl_key.as_deref(),
+            cert: self.ssl_cert.as_deref(),
+            root: self.ssl_root.as_deref(),
+            intermediate: self.ssl_intermediate.as_deref(),
+        }
+    }
+
+    fn tls_error(e: crate::tls::TlsError) -> ConfigError {
+        ConfigError::Invalid {
+            key: e.key.to_string(),
+            from: String::new(),
+            message: e.message,
+        }
+    }
+
+    /// The acceptor of the WebSocket port (`wss://`), or `None` when `ssl` is off.
+    pub fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
+        if !self.ssl {
+            return Ok(None);
+        }
+        crate::tls::acceptor(self.tls_files())
+            .map(Some)
+            .map_err(Self::tls_error)
+    }
+
+    /// The acceptor of the ops listener (`broker.ops.tls`): the same certificate as `wss://`.
+    pub fn ops_tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
+        if !self.broker.ops.tls {
+            return Ok(None);
+        }
+        crate::tls::acceptor(self.tls_files())
+            .map(Some)
+            .map_err(Self::tls_error)
     }
 
     /// Registry shards: the configured count, or one per core, rounded up to a power of two

@@ -2,22 +2,20 @@
 //! last minutes of stats. The admin API's HTTP routes ([`crate::admin`]) and the fleet's NATS
 //! requests ([`crate::fleet`]) both call these; neither transport has logic of its own.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use admin_api::{
     Access, ConnectionPage, DrainResponse, KickQuery, KickResponse, ListQuery, OpenConnections,
-    Stats, StatsHistory, StatsSample, Totals,
+    Stats, StatsSample, Totals,
 };
-use std::sync::Mutex;
 
+use crate::activity::connection_info;
 use crate::event;
 use crate::event::TYPE_LABELS;
 use crate::metrics::Refused;
-use crate::ops::connection_info;
 use crate::registry::{CloseReason, CloseRequest};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// A call that cannot be done: the HTTP status and the words for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,11 +35,11 @@ impl Refusal {
 
 /// The instance's state and totals, as a caller with `access` sees them.
 pub fn stats(shared: &Shared, access: Access) -> Stats {
-    let counts = shared.registry.counts();
+    let counts = shared.registry().counts();
     Stats {
         api_version: admin_api::VERSION,
         access,
-        instance: shared.registry.instance().to_string(),
+        instance: shared.registry().instance().to_string(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_seconds: shared.started.elapsed().as_secs(),
         ready: shared.is_ready(),
@@ -87,7 +85,7 @@ pub fn list(shared: &Shared, q: &ListQuery) -> ConnectionPage {
     let mut skipped = 0u64;
     let mut connections = Vec::new();
     // The snapshot is in this instance's id order, which is `id_key` order within one node.
-    for c in shared.registry.snapshot() {
+    for c in shared.registry().snapshot() {
         let remote = c.remote.to_string();
         if !filter.matches_fields(c.origin.as_deref(), c.user.as_deref(), &remote, c.publisher) {
             continue;
@@ -120,12 +118,12 @@ pub fn kick(shared: &Shared, id: &str, q: &KickQuery, who: &str) -> Result<KickR
     if !admin_api::kick_code_allowed(code) {
         return Err(Refusal::new(400, admin_api::KICK_CODE_RULE));
     }
-    let Some(conn) = shared.registry.get_wire(id) else {
+    let Some(conn) = shared.registry().get_wire(id) else {
         return Err(Refusal::new(
             404,
             format!(
                 "no connection {id} on instance {}",
-                shared.registry.instance()
+                shared.registry().instance()
             ),
         ));
     };
@@ -156,38 +154,6 @@ pub fn drain(shared: &Arc<Shared>, who: &str) -> DrainResponse {
         }
     });
     DrainResponse { draining: true }
-}
-
-/// How many one-second samples [`Recent`] keeps: ten minutes.
-pub const RECENT_SAMPLES: usize = 600;
-
-/// The last minutes of this instance's stats, one sample a second, so that a chart opened now
-/// shows the minutes before it.
-#[derive(Default)]
-pub struct Recent {
-    samples: Mutex<VecDeque<StatsSample>>,
-}
-
-impl Recent {
-    pub fn history(&self, instance: &str) -> StatsHistory {
-        StatsHistory {
-            instance: instance.to_string(),
-            samples: self.lock().iter().copied().collect(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<StatsSample>> {
-        // Samples are plain numbers: a panic elsewhere cannot leave them inconsistent.
-        self.samples.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn push(&self, sample: StatsSample) {
-        let mut samples = self.lock();
-        if samples.len() == RECENT_SAMPLES {
-            samples.pop_front();
-        }
-        samples.push_back(sample);
-    }
 }
 
 /// Takes one sample a second into `shared.recent` until shutdown.

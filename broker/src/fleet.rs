@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::control::{self, Refusal};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// How often an instance says it is there.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -388,12 +388,16 @@ fn merge(pages: Vec<(String, ConnectionPage)>, limit: u64, missing: Vec<String>)
     }
 }
 
-/// Joins the fleet on `client`: heartbeats, and answers to the other instances' requests,
-/// until shutdown. Spawned by the cluster task once NATS is there.
-pub async fn run(client: async_nats::Client, shared: Arc<Shared>) {
-    let fleet = &shared.fleet;
-    let Some(prefix) = fleet.prefix.clone() else {
+/// Joins the fleet once the cluster's NATS client is made: heartbeats, and answers to the other
+/// instances' requests, until shutdown.
+pub async fn run(fleet: Arc<Fleet>, shared: Arc<Shared>) {
+    let (Some(prefix), Some(cluster)) = (fleet.prefix.clone(), shared.router.cluster.as_ref())
+    else {
         return;
+    };
+    let client = tokio::select! {
+        () = shared.shutdown.cancelled() => return,
+        c = cluster.client() => c,
     };
     let _ = fleet.link.set(client.clone());
     let subscribe = |subject: String| {
@@ -443,7 +447,7 @@ pub async fn run(client: async_nats::Client, shared: Arc<Shared>) {
             msg = requests.next() => {
                 let Some(msg) = msg else { break };
                 let Some(reply_to) = msg.reply.clone() else { continue };
-                let reply = answer(&shared, &msg.payload);
+                let reply = answer(&fleet, &shared, &msg.payload);
                 if let Ok(body) = serde_json::to_vec(&reply) {
                     let _ = client.publish(reply_to, body.into()).await;
                 }
@@ -458,8 +462,8 @@ pub async fn run(client: async_nats::Client, shared: Arc<Shared>) {
 }
 
 /// This instance's answer to another's request.
-fn answer(shared: &Arc<Shared>, payload: &[u8]) -> Reply {
-    let me = shared.fleet.instance.as_str();
+fn answer(fleet: &Fleet, shared: &Arc<Shared>, payload: &[u8]) -> Reply {
+    let me = fleet.instance.as_str();
     let request = match serde_json::from_slice::<Request>(payload) {
         Ok(r) => r,
         Err(e) => {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use broker::server::RunningBroker;
+use broker::app::RunningBroker;
 use common::nats::*;
 use common::BrokerProcess;
 use common::*;

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use admin_api::{FleetPage, Health, InstanceList, StatsHistory};
-use broker::server::RunningBroker;
+use broker::app::RunningBroker;
 use common::nats::*;
 use common::*;
 use serde_json::{json, Value};

@@ -423,7 +423,7 @@ async fn bad_tokens_are_refused_in_header_and_query() {
         "test",
     )
     .expect("valid test config");
-    let b = broker::server::start(config).await.expect("broker starts");
+    let b = broker::app::start(config).await.expect("broker starts");
     for placement in [&[][..], &["--token-in-query"][..]] {
         let mut args = vec!["--token", "not.a.jwt"];
         args.extend_from_slice(placement);

@@ -2,7 +2,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use broker::server::RunningBroker;
+use broker::app::RunningBroker;
 use serde_json::json;
 
 use super::{eventually, http_get, metric, start_with};

@@ -88,7 +88,8 @@ pub fn measures(scenario: &Scenario) -> (Latency, Option<Latency>) {
         Scenario::Connect(_) | Scenario::Mixed(_) | Scenario::Agent(_) => {
             (Latency::new("handshake", false), None)
         }
-        Scenario::Echo(_) => (Latency::new("rtt", false), None),
+        // With stages, round trips count from the due time (coordinated omission corrected).
+        Scenario::Echo(a) => (Latency::new("rtt", !a.stage.is_empty()), None),
         Scenario::Broadcast(a) => (Latency::new("delivery", open_loop(&a.delivery)), None),
         Scenario::Publish(a) => (
             Latency::new("delivery", open_loop(&a.delivery)),
@@ -129,6 +130,9 @@ pub fn connections(scenario: &Scenario) -> usize {
         Scenario::Echo(a) => a.connections,
         Scenario::Broadcast(a) => a.delivery.listeners + a.delivery.publishers + 1,
         Scenario::Publish(a) => a.delivery.listeners + a.delivery.publishers + 1,
+        Scenario::Soak(a) if !a.stage.is_empty() => {
+            crate::stages::Stages(a.stage.clone()).peak() as usize
+        }
         Scenario::Soak(a) => a.connections + 1,
         Scenario::Failover(a) => a.listeners + 2,
         Scenario::Mixed(_) | Scenario::Agent(_) => 0,
@@ -147,9 +151,15 @@ pub fn planned(scenario: &Scenario, connect_rate: f64, connect_timeout: Duration
             crate::stages::Stages(a.stage.clone()).total() + connect_timeout
         }
         Scenario::Connect(a) => ramp(a.connections) + a.hold,
+        Scenario::Echo(a) if !a.stage.is_empty() => {
+            ramp(a.connections) + crate::stages::Stages(a.stage.clone()).total() + a.reply_timeout
+        }
         Scenario::Echo(a) => ramp(a.connections) + a.duration + a.reply_timeout,
         Scenario::Broadcast(a) => delivery_plan(&a.delivery, ramp) + warmup(&a.delivery),
         Scenario::Publish(a) => delivery_plan(&a.delivery, ramp) + warmup(&a.delivery),
+        Scenario::Soak(a) if !a.stage.is_empty() => {
+            crate::stages::Stages(a.stage.clone()).total() + connect_timeout + a.reply_timeout
+        }
         Scenario::Soak(a) => ramp(a.connections + 1) + a.duration + a.reply_timeout,
         // Ramp, warm-up, sending, the publisher's hand-over, the drain.
         Scenario::Failover(a) => {

@@ -331,9 +331,12 @@ pub struct DeliveryArgs {
     #[arg(long, value_name = "DUR:RATE")]
     pub stage: Vec<crate::stages::Stage>,
 
-    /// A weighted mix of events instead of one: `target=all|user,type=N,weight=W`, repeatable.
-    /// `user` events carry the `username` of one listener's user (needs --jwt-secret or
-    /// --token-file, and --api-key); each listener expects the `all` events and its user's.
+    /// A weighted mix of events instead of one: `target=all|user|connection,type=N,weight=W`,
+    /// repeatable. `user` events carry the `username` of one listener's user (needs
+    /// --jwt-secret or --token-file, and --api-key); `connection` events carry `to`, the
+    /// broker's id of one listener (needs --api-key: the listeners learn their ids through a
+    /// MetaRequest the tool answers). Each listener expects the `all` events, its user's and
+    /// its own connection's.
     #[arg(long, conflicts_with = "event", value_name = "SPEC")]
     pub mix: Vec<String>,
 

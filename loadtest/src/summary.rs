@@ -656,10 +656,11 @@ impl Summary {
                     d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates
                 )?;
             } else {
-                // A --mix with user events: each listener expects the events to all and its user's.
+                // A --mix with user or connection events: each listener expects the events to
+                // all, its user's and its connection's.
                 writeln!(
                     f,
-                    "  delivery     {} listeners, {} sent, {} expected (to all, and to each listener's user); received {}, missing {}, duplicates {}, misdelivered {}",
+                    "  delivery     {} listeners, {} sent, {} expected (to all, and to each listener's user or connection); received {}, missing {}, duplicates {}, misdelivered {}",
                     d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates, d.misdelivered
                 )?;
             }

@@ -27,7 +27,7 @@ use crate::cli::TargetArgs;
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Which kind of connection to open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// An ordinary client: `Origin`, and the user token if one was given.
     Client,

@@ -379,12 +379,12 @@ async fn listen_loop(
                 }
             }
             Woke::Stop => {
-                // Hand the receipts back first and close in the background: with tens of
-                // thousands of listeners closing at once on a loaded machine, a listener that
-                // waited for its close handshake could outlast the fleet's grace and its
-                // receipts would be lost (counted as missing, though they arrived).
-                tokio::spawn(client::close(ws, client::CLOSE_TIMEOUT));
-                return (tally, Ended::Finished);
+                // Hand the receipts back first and let the fleet close (or park) the
+                // connection: with tens of thousands of listeners closing at once on a loaded
+                // machine, a listener that waited for its close handshake could outlast the
+                // fleet's grace and its receipts would be lost (counted as missing, though they
+                // arrived).
+                return (tally, Ended::Open(Box::new(ws)));
             }
             Woke::Frame(Incoming::Closed(reason)) => {
                 tally.ended = Some((reason.clone(), Instant::now()));
@@ -405,8 +405,7 @@ async fn listen_loop(
                     _ = tokio::time::sleep_until((at + p.length).into()) => true,
                 };
                 if !resumed {
-                    tokio::spawn(client::close(ws, client::CLOSE_TIMEOUT));
-                    return (tally, Ended::Finished);
+                    return (tally, Ended::Open(Box::new(ws)));
                 }
                 tally.resume(p);
             }
@@ -664,7 +663,8 @@ impl Publish {
     }
 }
 
-/// One WebSocket publisher: sends on schedule, reads (and discards) what comes back.
+/// One WebSocket publisher: sends on schedule, reads (and discards) what comes back; hands the
+/// connection back open when its sending is over.
 pub(super) async fn publish_ws(
     sh: Arc<Publish>,
     j: usize,
@@ -672,7 +672,13 @@ pub(super) async fn publish_ws(
     stop: CancellationToken,
 ) -> ((), Ended) {
     let (mut sink, stream) = ws.split();
-    let mut reader = tokio::spawn(drain_reads(stream, sh.stats.clone(), sh.run.clone()));
+    let reading = CancellationToken::new();
+    let mut reader = tokio::spawn(drain_reads(
+        stream,
+        sh.stats.clone(),
+        sh.run.clone(),
+        reading.clone(),
+    ));
     let ended = async {
         let Some(start) = sh.gate.wait(&stop).await else {
             return Ended::Finished;
@@ -721,6 +727,17 @@ pub(super) async fn publish_ws(
         }
     }
     .await;
+    if let Ended::Finished = ended {
+        // Still open: take the reading half back and hand the whole connection back.
+        reading.cancel();
+        if let Ok(Ok(Some(stream))) = tokio::time::timeout(client::CLOSE_TIMEOUT, &mut reader).await
+        {
+            if let Ok(ws) = stream.reunite(sink) {
+                return ((), Ended::Open(Box::new(ws)));
+            }
+        }
+        return ((), Ended::Finished);
+    }
     let _ = tokio::time::timeout(client::CLOSE_TIMEOUT, sink.close()).await;
     if tokio::time::timeout(client::CLOSE_TIMEOUT, &mut reader)
         .await
@@ -732,14 +749,29 @@ pub(super) async fn publish_ws(
 }
 
 /// Reads a publisher's incoming side so the server never blocks on it; counts error events
-/// (the server rejecting what was sent).
-async fn drain_reads<S>(mut stream: S, stats: Arc<Stats>, run: String)
+/// (the server rejecting what was sent). Returns the stream when `stop` comes first (the
+/// connection is still open), `None` when the connection ended.
+async fn drain_reads<S>(
+    mut stream: S,
+    stats: Arc<Stats>,
+    run: String,
+    stop: CancellationToken,
+) -> Option<S>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
-    while let Incoming::Text(text) = client::recv(&mut stream).await {
-        if probe::classify(&text, &run) == Received::ErrorEvent {
-            stats.error("error_event");
+    loop {
+        let incoming = tokio::select! {
+            _ = stop.cancelled() => return Some(stream),
+            i = client::recv(&mut stream) => i,
+        };
+        match incoming {
+            Incoming::Text(text) => {
+                if probe::classify(&text, &run) == Received::ErrorEvent {
+                    stats.error("error_event");
+                }
+            }
+            Incoming::Closed(_) => return None,
         }
     }
 }
@@ -896,7 +928,7 @@ impl Senders {
 enum WarmSender {
     Ws(
         futures_util::stream::SplitSink<Ws, Message>,
-        tokio::task::JoinHandle<()>,
+        tokio::task::JoinHandle<Option<futures_util::stream::SplitStream<Ws>>>,
     ),
     Http(http::Publisher),
 }
@@ -911,8 +943,12 @@ impl WarmSender {
                     .await
                     .map_err(|e| e.to_string())?;
                 let (sink, stream) = ws.split();
-                let reader =
-                    tokio::spawn(drain_reads(stream, ctx.stats.clone(), ctx.run_id.clone()));
+                let reader = tokio::spawn(drain_reads(
+                    stream,
+                    ctx.stats.clone(),
+                    ctx.run_id.clone(),
+                    CancellationToken::new(),
+                ));
                 Ok(WarmSender::Ws(sink, reader))
             }
             Transport::Http { path, .. } => http::Publisher::connect(&ctx.target, index, path)

@@ -151,8 +151,7 @@ async fn echo_loop(
     stop: CancellationToken,
 ) -> ((), Ended) {
     let Some(start) = sh.gate.wait(&stop).await else {
-        client::close(ws, client::CLOSE_TIMEOUT).await;
-        return ((), Ended::Finished);
+        return ((), Ended::Open(Box::new(ws)));
     };
     // `--stage`: this connection's requests of the staged schedule.
     let mut schedule = sh
@@ -161,8 +160,7 @@ async fn echo_loop(
         .map(|stages| Schedule::staged(start, stages.clone(), sh.connections as u64, index as u64));
     loop {
         if sh.done.is_cancelled() || stop.is_cancelled() {
-            client::close(ws, client::CLOSE_TIMEOUT).await;
-            return ((), Ended::Finished);
+            return ((), Ended::Open(Box::new(ws)));
         }
         // The time the request is stamped with: its due time on a schedule, else now.
         let t = match &mut schedule {
@@ -180,8 +178,7 @@ async fn echo_loop(
             }
         };
         let Some(seq) = sh.seq.take() else {
-            client::close(ws, client::CLOSE_TIMEOUT).await;
-            return ((), Ended::Finished);
+            return ((), Ended::Open(Box::new(ws)));
         };
         let t = t.unwrap_or_else(probe::now_ns);
         let text = sh.encoder.encode(Kind::Echo, seq, t, Some(index));
@@ -199,8 +196,7 @@ async fn echo_loop(
             };
             match event {
                 Event::Stop => {
-                    client::close(ws, client::CLOSE_TIMEOUT).await;
-                    return ((), Ended::Finished);
+                    return ((), Ended::Open(Box::new(ws)));
                 }
                 Event::Timeout => {
                     sh.stats.error("reply_timeout");

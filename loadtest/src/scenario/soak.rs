@@ -261,16 +261,17 @@ async fn staged(
         }),
     };
     let (sh, w) = (shared.clone(), windows.clone());
+    let end = start + stages.total();
     let mut held = fleet::launch(
         ctx,
         spec,
         move |index| Held {
-            close_at: Some(start + w[index - first].1),
+            // Held to the end of the stages: no close of its own (a mixed run carries it over).
+            close_at: Some(start + w[index - first].1).filter(|&at| at < end),
             ..Held::default()
         },
         move |index, ws, state, stop| hold(sh.clone(), index, ws, state, stop),
     );
-    let end = start + stages.total();
     let ramp = held
         .wait_connected(end + ctx.target.connect_timeout(), &ctx.cancel)
         .await;
@@ -309,6 +310,8 @@ async fn staged(
 
 enum Event {
     Stop,
+    /// `--stage`: the level fell below this connection.
+    Close,
     Tick,
     In(Incoming),
 }
@@ -321,8 +324,7 @@ async fn hold(
     stop: CancellationToken,
 ) -> (Held, Ended) {
     let Some(start) = sh.gate.wait(&stop).await else {
-        client::close(ws, client::CLOSE_TIMEOUT).await;
-        return (st, Ended::Finished);
+        return (st, Ended::Open(Box::new(ws)));
     };
     // Spread the connections' echoes evenly over one interval; a reconnected connection starts
     // a fresh schedule from now.
@@ -348,13 +350,14 @@ async fn hold(
         }
         let event = tokio::select! {
             _ = &mut stopped => Event::Stop,
-            _ = &mut closing => Event::Stop,
+            _ = &mut closing => Event::Close,
             _ = sh.done.cancelled(), if sending => Event::Tick,
             _ = sleep_until_opt(wake) => Event::Tick,
             i = client::recv(&mut ws) => Event::In(i),
         };
         match event {
-            Event::Stop => {
+            Event::Stop => return (st, Ended::Open(Box::new(ws))),
+            Event::Close => {
                 client::close(ws, client::CLOSE_TIMEOUT).await;
                 return (st, Ended::Finished);
             }

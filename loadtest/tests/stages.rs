@@ -71,9 +71,9 @@ async fn the_echo_request_rate_follows_the_stages() {
     ))
     .await;
     assert_eq!(s.connections.established, 4, "{s}");
-    // Each connection keeps one request in flight: on a loaded machine one may still be
-    // waiting for a reply when the last of its requests falls due.
-    assert!(s.messages.sent >= 290 && s.messages.sent <= 300, "{s}");
+    // Each connection keeps one request in flight: on a loaded machine a connection may still
+    // be catching up with its schedule when the stages end.
+    assert!(s.messages.sent >= 270 && s.messages.sent <= 300, "{s}");
     assert_eq!(s.messages.received, s.messages.sent, "{s}");
     assert_eq!(s.messages.errors, 0, "{s}");
     let rtt = &s.latency["rtt"];

@@ -417,7 +417,8 @@ async fn listener(
         let ended = read(&sh, ws, &mut l, &stop).await;
         sh.stats.disconnected();
         match ended {
-            Ended::Finished => break,
+            // (Failover closes its own connections: nothing comes back open.)
+            Ended::Finished | Ended::Open(_) => break,
             Ended::Dropped(reason) => {
                 if stop.is_cancelled() {
                     break;
@@ -560,7 +561,7 @@ async fn publisher(p: PublisherSpec) -> Published {
                                     p.stats.sent.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
-                            Err(Ended::Finished) => {
+                            Err(Ended::Finished | Ended::Open(_)) => {
                                 p.stats.disconnected();
                                 break 'connect;
                             }

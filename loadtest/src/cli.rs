@@ -477,7 +477,7 @@ pub struct SoakArgs {
 /// How `failover` disrupts the cluster mid-run.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disrupt {
-    /// `POST /admin/drain` to --drain-url (with --admin-token), or SIGTERM to --kill-pid: the
+    /// `POST /admin/v1/drain` to --drain-url (with --admin-token), or SIGTERM to --kill-pid: the
     /// instance closes its clients with 1001 over its drain window and exits.
     Drain,
     /// SIGKILL to --kill-pid: the instance vanishes without closing anything.
@@ -509,7 +509,7 @@ pub struct FailoverArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub disrupt_at: Duration,
 
-    /// The ops URL of the instance to drain (`http://127.0.0.1:9091`); `POST /admin/drain`.
+    /// The ops URL of the instance to drain (`http://127.0.0.1:9091`); `POST /admin/v1/drain`.
     #[arg(long)]
     pub drain_url: Option<String>,
 

@@ -223,7 +223,7 @@ pub struct ListenerDetail {
 pub struct FailoverSummary {
     /// `drain`, `sigkill` or `none`.
     pub disrupt: String,
-    /// How: `POST http://.../admin/drain`, `SIGTERM to pid N`, `SIGKILL to pid N`.
+    /// How: `POST http://.../admin/v1/drain`, `SIGTERM to pid N`, `SIGKILL to pid N`.
     pub how: String,
     /// Whether the disruption was carried out (the drain answered 2xx, the signal was sent).
     pub disrupted: bool,

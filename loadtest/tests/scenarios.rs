@@ -481,7 +481,7 @@ requests = 100
     assert_eq!(accepted, 35, "{s}");
     // And none is left open after the run.
     common::within(async {
-        while !b.shared().registry.snapshot().is_empty() {
+        while !b.shared().registry().snapshot().is_empty() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })

@@ -119,7 +119,7 @@ async fn source_ip_spreads_sockets_over_the_given_local_addresses() {
     let shared = b.shared().clone();
     let remotes = common::within(async {
         loop {
-            let conns = shared.registry.snapshot();
+            let conns = shared.registry().snapshot();
             if conns.len() == 6 {
                 return conns.iter().map(|c| c.remote.ip()).collect::<Vec<_>>();
             }

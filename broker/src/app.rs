@@ -19,7 +19,6 @@ use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::gate::{Gate, GateLimits};
 use crate::metrics::Metrics;
-use crate::origin::OriginPolicy;
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::server::{listen, ws_config};
@@ -96,7 +95,7 @@ fn random_instance_id() -> String {
 pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
     let tls = config.tls_acceptor()?;
     let ops_tls = config.ops_tls_acceptor()?;
-    let origin = OriginPolicy::new(&config.websocket.approved_socket_domains)?;
+    let origin = config.origin_policy()?;
     for warning in origin.warnings() {
         tracing::warn!("{warning}");
     }

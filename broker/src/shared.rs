@@ -23,7 +23,7 @@ use crate::shutdown::Shutdown;
 
 pub struct Shared {
     pub config: Config,
-    pub origin: OriginPolicy,
+    pub origin: Arc<OriginPolicy>,
     pub tokens: TokenVerifier,
     pub router: Arc<Router>,
     pub metrics: Arc<Metrics>,

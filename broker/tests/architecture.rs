@@ -59,27 +59,43 @@ fn no_module_uses_one_above_it() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut problems = Vec::new();
     let mut seen = Vec::new();
+    // A module is `src/<m>.rs`, or `src/<m>/*.rs` for one split into files.
+    let mut modules: Vec<(String, String)> = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("src") {
         let path = entry.expect("entry").path();
-        let Some(module) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".rs"))
-        else {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             continue;
         };
+        if path.is_dir() {
+            let mut text = String::new();
+            for file in std::fs::read_dir(&path).expect("module dir") {
+                let file = file.expect("entry").path();
+                if file.extension().is_some_and(|e| e == "rs") {
+                    text.push_str(&std::fs::read_to_string(&file).expect("read"));
+                    text.push('\n');
+                }
+            }
+            modules.push((name, text));
+        } else if let Some(module) = name.strip_suffix(".rs") {
+            modules.push((
+                module.to_string(),
+                std::fs::read_to_string(&path).expect("read"),
+            ));
+        }
+    }
+    for (module, text) in &modules {
+        let module = module.as_str();
         if module == "lib" {
             continue;
         }
         seen.push(module.to_string());
         let Some(mine) = layer(module) else {
             problems.push(format!(
-                "{module}.rs is not in the stack: add it to lib.rs and STACK"
+                "{module} is not in the stack: add it to lib.rs and STACK"
             ));
             continue;
         };
-        let text = std::fs::read_to_string(&path).expect("read");
-        for used in uses(&text) {
+        for used in uses(text) {
             match layer(&used) {
                 None => problems.push(format!(
                     "{module} uses crate::{used}, which is not in the stack"

@@ -5,7 +5,8 @@
 #
 # Two phases, each over every connection: a broadcast to all (every listener must get every
 # event) and user-targeted events (each connection is its own user, with a token signed with the
-# brokers' JWT secret; every event must reach its user's connection and no other). The run fails
+# brokers' JWT secret; every event must reach its user's connection and no other). The second
+# phase takes over the first one's connections (a mixed run carries them over). The run fails
 # (exit 1) unless both are 100 % complete. Printed: completeness, latency percentiles, and each
 # broker's resident memory per connection.
 #
@@ -180,12 +181,15 @@ for p in s["phases"]:
     for r in p["runs"]:
         d, l = r["delivery"], r["latency"]
         dl = l.get("delivery", {})
+        # A phase that took over every connection of the one before made no handshake.
+        hs = l.get("handshake", {}).get("p99_ms", "-")
+        c = r["connections"]
         print(f'   {p["name"]}: {d["listeners"]} listeners, {d["sent"]} events, '
               f'{d["received"]}/{d["expected"]} delivered, completeness {d["completeness"]*100:.4f}%, '
               f'misdelivered {d.get("misdelivered", 0)}; delivery p50 {dl.get("p50_ms")} ms, '
               f'p99 {dl.get("p99_ms")} ms, max {dl.get("max_ms")} ms; handshake p99 '
-              f'{l["handshake"]["p99_ms"]} ms; connections {r["connections"]["established"]} '
-              f'established, {r["connections"]["failed"]} failed')
+              f'{hs} ms; connections {c["established"]} established '
+              f'({c.get("reused", 0)} carried over), {c["failed"]} failed')
 EOF
 fi
 exit "$STATUS"

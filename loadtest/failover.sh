@@ -4,9 +4,9 @@
 # runs N listeners through HAProxy with `?recover=1` while one publisher sends numbered
 # broadcasts; mid-run broker 1 is disrupted. Three cases, broker 1 restarted between them:
 #
-#   drain       POST /admin/drain to broker 1; listeners resume with ?since=   (must lose nothing)
+#   drain       POST /admin/v1/drain to broker 1; listeners resume with ?since=   (must lose nothing)
 #   sigkill     SIGKILL to broker 1; listeners resume with ?since=              (reported as is)
-#   norecover   POST /admin/drain to broker 1; listeners reconnect WITHOUT positions (today)
+#   norecover   POST /admin/v1/drain to broker 1; listeners reconnect WITHOUT positions (today)
 #
 #   loadtest/failover.sh                   # 2,000 listeners, 200 events/s for 20 s, all three cases
 #   loadtest/failover.sh 200               # smaller

@@ -83,9 +83,10 @@ pub fn id_key(id: &str) -> (&str, u64) {
     }
 }
 
-/// The instance a connection id names (`b1` in `b1.3f9a0c2e.42`).
+/// The instance a connection id names: `b1.3f9a0c2e` in `b1.3f9a0c2e.42` (the configured
+/// `instanceId` and the part drawn at each start, as `Stats::instance` shows it).
 pub fn id_instance(id: &str) -> &str {
-    id.split_once('.').map_or(id, |(instance, _)| instance)
+    id_key(id).0
 }
 
 /// One connection as `GET .../connections` and the stream's `connect` messages show it.
@@ -653,7 +654,9 @@ mod tests {
             },
         };
         let text = serde_json::to_string(&msg).unwrap();
-        assert!(text.starts_with(r#"{"type":"connect","connection":{"id":"i.1","instance":"","remoteAddr""#));
+        assert!(text.starts_with(
+            r#"{"type":"connect","connection":{"id":"i.1","instance":"","remoteAddr""#
+        ));
         assert_eq!(serde_json::from_str::<StreamMessage>(&text).unwrap(), msg);
 
         let page = ConnectionPage {
@@ -741,8 +744,11 @@ mod tests {
     #[test]
     fn ids_order_by_node_then_number_and_the_cursor_follows() {
         assert_eq!(id_key("b1.3f9a0c2e.42"), ("b1.3f9a0c2e", 42));
-        assert_eq!(id_instance("b1.3f9a0c2e.42"), "b1");
-        assert!(id_key("b1.aaaaaaaa.9") < id_key("b1.aaaaaaaa.10"), "numbers, not text");
+        assert_eq!(id_instance("b1.3f9a0c2e.42"), "b1.3f9a0c2e");
+        assert!(
+            id_key("b1.aaaaaaaa.9") < id_key("b1.aaaaaaaa.10"),
+            "numbers, not text"
+        );
         let q = ListQuery {
             after: "b1.aaaaaaaa.9".into(),
             ..Default::default()

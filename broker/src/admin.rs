@@ -1,4 +1,6 @@
-//! The admin API on the ops listener: list, inject, kick, drain, and a live stream.
+//! The admin API's HTTP routes on the ops listener: list, inject, kick, drain, a live stream,
+//! and the fleet (every instance, connections across them, kick and drain wherever). The
+//! work itself is [`crate::control`] (this instance) and [`crate::fleet`] (the others).
 //!
 //! Every call needs `Authorization: Bearer <token>`: `broker.admin.token` may do everything,
 //! `broker.admin.readToken` only `GET` (list, stats, stream; anything else is 403). Without
@@ -12,9 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use admin_api::{
-    route, Access, ConnectionPage, DrainResponse, ErrorBody, InjectRequest, InjectResponse,
-    KickQuery, KickResponse, ListQuery, OpenConnections, Stats, StreamMessage, Target as ApiTarget,
-    Totals,
+    route, Access, ErrorBody, InjectRequest, InjectResponse, KickQuery, ListQuery, StreamMessage,
+    Target as ApiTarget,
 };
 use axum::extract::{Path, Query, Request, State};
 use axum::http::HeaderValue;
@@ -27,17 +28,34 @@ use axum::{Json, Router};
 use futures_util::Stream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::control::{self, Refusal};
 use crate::event;
-use crate::event::TYPE_LABELS;
-use crate::fanout::Target;
+use crate::fleet::Fleet;
 use crate::handshake::secret_eq;
-use crate::metrics::Refused;
-use crate::ops::connection_info;
-use crate::registry::{CloseReason, CloseRequest};
-use crate::server::Shared;
+use crate::shared::Shared;
+use crate::target::Target;
+
+/// What the admin routes work with: this instance, and what it knows of the fleet.
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    fleet: Arc<Fleet>,
+}
+
+impl axum::extract::FromRef<AdminState> for Arc<Shared> {
+    fn from_ref(s: &AdminState) -> Arc<Shared> {
+        s.shared.clone()
+    }
+}
+
+impl axum::extract::FromRef<AdminState> for Arc<Fleet> {
+    fn from_ref(s: &AdminState) -> Arc<Fleet> {
+        s.fleet.clone()
+    }
+}
 
 /// The admin routes, or `None` when neither an admin nor a read-only token is configured.
-pub fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
+pub fn routes(shared: &Arc<Shared>, fleet: Arc<Fleet>) -> Option<Router<Arc<Shared>>> {
     let admin = &shared.config.broker.admin;
     let mut tokens = Vec::new();
     if let Some(t) = &admin.token {
@@ -56,13 +74,18 @@ pub fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
         tokens: tokens.into(),
         shared: shared.clone(),
     };
-    let api = Router::new()
+    let api: Router<AdminState> = Router::new()
         .route(route::CONNECTIONS, get(list_connections))
         .route(route::CONNECTION, delete(kick))
         .route(route::STATS, get(get_stats))
         .route(route::EVENTS, post(inject))
         .route(route::DRAIN, post(drain))
-        .route(route::STREAM, get(stream));
+        .route(route::STREAM, get(stream))
+        .route(route::STATS_HISTORY, get(history))
+        .route(route::INSTANCES, get(instances))
+        .route(route::INSTANCE_DRAIN, post(drain_instance))
+        .route(route::INSTANCE_HISTORY, get(instance_history))
+        .route(route::FLEET_CONNECTIONS, get(fleet_connections));
     // Version 1 under its own prefix, and the same routes where the first release served
     // them (older desktop apps); every answer names the version.
     Some(
@@ -76,11 +99,16 @@ pub fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
                     HeaderValue::from(admin_api::VERSION),
                 );
                 r
-            })),
+            }))
+            .with_state(AdminState {
+                shared: shared.clone(),
+                fleet,
+            }),
     )
 }
 
-/// A short, stable name for a token in logs: `token:` and 8 hex digits of FNV-1a.
+/// A short, stable name for a token in logs: `token:` and 8 hex digits of FNV-1a (the caller
+/// prefixes the kind: `admin-token:…`, `read-token:…`).
 fn fingerprint(token: &str) -> String {
     let hash = token.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -190,70 +218,62 @@ fn error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
+fn refused(r: Refusal) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    error(status, &r.message)
+}
+
+fn answer<T: serde::Serialize>(r: Result<T, Refusal>) -> Response {
+    match r {
+        Ok(body) => Json(body).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
 async fn list_connections(
     State(shared): State<Arc<Shared>>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let filter = q.filter();
-    let limit = q.limit();
-    let mut total = 0u64;
-    let mut connections = Vec::new();
-    for c in shared.registry.snapshot() {
-        let remote = c.remote.to_string();
-        if !filter.matches_fields(c.origin.as_deref(), c.user.as_deref(), &remote, c.publisher) {
-            continue;
-        }
-        if total >= q.offset && (connections.len() as u64) < limit {
-            connections.push(connection_info(&c));
-        }
-        total += 1;
-    }
-    Json(ConnectionPage {
-        total,
-        offset: q.offset,
-        limit,
-        connections,
-    })
-    .into_response()
+    Json(control::list(&shared, &q)).into_response()
 }
 
-/// The instance's state and totals, as `/admin/v1/stats` and the stream's `stats` lines show it
-/// to a caller with `access`.
-pub fn stats(shared: &Shared, access: Access) -> Stats {
-    let m = &shared.metrics;
-    let sum = |v: &prometheus::IntCounterVec, labels: &[&str]| -> u64 {
-        labels.iter().map(|l| v.with_label_values(&[l]).get()).sum()
-    };
-    let counts = shared.registry.counts();
-    Stats {
-        api_version: admin_api::VERSION,
-        access,
-        instance: shared.registry.instance().to_string(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        uptime_seconds: shared.started.elapsed().as_secs(),
-        ready: shared.is_ready(),
-        connections: OpenConnections {
-            clients: counts.clients as u64,
-            publishers: counts.publishers as u64,
-        },
-        totals: Totals {
-            accepted: sum(&m.connections_accepted, &["client", "publisher"]),
-            refused: sum(&m.connections_refused, &Refused::ALL.map(Refused::label)),
-            closed: sum(
-                &m.connections_closed,
-                &CloseReason::ALL.map(CloseReason::label),
-            ),
-            messages_in: sum(&m.messages_received, &["client", "publisher"]),
-            messages_out: m.messages_sent.get(),
-            bytes_in: m.bytes_received.get(),
-            bytes_out: m.bytes_sent.get(),
-            slow_consumer_drops: m.slow_consumer_disconnects.get(),
-            decode_errors: sum(
-                &m.decode_errors,
-                &event::ErrorReason::ALL.map(|r| r.label()),
-            ),
-            events: sum(&m.events, &TYPE_LABELS),
-        },
+async fn fleet_connections(
+    State(shared): State<Arc<Shared>>,
+    State(fleet): State<Arc<Fleet>>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    Json(fleet.list(&shared, &q).await).into_response()
+}
+
+async fn instances(
+    State(shared): State<Arc<Shared>>,
+    State(fleet): State<Arc<Fleet>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Response {
+    Json(fleet.instances(&shared, caller.access)).into_response()
+}
+
+async fn history(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.recent.history(shared.registry().instance())).into_response()
+}
+
+async fn instance_history(
+    State(shared): State<Arc<Shared>>,
+    State(fleet): State<Arc<Fleet>>,
+    Path(instance): Path<String>,
+) -> Response {
+    answer(fleet.history(&shared, &instance).await)
+}
+
+async fn drain_instance(
+    State(shared): State<Arc<Shared>>,
+    State(fleet): State<Arc<Fleet>>,
+    axum::Extension(Caller { who, .. }): axum::Extension<Caller>,
+    Path(instance): Path<String>,
+) -> Response {
+    match fleet.drain(&shared, &instance, &who).await {
+        Ok(r) => (StatusCode::ACCEPTED, Json(r)).into_response(),
+        Err(r) => refused(r),
     }
 }
 
@@ -261,7 +281,7 @@ async fn get_stats(
     State(shared): State<Arc<Shared>>,
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Response {
-    Json(stats(&shared, caller.access)).into_response()
+    Json(control::stats(&shared, caller.access)).into_response()
 }
 
 async fn inject(
@@ -283,7 +303,9 @@ async fn inject(
         ApiTarget::User(user) => Target::User { user, except: None },
         ApiTarget::Connection(connection) => Target::Connection(connection),
     };
-    let delivered = shared.deliver(&target, &Utf8Bytes::from(text), info.event_type);
+    let delivered = shared
+        .router
+        .deliver(&target, &Utf8Bytes::from(text), info.event_type);
     tracing::info!(who = %who, action = "inject", event_type = info.event_type.label(), target = ?target, delivered, "admin injected an event");
     (
         StatusCode::ACCEPTED,
@@ -294,44 +316,22 @@ async fn inject(
         .into_response()
 }
 
+/// Kicks a connection on whichever instance holds it (the id names the instance).
 async fn kick(
     State(shared): State<Arc<Shared>>,
+    State(fleet): State<Arc<Fleet>>,
     axum::Extension(Caller { who, .. }): axum::Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<KickQuery>,
 ) -> Response {
-    let code = q.code.unwrap_or(admin_api::DEFAULT_KICK_CODE);
-    if !admin_api::kick_code_allowed(code) {
-        return error(StatusCode::BAD_REQUEST, admin_api::KICK_CODE_RULE);
-    }
-    let Some(conn) = shared.registry.get_wire(&id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!("no connection {id} on this instance"),
-        );
-    };
-    let reason =
-        admin_api::cut_close_reason(q.reason.unwrap_or_else(|| "kicked by an operator".into()));
-    // A kick means now: frames still queued for the connection are dropped (the reply says
-    // how many), the one being written is finished, then the close frame.
-    let discarded =
-        conn.request_close(CloseRequest::new(CloseReason::Kicked, code, reason.clone()));
-    tracing::info!(who = %who, action = "kick", id = %id, code, reason = %reason, discarded, "admin kicked a connection");
-    Json(KickResponse {
-        kicked: id,
-        discarded: discarded.unwrap_or(0) as u64,
-        already_closing: discarded.is_none(),
-    })
-    .into_response()
+    answer(fleet.kick(&shared, &id, &q, &who).await)
 }
 
 async fn drain(
     State(shared): State<Arc<Shared>>,
     axum::Extension(Caller { who, .. }): axum::Extension<Caller>,
 ) -> Response {
-    tracing::info!(who = %who, action = "drain", "admin asked this instance to drain");
-    tokio::spawn(async move { shared.drain().await });
-    (StatusCode::ACCEPTED, Json(DrainResponse { draining: true })).into_response()
+    (StatusCode::ACCEPTED, Json(control::drain(&shared, &who))).into_response()
 }
 
 /// Server-Sent Events: connects and disconnects as they happen, and stats every second.
@@ -340,7 +340,7 @@ async fn stream(
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let access = caller.access;
-    let rx = shared.events.subscribe();
+    let rx = shared.activity.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let stream = futures_util::stream::unfold(
@@ -348,7 +348,7 @@ async fn stream(
         move |(mut rx, mut tick, shared)| async move {
             let line: String = tokio::select! {
                 () = shared.shutdown.cancelled() => return None,
-                _ = tick.tick() => line(&StreamMessage::Stats { stats: stats(&shared, access) }),
+                _ = tick.tick() => line(&StreamMessage::Stats { stats: control::stats(&shared, access) }),
                 r = rx.recv() => match r {
                     Ok(line) => line.to_string(),
                     // A reader that fell behind is told how much it missed, then goes on.

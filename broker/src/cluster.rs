@@ -29,14 +29,16 @@ use async_nats::HeaderMap;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::event::{ErrorReason, EventError, EventType};
-use crate::fanout::Target;
 use crate::history::{unresumable, Entry, Position, Replay, Scope};
+use crate::metrics::Metrics;
 use crate::outbox::WireFrame;
 use crate::registry::Conn;
 use crate::registry::Registry;
-use crate::server::Shared;
+use crate::target::Target;
 
 const H_INSTANCE: &str = "Broker-Instance";
 const H_USER: &str = "Broker-User";
@@ -45,9 +47,30 @@ const H_TYPE: &str = "Broker-Type";
 /// The wire id of the connection that sent a history event (it does not get its own event).
 const H_EXCEPT: &str = "Broker-Except";
 
+/// What the cluster's task works with and delivers into: the router, which this module does
+/// not name (it sits above: it owns the [`Cluster`]).
+pub trait Host: Send + Sync + 'static {
+    fn cluster(&self) -> Option<&Cluster>;
+    fn registry(&self) -> &Registry;
+    fn metrics(&self) -> &Metrics;
+    fn shutdown(&self) -> &CancellationToken;
+    /// How long a closing connection may take its last frames.
+    fn close_grace(&self) -> Duration;
+    /// Delivers an event from another instance to this instance's connections.
+    fn deliver_local(&self, target: &Target<'_>, frame: &Utf8Bytes) -> usize;
+    /// Delivers an event of the JetStream history to this instance's connections, at `seq`.
+    fn deliver_positioned(
+        &self,
+        target: &Target<'_>,
+        frame: &Utf8Bytes,
+        epoch: &str,
+        seq: u64,
+    ) -> usize;
+}
+
 /// Bytes of events waiting to be published to NATS at most; past it events are not shared
 /// (counted as `dropped`). Each event is charged its frame plus [`OVERHEAD`].
-pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
+pub const QUEUE_BYTES: usize = crate::config::DEFAULT_CLUSTER_QUEUE_BYTES;
 const OVERHEAD: usize = 256;
 
 /// How long a MetaRequest sent to another instance may wait to be taken by a publisher.
@@ -96,6 +119,8 @@ pub struct Cluster {
     history_limits: Option<(usize, Duration)>,
     /// The NATS client, once made: MetaRequests are sent as requests on it.
     client: OnceLock<async_nats::Client>,
+    /// Told when `client` is set.
+    client_made: tokio::sync::Notify,
 }
 
 /// The cluster's history: one JetStream stream on the `<prefix>.h.>` subjects. Every instance
@@ -144,12 +169,30 @@ impl Cluster {
                 history: OnceLock::new(),
                 history_limits: history,
                 client: OnceLock::new(),
+                client_made: tokio::sync::Notify::new(),
             },
             ClusterTask {
                 url: url.to_string(),
                 rx,
             },
         )
+    }
+
+    /// The NATS client, once the cluster's task has made it (the fleet's admin requests use it
+    /// too).
+    pub async fn client(&self) -> async_nats::Client {
+        loop {
+            let made = self.client_made.notified();
+            if let Some(c) = self.client.get() {
+                return c.clone();
+            }
+            made.await;
+        }
+    }
+
+    /// The subject prefix the instances of this deployment share.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Connected, with our subscriptions in place: events flow both ways.
@@ -161,16 +204,21 @@ impl Cluster {
     /// instance, for a client of this one that has none here. The instances with publishers
     /// take turns (a NATS queue group); if none takes it, `conn` gets a `no_publisher` error
     /// event. Returns false when NATS is not there to ask.
-    pub fn forward_meta(&self, shared: &Shared, conn: Arc<Conn>, forwarded: Utf8Bytes) -> bool {
+    pub fn forward_meta(
+        &self,
+        metrics: &Metrics,
+        tasks: &TaskTracker,
+        conn: Arc<Conn>,
+        forwarded: Utf8Bytes,
+    ) -> bool {
         let Some(client) = self.client.get().filter(|_| self.is_connected()).cloned() else {
             return false;
         };
         let subject = format!("{}.meta", self.prefix);
-        let unanswered = shared
-            .metrics
+        let unanswered = metrics
             .decode_errors
             .with_label_values(&[ErrorReason::NoPublisher.label()]);
-        shared.tasks().spawn(async move {
+        tasks.spawn(async move {
             let asked = tokio::time::timeout(
                 META_WAIT,
                 client.request(subject, forwarded.as_bytes().to_vec().into()),
@@ -291,13 +339,14 @@ impl Cluster {
 
 /// Connects to NATS (retrying for ever), subscribes, and moves events both ways until
 /// shutdown.
-pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
-    let Some(cluster) = shared.cluster.as_ref() else {
+pub async fn run(task: ClusterTask, host: Arc<dyn Host>) {
+    let shared = host;
+    let Some(cluster) = shared.cluster() else {
         return;
     };
     let connected = cluster.connected.clone();
     let subscribed = cluster.subscribed.clone();
-    let gauge = shared.metrics.cluster_connected.clone();
+    let gauge = shared.metrics().cluster_connected.clone();
     let options = async_nats::ConnectOptions::new()
         .name(format!("broker-{}", cluster.instance))
         .no_echo()
@@ -337,7 +386,8 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
         }
     };
     let _ = cluster.client.set(client.clone());
-    let m = &shared.metrics;
+    cluster.client_made.notify_waiters();
+    let m = shared.metrics();
     let (out, inn, dropped) = (
         m.cluster_messages.with_label_values(&["out"]),
         m.cluster_messages.with_label_values(&["in"]),
@@ -350,24 +400,24 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
         let shared = shared.clone();
         let mut rx = task.rx;
         async move {
-            let Some(cluster) = shared.cluster.as_ref() else {
+            let Some(cluster) = shared.cluster() else {
                 return;
             };
             // At shutdown, what the last connections send (a publisher on a draining
             // instance) is still shared until they are gone, within a bound.
-            let linger = shared.config.broker.limits.close_grace() + SHUTDOWN_LINGER;
+            let linger = shared.close_grace() + SHUTDOWN_LINGER;
             let mut stop_by = None;
             loop {
-                let msg = if shared.shutdown.is_cancelled() {
+                let msg = if shared.shutdown().is_cancelled() {
                     let deadline =
                         *stop_by.get_or_insert_with(|| tokio::time::Instant::now() + linger);
-                    tokio::time::timeout_at(deadline, next_while_open(&mut rx, &shared))
+                    tokio::time::timeout_at(deadline, next_while_open(&mut rx, &*shared))
                         .await
                         .ok()
                         .flatten()
                 } else {
                     tokio::select! {
-                        () = shared.shutdown.cancelled() => continue,
+                        () = shared.shutdown().cancelled() => continue,
                         msg = rx.recv() => msg,
                     }
                 };
@@ -413,20 +463,20 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
     // unreachable this waits, and shutdown does not wait for it.
     loop {
         let flushed = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = shared.shutdown().cancelled() => return,
             r = client.flush() => r.is_ok(),
         };
         if flushed {
             break;
         }
         tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = shared.shutdown().cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
     cluster.subscribed.store(true, Ordering::Relaxed);
     shared
-        .metrics
+        .metrics()
         .cluster_connected
         .set(i64::from(cluster.connected.load(Ordering::Relaxed)));
     let live = match cluster.history_limits {
@@ -446,11 +496,11 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
     let mut incoming = futures_util::stream::select_all(subscriptions);
     loop {
         tokio::select! {
-            () = shared.shutdown.cancelled() => break,
+            () = shared.shutdown().cancelled() => break,
             msg = incoming.next() => match msg {
                 Some(msg) => {
                     inn.inc();
-                    deliver_incoming(&shared, msg);
+                    deliver_incoming(&*shared, msg);
                 }
                 None => break,
             },
@@ -468,13 +518,13 @@ pub async fn run(task: ClusterTask, shared: Arc<Shared>) {
 /// and the queue is empty.
 async fn next_while_open(
     rx: &mut mpsc::UnboundedReceiver<Outgoing>,
-    shared: &Shared,
+    shared: &dyn Host,
 ) -> Option<Outgoing> {
     loop {
         match rx.try_recv() {
             Ok(msg) => return Some(msg),
             Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) if shared.registry.is_empty() => return None,
+            Err(mpsc::error::TryRecvError::Empty) if shared.registry().is_empty() => return None,
             Err(mpsc::error::TryRecvError::Empty) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -484,16 +534,16 @@ async fn next_while_open(
 
 /// While this instance has a publisher, takes MetaRequests from clients of instances that
 /// have none (a queue group: one instance takes each) and hands each to a local publisher.
-async fn take_meta_requests(client: async_nats::Client, shared: Arc<Shared>) {
-    let Some(cluster) = shared.cluster.as_ref() else {
+async fn take_meta_requests(client: async_nats::Client, shared: Arc<dyn Host>) {
+    let Some(cluster) = shared.cluster() else {
         return;
     };
     let subject = format!("{}.meta", cluster.prefix);
-    let mut publishers = shared.registry.watch_publishers();
+    let mut publishers = shared.registry().watch_publishers();
     loop {
         // Wait for a publisher.
         let have = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = shared.shutdown().cancelled() => return,
             r = async { publishers.wait_for(|n| *n > 0).await.is_ok() } => r,
         };
         if !have {
@@ -511,7 +561,7 @@ async fn take_meta_requests(client: async_nats::Client, shared: Arc<Shared>) {
         };
         loop {
             tokio::select! {
-                () = shared.shutdown.cancelled() => return,
+                () = shared.shutdown().cancelled() => return,
                 none = async { publishers.wait_for(|n| *n == 0).await.is_ok() } => {
                     if !none { return; }
                     let _ = sub.unsubscribe().await;
@@ -519,7 +569,7 @@ async fn take_meta_requests(client: async_nats::Client, shared: Arc<Shared>) {
                 }
                 msg = sub.next() => {
                     let Some(msg) = msg else { break };
-                    let taken = match (shared.registry.pick_publisher(), Utf8Bytes::try_from(msg.payload)) {
+                    let taken = match (shared.registry().pick_publisher(), Utf8Bytes::try_from(msg.payload)) {
                         (Some(publisher), Ok(frame)) => publisher.offer(&WireFrame::text(&frame)),
                         _ => false,
                     };
@@ -564,11 +614,11 @@ async fn open_history(
 
 /// Delivers what the history stream takes, in its order, to this instance's clients, with
 /// positions. The history is announced ready once this consumer exists.
-async fn live_history(history: JetStreamHistory, shared: Arc<Shared>) {
-    let Some(cluster) = shared.cluster.as_ref() else {
+async fn live_history(history: JetStreamHistory, shared: Arc<dyn Host>) {
+    let Some(cluster) = shared.cluster() else {
         return;
     };
-    let inn = shared.metrics.cluster_messages.with_label_values(&["in"]);
+    let inn = shared.metrics().cluster_messages.with_label_values(&["in"]);
     let mut next = jetstream::consumer::DeliverPolicy::New;
     loop {
         let messages = async {
@@ -587,13 +637,13 @@ async fn live_history(history: JetStreamHistory, shared: Arc<Shared>) {
                 .map_err(|e| e.to_string())
         };
         let mut messages = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = shared.shutdown().cancelled() => return,
             m = messages => match m {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster: cannot follow the history stream; retrying");
                     tokio::select! {
-                        () = shared.shutdown.cancelled() => return,
+                        () = shared.shutdown().cancelled() => return,
                         () = tokio::time::sleep(Duration::from_millis(500)) => continue,
                     }
                 }
@@ -602,7 +652,7 @@ async fn live_history(history: JetStreamHistory, shared: Arc<Shared>) {
         let _ = cluster.history.set(history.clone());
         loop {
             let msg = tokio::select! {
-                () = shared.shutdown.cancelled() => return,
+                () = shared.shutdown().cancelled() => return,
                 m = messages.next() => m,
             };
             match msg {
@@ -613,7 +663,7 @@ async fn live_history(history: JetStreamHistory, shared: Arc<Shared>) {
                         start_sequence: seq + 1,
                     };
                     inn.inc();
-                    if let Some((target, frame)) = history.read(&shared, &msg) {
+                    if let Some((target, frame)) = history.read(shared.registry(), &msg) {
                         shared.deliver_positioned(&target.as_target(), &frame, &history.epoch, seq);
                     }
                 }
@@ -660,13 +710,13 @@ impl JetStreamHistory {
     /// A history message's target and frame.
     fn read(
         &self,
-        shared: &Shared,
+        registry: &Registry,
         msg: &async_nats::Message,
     ) -> Option<(HistoryTarget, Utf8Bytes)> {
         let headers = msg.headers.as_ref()?;
         let header = |name: &str| headers.get(name).map(|v| v.as_str());
         let except = header(H_EXCEPT)
-            .and_then(|w| shared.registry.get_wire(w))
+            .and_then(|w| registry.get_wire(w))
             .map(|c| c.id);
         let rest = msg.subject.as_str().strip_prefix(self.prefix.as_str())?;
         let target = match rest {
@@ -696,7 +746,7 @@ impl JetStreamHistory {
     /// Everything after `since` that `wants` keeps, read from the stream, or why not.
     pub async fn since(
         &self,
-        shared: &Shared,
+        registry: &Registry,
         since: &Position,
         wants: impl Fn(&Scope) -> bool,
         max_bytes: usize,
@@ -740,7 +790,7 @@ impl JetStreamHistory {
             while let Some(msg) = messages.next().await {
                 let msg = msg.map_err(|e| e.to_string())?;
                 let seq = msg.info().map_err(|e| e.to_string())?.stream_sequence;
-                if let Some((target, frame)) = self.read(shared, &msg) {
+                if let Some((target, frame)) = self.read(registry, &msg) {
                     let scope = target.scope();
                     if wants(&scope) {
                         bytes += frame.len();
@@ -769,12 +819,12 @@ impl JetStreamHistory {
     }
 }
 
-fn deliver_incoming(shared: &Shared, msg: async_nats::Message) {
+fn deliver_incoming(shared: &dyn Host, msg: async_nats::Message) {
     let Some(headers) = &msg.headers else {
         return;
     };
     let header = |name: &str| headers.get(name).map(|v| v.as_str());
-    let Some(cluster) = &shared.cluster else {
+    let Some(cluster) = shared.cluster() else {
         return;
     };
     if header(H_INSTANCE) == Some(cluster.instance.as_str()) {

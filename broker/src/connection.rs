@@ -41,11 +41,14 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::activity::Activity;
+use crate::config::Limits;
 use crate::event::{self, ErrorReason, EventError, EventType};
-use crate::fanout::Routed;
 use crate::outbox::WireFrame;
 use crate::registry::{CloseReason, CloseRequest, Conn};
-use crate::server::Shared;
+use crate::router::{Routed, Router};
 
 /// At most this many queued frames go into one batch.
 const WRITE_BATCH: usize = 256;
@@ -73,14 +76,26 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
+/// What a connection's task works with: the router (and through it the registry and the
+/// metrics), the admin feed, its limits, and the stop signal. One per instance, shared by every
+/// connection.
+pub struct Env {
+    pub router: Arc<Router>,
+    pub activity: Arc<Activity>,
+    pub limits: Limits,
+    /// Whether ordinary clients may send broadcast Echoes (`broker.clientBroadcast`).
+    pub client_broadcast: bool,
+    pub shutdown: CancellationToken,
+}
+
 /// Serves `ws` until it ends, then takes the connection out of the registry.
-pub async fn serve<S: Transport>(ws: WebSocketStream<S>, conn: Arc<Conn>, shared: Arc<Shared>) {
-    let limits = &shared.config.broker.limits;
+pub async fn serve<S: Transport>(ws: WebSocketStream<S>, conn: Arc<Conn>, env: Arc<Env>) {
+    let limits = &env.limits;
     let now = Instant::now();
     let mut session = Session {
         ws,
         conn: conn.clone(),
-        errors: ErrorBudget::new(&shared),
+        errors: ErrorBudget::new(limits),
         rate: TokenBucket::new(f64::from(limits.messages_per_second), 0.0),
         fanout: FanoutLimit::new(limits),
         read_gate: ReadGate::new(),
@@ -92,11 +107,11 @@ pub async fn serve<S: Transport>(ws: WebSocketStream<S>, conn: Arc<Conn>, shared
         blocked_since: None,
         closing: None,
         high_water: limits.send_queue_bytes / 2,
-        shared: shared.clone(),
+        env: env.clone(),
     };
     let mut ending = Ending {
         conn,
-        shared,
+        env,
         outcome: None,
     };
     ending.outcome = Some(session.run().await);
@@ -107,13 +122,13 @@ pub async fn serve<S: Transport>(ws: WebSocketStream<S>, conn: Arc<Conn>, shared
 /// open, or reachable by deliveries.
 struct Ending {
     conn: Arc<Conn>,
-    shared: Arc<Shared>,
+    env: Arc<Env>,
     outcome: Option<Outcome>,
 }
 
 impl Drop for Ending {
     fn drop(&mut self) {
-        let (conn, shared) = (&self.conn, &self.shared);
+        let (conn, env) = (&self.conn, &self.env);
         let outcome = self.outcome.take().unwrap_or(Outcome {
             reason: CloseReason::Internal,
             code: 1011,
@@ -122,8 +137,8 @@ impl Drop for Ending {
         if outcome.reason == CloseReason::Internal {
             tracing::error!(id = %conn.wire_id, "connection task failed; connection dropped");
         }
-        shared.registry.unregister(conn);
-        let m = &shared.metrics;
+        env.router.registry.unregister(conn);
+        let m = &env.router.metrics;
         m.connections_open
             .with_label_values(&[crate::metrics::kind_label(conn.publisher)])
             .dec();
@@ -134,7 +149,7 @@ impl Drop for Ending {
         if outcome.reset {
             m.close_resets.inc();
         }
-        shared.events.disconnected(conn, outcome.reason);
+        env.activity.disconnected(conn, outcome.reason);
         tracing::debug!(id = %conn.wire_id, reason = outcome.reason.label(), code = outcome.code, reset = outcome.reset, "connection closed");
     }
 }
@@ -142,7 +157,7 @@ impl Drop for Ending {
 struct Session<S> {
     ws: WebSocketStream<S>,
     conn: Arc<Conn>,
-    shared: Arc<Shared>,
+    env: Arc<Env>,
     errors: ErrorBudget,
     /// `messagesPerSecond`: every message from a client (off by default).
     rate: TokenBucket,
@@ -178,8 +193,7 @@ struct ErrorBudget {
 }
 
 impl ErrorBudget {
-    fn new(shared: &Shared) -> Self {
-        let l = &shared.config.broker.limits;
+    fn new(l: &Limits) -> Self {
         ErrorBudget {
             budget: l.error_budget,
             window: l.error_window(),
@@ -451,7 +465,7 @@ impl<S: Transport> Session<S> {
     async fn run(&mut self) -> Outcome {
         // Shutdown reaches connections as a close request (see `server::start`); one that
         // registered after that sweep sees the token here.
-        if self.shared.shutdown.is_cancelled() {
+        if self.env.shutdown.is_cancelled() {
             self.conn
                 .request_close(CloseRequest::shutdown().by(Instant::now() + self.grace()));
         }
@@ -463,8 +477,8 @@ impl<S: Transport> Session<S> {
                     let c = &self.conn.counters;
                     c.messages_out.fetch_add(frames as u64, Relaxed);
                     c.bytes_out.fetch_add(bytes, Relaxed);
-                    self.shared.metrics.messages_sent.inc_by(frames as u64);
-                    self.shared.metrics.bytes_sent.inc_by(bytes);
+                    self.env.router.metrics.messages_sent.inc_by(frames as u64);
+                    self.env.router.metrics.bytes_sent.inc_by(bytes);
                 }
                 Step::Read(msg) => {
                     self.last_heard = Instant::now();
@@ -502,7 +516,7 @@ impl<S: Transport> Session<S> {
     }
 
     fn grace(&self) -> Duration {
-        self.shared.config.broker.limits.close_grace()
+        self.env.limits.close_grace()
     }
 
     /// Everything the task waits for, polled in one place (see the module docs for the order).
@@ -529,7 +543,8 @@ impl<S: Transport> Session<S> {
                         .outbox
                         .poll_take(cx, &mut self.writer.batch, WRITE_BATCH)
                 {
-                    self.shared
+                    self.env
+                        .router
                         .metrics
                         .send_queue_depth
                         .observe((taken + waiting) as f64);
@@ -579,7 +594,7 @@ impl<S: Transport> Session<S> {
 
     /// Sets the timer to the earliest thing due.
     fn arm_timer(&mut self) {
-        let limits = &self.shared.config.broker.limits;
+        let limits = &self.env.limits;
         let mut due = self.next_ping;
         if let Some(since) = self.blocked_since {
             due = due.min(since + limits.slow_consumer_timeout());
@@ -607,7 +622,7 @@ impl<S: Transport> Session<S> {
 
     fn on_timer(&mut self) -> Option<Outcome> {
         let now = Instant::now();
-        let limits = &self.shared.config.broker.limits;
+        let limits = &self.env.limits;
         if let Some(closing) = &self.closing {
             if now >= closing.deadline {
                 return Some(self.reset(closing.req.reason, closing.req.code));
@@ -727,11 +742,12 @@ impl<S: Transport> Session<S> {
         };
         let routed = if self.conn.publisher {
             Ok(self
-                .shared
+                .env
+                .router
                 .route_from_publisher(Some(&self.conn), &info, &frame))
         } else {
             self.check_fanout(&info, frame.len())
-                .and_then(|()| self.shared.route_from_client(&self.conn, &info, &frame))
+                .and_then(|()| self.env.router.route_from_client(&self.conn, &info, &frame))
         };
         match routed {
             Ok(Routed::Reply(reply)) => {
@@ -750,7 +766,7 @@ impl<S: Transport> Session<S> {
         if !broadcast && info.event_type != EventType::META_REQUEST {
             return Ok(());
         }
-        if broadcast && !self.shared.config.broker.client_broadcast {
+        if broadcast && !self.env.client_broadcast {
             return Err(EventError::new(
                 Some(info.event_type),
                 ErrorReason::NotAllowed,
@@ -773,7 +789,7 @@ impl<S: Transport> Session<S> {
         let c = &self.conn.counters;
         c.messages_in.fetch_add(1, Relaxed);
         c.bytes_in.fetch_add(bytes as u64, Relaxed);
-        let m = &self.shared.metrics;
+        let m = &self.env.router.metrics;
         m.received_by_kind[usize::from(self.conn.publisher)].inc();
         m.bytes_received.inc_by(bytes as u64);
     }
@@ -781,7 +797,8 @@ impl<S: Transport> Session<S> {
     /// Answers the sender with an error event (through its queue, after what waits there), and
     /// closes it once it has used its budget.
     fn reject(&mut self, err: EventError) -> Option<CloseRequest> {
-        self.shared
+        self.env
+            .router
             .metrics
             .decode_errors
             .with_label_values(&[err.reason.label()])
@@ -833,9 +850,10 @@ mod tests {
             "test",
         )
         .expect("config");
-        let broker = crate::server::start(config).await.expect("starts");
-        let shared = broker.shared().clone();
-        let conn = shared.registry.register(crate::registry::NewConn {
+        let broker = crate::app::start(config).await.expect("starts");
+        let env = broker.shared().connection_env.clone();
+        let registry = env.router.registry.clone();
+        let conn = registry.register(crate::registry::NewConn {
             remote: "127.0.0.1:1".parse().expect("addr"),
             origin: None,
             user: Some("u".into()),
@@ -843,27 +861,27 @@ mod tests {
             positions: false,
             resuming: false,
         });
-        shared
+        env.router
             .metrics
             .connections_open
             .with_label_values(&["client"])
             .inc();
         let wire_id = conn.wire_id.clone();
         let task = tokio::spawn({
-            let shared = shared.clone();
+            let env = env.clone();
             async move {
                 let _ending = Ending {
                     conn,
-                    shared,
+                    env,
                     outcome: None,
                 };
                 panic!("a bug in a connection task");
             }
         });
         assert!(task.await.expect_err("it panicked").is_panic());
-        assert!(shared.registry.get_wire(&wire_id).is_none());
-        assert_eq!(shared.registry.len(), 0);
-        let m = &shared.metrics;
+        assert!(registry.get_wire(&wire_id).is_none());
+        assert_eq!(registry.len(), 0);
+        let m = &env.router.metrics;
         assert_eq!(m.connections_open.with_label_values(&["client"]).get(), 0);
         assert_eq!(
             m.connections_closed.with_label_values(&["internal"]).get(),

@@ -112,7 +112,7 @@ fn run(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let running = match broker::server::start(config).await {
+        let running = match broker::app::start(config).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("{e:#}");

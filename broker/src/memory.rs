@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// How often the connection count is looked at.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -34,7 +34,7 @@ pub async fn trim_after_spikes(shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let (since_last_look, now) = shared.registry.take_peak();
+        let (since_last_look, now) = shared.registry().take_peak();
         peak = peak.max(since_last_look);
         if worth_trimming(peak, now) {
             let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);

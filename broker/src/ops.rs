@@ -14,94 +14,23 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use admin_api::{ConnectionInfo, StreamMessage};
-
-use crate::registry::{CloseReason, Conn};
-use crate::server::Shared;
-
-/// Connects and disconnects, for the admin API's live stream. Lines are JSON, formatted only
-/// while someone listens.
-pub struct Activity {
-    tx: broadcast::Sender<Arc<str>>,
-}
-
-impl Activity {
-    pub fn new() -> Activity {
-        Activity {
-            tx: broadcast::channel(1024).0,
-        }
-    }
-
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
-        self.tx.subscribe()
-    }
-
-    pub fn publish(&self, message: impl FnOnce() -> StreamMessage) {
-        if self.tx.receiver_count() > 0 {
-            match serde_json::to_string(&message()) {
-                Ok(line) => {
-                    let _ = self.tx.send(line.into());
-                }
-                Err(e) => tracing::error!(error = %e, "admin stream message did not serialise"),
-            }
-        }
-    }
-
-    pub fn connected(&self, conn: &Conn) {
-        self.publish(|| StreamMessage::Connect {
-            connection: connection_info(conn),
-        });
-    }
-
-    pub fn disconnected(&self, conn: &Conn, reason: CloseReason) {
-        self.publish(|| StreamMessage::Disconnect {
-            id: conn.wire_id.to_string(),
-            reason: reason.label().into(),
-        });
-    }
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// One connection as the admin API shows it.
-pub fn connection_info(c: &Conn) -> ConnectionInfo {
-    use std::sync::atomic::Ordering::Relaxed;
-    let since = c
-        .connected_at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    ConnectionInfo {
-        id: c.wire_id.to_string(),
-        instance: admin_api::id_instance(&c.wire_id).to_owned(),
-        remote_addr: c.remote.to_string(),
-        origin: c.origin.as_deref().map(str::to_owned),
-        user: c.user.as_deref().map(str::to_owned),
-        publisher: c.publisher,
-        connected_at: since,
-        messages_in: c.counters.messages_in.load(Relaxed),
-        messages_out: c.counters.messages_out.load(Relaxed),
-        bytes_in: c.counters.bytes_in.load(Relaxed),
-        bytes_out: c.counters.bytes_out.load(Relaxed),
-        send_queue_depth: c.queue_depth() as u64,
-        send_queue_bytes: c.outbox.bytes() as u64,
-        closing: c.close_request().map(|r| r.reason.label().to_owned()),
-        shard: c.shard as u64,
-    }
-}
+use crate::fleet::Fleet;
+use crate::shared::Shared;
 
 /// Serves the ops listener until shutdown, over TLS when `broker.ops.tls` is on.
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
-    let token = shared.shutdown.clone();
-    let app = router(shared);
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    fleet: Arc<Fleet>,
+) {
+    let token = shared.shutdown.token();
+    let app = router(shared, fleet);
     let served = match tls {
         None => {
             axum::serve(listener, app)
@@ -196,12 +125,12 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-fn router(shared: Arc<Shared>) -> Router {
+fn router(shared: Arc<Shared>, fleet: Arc<Fleet>) -> Router {
     let mut router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
-    if let Some(admin) = crate::admin::routes(&shared) {
+    if let Some(admin) = crate::admin::routes(&shared, fleet) {
         router = router.merge(admin);
     }
     router.with_state(shared)
@@ -212,7 +141,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .metrics
         .up_seconds
         .set(shared.started.elapsed().as_secs() as i64);
-    if let Some(h) = &shared.history {
+    if let Some(h) = &shared.router.history {
         let s = h.stats();
         let m = &shared.metrics;
         m.history_events.set(s.events as i64);
@@ -240,12 +169,12 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     };
-    let cluster = match &shared.cluster {
+    let cluster = match &shared.router.cluster {
         None => "standalone",
         Some(c) if c.is_connected() => "connected to NATS",
         Some(_) => "NATS unreachable: delivering to local clients only",
     };
-    let history = match (&shared.cluster, &shared.history) {
+    let history = match (&shared.router.cluster, &shared.router.history) {
         (Some(c), _) if c.history().is_some() => "JetStream (clients resume on any instance)",
         (_, Some(_)) => "in memory (clients resume on this instance)",
         (_, None) => "off",

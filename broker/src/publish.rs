@@ -29,22 +29,32 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::config::Limits;
 use crate::event::{self, EventInfo};
 use crate::gate::Pending;
 use crate::handshake::{respond_error, secret_eq, Request as FirstRequest, MAX_HEAD};
-use crate::server::Shared;
+use crate::router::Router;
+
+/// What the publish API works with: the router, the publisher key, the limits, the stop signal.
+pub struct Env {
+    pub router: Arc<Router>,
+    /// `websocket.socketApiKey`; without one every publish is refused.
+    pub api_key: Option<String>,
+    pub limits: Limits,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
 
 /// Serves HTTP/1.1 on `stream` until the client or the broker ends it. `already` holds every
 /// byte read so far (the first request head and whatever followed it).
-pub async fn serve<S>(mut stream: S, first: FirstRequest, pending: Pending, shared: Arc<Shared>)
+pub async fn serve<S>(mut stream: S, first: FirstRequest, pending: Pending, env: Arc<Env>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = &shared.config.broker.limits;
+    let limits = &env.limits;
     // hyper ends a connection whose first head frames its body wrongly without an answer when
     // more bytes follow the head: such a head is answered here.
     if let Some(why) = first.framing_error() {
-        shared
+        env.router
             .metrics
             .publish_requests
             .with_label_values(&["400"])
@@ -67,12 +77,12 @@ where
         stalled: None,
     });
     let service = {
-        let shared = shared.clone();
+        let env = env.clone();
         let track = track.clone();
         hyper::service::service_fn(move |req| {
-            let shared = shared.clone();
+            let env = env.clone();
             let track = track.clone();
-            Box::pin(async move { Ok::<_, Infallible>(answer(req, &shared, &track).await) })
+            Box::pin(async move { Ok::<_, Infallible>(answer(req, &env, &track).await) })
                 as Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>
         })
     };
@@ -82,7 +92,7 @@ where
         .max_buf_size(MAX_HEAD.max(8192))
         .pipeline_flush(true)
         .serve_connection(io, service);
-    let mut stopping = std::pin::pin!(shared.shutdown.cancelled());
+    let mut stopping = std::pin::pin!(env.shutdown.cancelled());
     let mut graceful = false;
     let ended = std::future::poll_fn(|cx| {
         if !graceful && stopping.as_mut().poll(cx).is_ready() {
@@ -133,15 +143,15 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, grace: Duratio
 
 type Answer = Response<Full<Bytes>>;
 
-async fn answer(req: Request<Incoming>, shared: &Shared, track: &Track) -> Answer {
+async fn answer(req: Request<Incoming>, env: &Env, track: &Track) -> Answer {
     let is_publish = req.uri().path() == "/api/publish";
     if is_publish && req.method() == Method::POST {
-        let (status, body) = match check(req, shared, track).await {
+        let (status, body) = match check(req, env, track).await {
             Ok(events) => {
                 let mut delivered = 0;
                 for (info, frame) in &events {
-                    if let crate::fanout::Routed::Delivered(n) =
-                        shared.route_from_publisher(None, info, frame)
+                    if let crate::router::Routed::Delivered(n) =
+                        env.router.route_from_publisher(None, info, frame)
                     {
                         delivered += n;
                     }
@@ -153,7 +163,7 @@ async fn answer(req: Request<Incoming>, shared: &Shared, track: &Track) -> Answe
             }
             Err((status, message)) => (status, serde_json::json!({ "error": message })),
         };
-        shared
+        env.router
             .metrics
             .publish_requests
             .with_label_values(&[status.as_str()])
@@ -190,10 +200,10 @@ type Checked = Vec<(EventInfo, Utf8Bytes)>;
 /// no `100 Continue` is sent) before the key and the announced length are checked.
 async fn check(
     req: Request<Incoming>,
-    shared: &Shared,
+    env: &Env,
     track: &Track,
 ) -> Result<Checked, (StatusCode, String)> {
-    let Some(expected) = &shared.config.websocket.socket_api_key else {
+    let Some(expected) = &env.api_key else {
         return Err((
             StatusCode::FORBIDDEN,
             "publishing is off: the broker has no websocket.socketApiKey".into(),
@@ -211,7 +221,7 @@ async fn check(
         }
         Some(_) => {}
     }
-    let limits = &shared.config.broker.limits;
+    let limits = &env.limits;
     let limit = limits.max_publisher_message_size;
     let announced = req
         .headers()

@@ -1,165 +1,23 @@
-//! The accept loop, the upgrade, and start-up and shutdown of the whole broker.
-//!
-//! Every task (acceptor, connections, ops listener) watches one cancellation token, so
-//! stopping is one code path: cancel, then wait for the tracked tasks to finish.
+//! The WebSocket port: the accept loop, TLS, the request head, admission (origin, publisher
+//! key, user token, limits), and the upgrade that hands a connection to its own task
+//! ([`crate::connection`]); a plain HTTP request goes to [`crate::publish`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::auth::TokenVerifier;
-use crate::cluster::Cluster;
-use crate::config::Config;
 use crate::connection::Transport;
-use crate::gate::{Gate, GateLimits, Pending, Slot};
+use crate::gate::{Pending, Slot};
 use crate::handshake::{self, Admission, HeadError, Refusal, Request, Resume};
-use crate::history::MemoryHistory;
-use crate::metrics::{kind_label, Metrics, Refused};
-use crate::ops::Activity;
-use crate::origin::OriginPolicy;
-use crate::registry::{CloseReason, CloseRequest, NewConn, Registry};
+use crate::metrics::{kind_label, Refused};
+use crate::registry::NewConn;
+use crate::shared::Shared;
 
-/// State shared by every task of one broker.
-pub struct Shared {
-    pub config: Config,
-    pub origin: OriginPolicy,
-    pub registry: Registry,
-    pub metrics: Metrics,
-    pub tokens: TokenVerifier,
-    pub events: Activity,
-    /// Set when `ssl` is on: the WebSocket port serves `wss://` only.
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Set in cluster mode: where events are shared with the other instances.
-    pub cluster: Option<Cluster>,
-    /// What clients that asked for positions resume from (off when `history.maxBytes` is 0).
-    pub history: Option<MemoryHistory>,
-    /// Cancelled when every task is to stop: connections close with 1001.
-    pub shutdown: CancellationToken,
-    /// Cancelled when the listener is to stop accepting (drain, then shutdown).
-    stop_accepting: CancellationToken,
-    pub started: Instant,
-    ready: AtomicBool,
-    draining: AtomicBool,
-    /// Pending handshakes, connection slots, per-address counts.
-    pub gate: Arc<Gate>,
-    client_ws: WebSocketConfig,
-    publisher_ws: WebSocketConfig,
-    /// Every task of the broker (listeners, handshakes, connections), waited for at shutdown.
-    tasks: TaskTracker,
-}
-
-impl Shared {
-    /// Every task of the broker, waited for at shutdown: spawn on it, never bare.
-    pub fn tasks(&self) -> &TaskTracker {
-        &self.tasks
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-
-    /// `/readyz` fails from now on.
-    pub fn set_not_ready(&self) {
-        self.ready.store(false, Ordering::Relaxed);
-        self.metrics.ready.set(0);
-    }
-
-    /// Drains this instance: not ready, stops accepting, closes the clients with 1001 spread
-    /// over `broker.drainWindow` (so that they do not all reconnect elsewhere at once), then
-    /// asks everything to stop. Calling it again while a drain runs does nothing.
-    pub async fn drain(&self) {
-        if self.draining.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        self.set_not_ready();
-        self.stop_accepting.cancel();
-        let conns = self.registry.snapshot();
-        let window = Duration::from_secs_f64(self.config.broker.drain_window);
-        tracing::info!(
-            connections = conns.len(),
-            window_secs = window.as_secs_f64(),
-            "draining"
-        );
-        let start = tokio::time::Instant::now();
-        // Each client is asked to close at its moment of the window, and has until the end of
-        // the window plus the close grace to take what was queued for it, then its 1001.
-        let deadline = start + window + self.config.broker.limits.close_grace();
-        let n = conns.len().max(1) as u32;
-        for (i, conn) in conns.iter().enumerate() {
-            tokio::time::sleep_until(start + window * i as u32 / n).await;
-            conn.request_close(
-                CloseRequest::new(CloseReason::Shutdown, 1001, "server draining: reconnect")
-                    .by(deadline),
-            );
-        }
-        self.shutdown.cancel();
-    }
-}
-
-/// A running broker, as returned by [`start`].
-pub struct RunningBroker {
-    ws_addr: SocketAddr,
-    ops_addr: SocketAddr,
-    shared: Arc<Shared>,
-    tracker: TaskTracker,
-}
-
-impl RunningBroker {
-    /// Where the WebSocket port listens.
-    pub fn ws_addr(&self) -> SocketAddr {
-        self.ws_addr
-    }
-
-    /// Where the ops listener (metrics, health, admin) listens.
-    pub fn ops_addr(&self) -> SocketAddr {
-        self.ops_addr
-    }
-
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
-    /// Stops accepting, closes every client with 1001 (each first takes what was queued for
-    /// it, within the close grace), and waits for the tasks to end.
-    pub async fn shutdown(self) {
-        self.shared.set_not_ready();
-        self.shared.shutdown.cancel();
-        self.tracker.close();
-        // Every connection has the close grace to take its frames and close frame, then a
-        // short wait for the peer's close frame; a little more for the tasks to finish.
-        let limit = self.shared.config.broker.limits.close_grace() + Duration::from_secs(5);
-        if tokio::time::timeout(limit, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                seconds = limit.as_secs_f64(),
-                "some connections did not close in time"
-            );
-        }
-    }
-
-    /// Resolves once shutdown has been requested (by a signal handler or the admin API).
-    pub async fn stopping(&self) {
-        self.shared.shutdown.cancelled().await;
-    }
-
-    /// Drains (see [`Shared::drain`]), then shuts down.
-    pub async fn drain_and_shutdown(self) {
-        self.shared.drain().await;
-        self.shutdown().await;
-    }
-}
-
-fn ws_config(max_message: usize) -> WebSocketConfig {
+pub fn ws_config(max_message: usize) -> WebSocketConfig {
     // Small buffers: an idle connection should cost a few KiB, not tungstenite's default
     // 128 KiB read buffer. Writes batch up to 64 KiB before going to the socket.
     WebSocketConfig::default()
@@ -174,7 +32,7 @@ fn ws_config(max_message: usize) -> WebSocketConfig {
 /// after a restart or a drain elsewhere; an overflow costs each client a one-second SYN retry.
 const LISTEN_BACKLOG: u32 = 4096;
 
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -185,138 +43,12 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-fn random_instance_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    format!("{:08x}", h.finish() as u32)
-}
-
-/// Binds both listeners and starts serving. Fails if a port cannot be bound.
-pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
-    let tls = crate::tls::acceptor(&config)?;
-    let ops_tls = crate::tls::ops_acceptor(&config)?;
-    let origin = OriginPolicy::new(&config.websocket.approved_socket_domains)?;
-    for warning in origin.warnings() {
-        tracing::warn!("{warning}");
-    }
-    let instance = if config.broker.instance_id.is_empty() {
-        random_instance_id()
-    } else {
-        config.broker.instance_id.clone()
-    };
-    let ws_bind = SocketAddr::new(config.websocket.host, config.websocket.port);
-    let listener = listen(ws_bind)
-        .with_context(|| format!("cannot listen on {ws_bind} (websocket.host, websocket.port)"))?;
-    let ops_bind = SocketAddr::new(config.broker.ops.host, config.broker.ops.port);
-    let ops_listener = TcpListener::bind(ops_bind).await.with_context(|| {
-        format!("cannot listen on {ops_bind} (broker.ops.host, broker.ops.port)")
-    })?;
-    let ws_addr = listener.local_addr()?;
-    let ops_addr = ops_listener.local_addr()?;
-
-    let limits = &config.broker.limits;
-    let shutdown = CancellationToken::new();
-    let registry = Registry::new(&instance, config.shard_count(), limits.send_queue_bytes);
-    let (cluster, cluster_task) = match &config.broker.cluster.nats {
-        Some(url) => {
-            let (c, t) = Cluster::with_queue(
-                url,
-                &config.broker.cluster.subject,
-                registry.instance(),
-                config.broker.cluster.queue_bytes,
-                (config.broker.history.max_bytes > 0).then(|| {
-                    (
-                        config.broker.history.max_bytes,
-                        config.broker.history.max_age(),
-                    )
-                }),
-            );
-            (Some(c), Some(t))
-        }
-        None => (None, None),
-    };
-    let history = (config.broker.history.max_bytes > 0).then(|| {
-        // The epoch: this start's random part of the connection ids.
-        let run = registry.instance().rsplit('.').next().unwrap_or("0");
-        MemoryHistory::new(
-            run,
-            config.broker.history.max_bytes,
-            config.broker.history.max_age(),
-        )
-    });
-    let shared = Arc::new(Shared {
-        tls,
-        cluster,
-        history,
-        registry,
-        tokens: TokenVerifier::new(config.broker.jwt_secret.as_deref()),
-        metrics: Metrics::new(),
-        events: Activity::new(),
-        shutdown: shutdown.clone(),
-        stop_accepting: shutdown.child_token(),
-        started: Instant::now(),
-        ready: AtomicBool::new(true),
-        draining: AtomicBool::new(false),
-        gate: Gate::new(&GateLimits {
-            max_pending: limits.max_pending_handshakes,
-            max_pending_per_address: limits.max_pending_handshakes_per_address,
-            max_connections: limits.max_connections,
-            publisher_reserve: limits.publisher_reserve(),
-            max_per_address: limits.per_address(),
-        }),
-        client_ws: ws_config(limits.max_message_size),
-        publisher_ws: ws_config(limits.max_publisher_message_size),
-        tasks: TaskTracker::new(),
-        origin,
-        config,
-    });
-    shared.metrics.ready.set(1);
-
-    let tracker = shared.tasks.clone();
-    tracker.spawn(accept_loop(listener, shared.clone(), tracker.clone()));
-    // Shutdown reaches each connection as a close request: its task then waits on nothing
-    // shared, so a wake-up never touches a lock that every connection uses.
-    tracker.spawn({
-        let shared = shared.clone();
-        async move {
-            shared.shutdown.cancelled().await;
-            let deadline = tokio::time::Instant::now() + shared.config.broker.limits.close_grace();
-            for conn in shared.registry.snapshot() {
-                conn.request_close(CloseRequest::shutdown().by(deadline));
-            }
-        }
-    });
-    tracker.spawn(crate::ops::serve(ops_listener, ops_tls, shared.clone()));
-    tracker.spawn(crate::memory::trim_after_spikes(shared.clone()));
-    if let Some(task) = cluster_task {
-        tracker.spawn(crate::cluster::run(task, shared.clone()));
-    }
-    tracing::info!(
-        instance = %instance,
-        ws = %ws_addr,
-        ops = %ops_addr,
-        patterns = shared.origin.patterns().len(),
-        shards = shared.config.shard_count(),
-        "listening"
-    );
-    Ok(RunningBroker {
-        ws_addr,
-        ops_addr,
-        shared,
-        tracker,
-    })
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
+/// Accepts until the instance stops accepting (a drain) or shuts down.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let tracker = shared.tasks().clone();
     loop {
         let accepted = tokio::select! {
-            () = shared.stop_accepting.cancelled() => break,
+            () = shared.shutdown.accepting_stopped() => break,
             r = listener.accept() => r,
         };
         match accepted {
@@ -416,7 +148,7 @@ async fn handle_socket<S: Transport>(
         drop(pending);
         upgrade(stream, peer, req, shared, started).await;
     } else {
-        crate::publish::serve(stream, req, pending, shared).await;
+        crate::publish::serve(stream, req, pending, shared.publish_env.clone()).await;
     }
 }
 
@@ -526,8 +258,8 @@ async fn upgrade<S: Transport>(
     )
     .await;
     let publisher = admission.publisher;
-    let positions = admission.resume != Resume::Off && shared.history.is_some();
-    let conn = shared.registry.register(NewConn {
+    let positions = admission.resume != Resume::Off && shared.router.history.is_some();
+    let conn = shared.registry().register(NewConn {
         remote: SocketAddr::new(ip, peer.port()),
         origin: admission.origin,
         user: admission.user,
@@ -544,19 +276,19 @@ async fn upgrade<S: Transport>(
         .inc();
     m.handshake_duration
         .observe(started.elapsed().as_secs_f64());
-    shared.events.connected(&conn);
+    shared.activity.connected(&conn);
     tracing::debug!(id = %conn.wire_id, peer = %peer, publisher, user = conn.user.as_deref().unwrap_or("-"), "connected");
     // The connection gets a task of its own, sized for serving alone: the handshake's state
     // (request head, TLS set-up, admission) is freed now instead of being carried, unused, for
     // the connection's whole life.
-    let tasks = shared.tasks.clone();
-    tasks.spawn(async move {
+    let env = shared.connection_env.clone();
+    shared.tasks().spawn(async move {
         if resume != Resume::Off {
             // Boxed: the resume (a JetStream read) is a large future that every connection
             // task would otherwise carry for its whole life, resuming or not.
-            Box::pin(shared.resume(&conn, &resume)).await;
+            Box::pin(env.router.resume(&conn, &resume)).await;
         }
-        crate::connection::serve(ws, conn, shared).await;
+        crate::connection::serve(ws, conn, env).await;
         drop(slot);
     });
 }

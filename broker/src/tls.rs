@@ -12,17 +12,29 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ConfigError};
-
-fn invalid(key: &str, message: String) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_string(),
-        from: String::new(),
-        message,
-    }
+/// The certificate files of the Users config (`sslKey`, `sslCert`, `sslRoot`,
+/// `sslIntermediate`). [`crate::config`] makes this from its keys; this module knows no config.
+#[derive(Debug, Clone, Copy)]
+pub struct Files<'a> {
+    pub key: Option<&'a Path>,
+    pub cert: Option<&'a Path>,
+    pub root: Option<&'a Path>,
+    pub intermediate: Option<&'a Path>,
 }
 
-fn certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+/// A certificate or key that cannot be used: the config key it came from, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct TlsError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn invalid(key: &'static str, message: String) -> TlsError {
+    TlsError { key, message }
+}
+
+fn certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| {
@@ -40,35 +52,20 @@ fn certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigE
     Ok(certs)
 }
 
-/// The acceptor of the WebSocket port, or `None` when `ssl` is off.
-pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
-    if !config.ssl {
-        return Ok(None);
-    }
-    build(config).map(Some)
-}
-
-/// The acceptor of the ops listener (`broker.ops.tls`), or `None` when it is off: the same
-/// certificate, chain and key as `wss://`.
-pub fn ops_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
-    if !config.broker.ops.tls {
-        return Ok(None);
-    }
-    build(config).map(Some)
-}
-
-fn build(config: &Config) -> Result<TlsAcceptor, ConfigError> {
-    let (Some(key_path), Some(cert_path)) = (&config.ssl_key, &config.ssl_cert) else {
+/// The acceptor for `files`: the certificate, then the intermediate, then the root as the
+/// chain, and the key.
+pub fn acceptor(files: Files<'_>) -> Result<TlsAcceptor, TlsError> {
+    let (Some(key_path), Some(cert_path)) = (files.key, files.cert) else {
         return Err(invalid(
             "sslKey",
             "sslKey and sslCert are required when ssl or broker.ops.tls is true".into(),
         ));
     };
     let mut chain = certs("sslCert", cert_path)?;
-    if let Some(p) = &config.ssl_intermediate {
+    if let Some(p) = files.intermediate {
         chain.extend(certs("sslIntermediate", p)?);
     }
-    if let Some(p) = &config.ssl_root {
+    if let Some(p) = files.root {
         chain.extend(certs("sslRoot", p)?);
     }
     let text = std::fs::read_to_string(key_path).map_err(|e| {

@@ -5,7 +5,7 @@ use common::*;
 use serde_json::{json, Value};
 
 async fn admin(
-    b: &broker::server::RunningBroker,
+    b: &broker::app::RunningBroker,
     method: &str,
     path: &str,
     body: &str,
@@ -64,7 +64,7 @@ async fn every_admin_call_needs_the_token() {
     b.shutdown().await;
 }
 
-async fn is_ready(b: &broker::server::RunningBroker) -> bool {
+async fn is_ready(b: &broker::app::RunningBroker) -> bool {
     http_get(b.ops_addr(), "/readyz", None).await.0 == 200
 }
 

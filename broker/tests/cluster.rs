@@ -1,89 +1,12 @@
 //! Several brokers sharing events through a real `nats-server` (PROTOCOL.md part 4).
 
 mod common;
-use std::process::{Child, Command, Stdio};
 
-use broker::server::RunningBroker;
+use broker::app::RunningBroker;
+use common::nats::*;
 use common::BrokerProcess;
 use common::*;
 use serde_json::{json, Value};
-
-/// A `nats-server` on a loopback port, killed when dropped.
-struct Nats {
-    child: Child,
-    port: u16,
-    _store: Option<tempfile::TempDir>,
-}
-
-impl Nats {
-    fn start(port: u16) -> Nats {
-        Self::spawn(port, None)
-    }
-
-    /// With JetStream, its store in a fresh temporary directory.
-    fn start_js(port: u16) -> Nats {
-        Self::spawn(port, Some(tempfile::tempdir().expect("temp dir")))
-    }
-
-    fn spawn(port: u16, store: Option<tempfile::TempDir>) -> Nats {
-        let mut cmd = Command::new("nats-server");
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
-        if let Some(dir) = &store {
-            cmd.arg("-js").arg("-sd").arg(dir.path());
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server runs (install it: apt-get install nats-server)");
-        Nats {
-            child,
-            port,
-            _store: store,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-async fn cluster_connected(b: &RunningBroker) -> bool {
-    let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
-    metric(&m, "broker_cluster_connected") == 1.0
-}
-
-async fn instances(nats: &Nats, names: &[&str]) -> Vec<RunningBroker> {
-    let mut out = Vec::new();
-    for name in names {
-        out.push(
-            start_with(json!({"broker": {"instanceId": name, "drainWindow": 0.2, "cluster": {"nats": nats.url(), "subject": "test"}}}))
-                .await,
-        );
-    }
-    for b in &out {
-        eventually("every instance joined the cluster", || cluster_connected(b)).await;
-    }
-    out
-}
 
 /// Reads `ws` until `ev` arrives, then checks with an echo round trip that it did not come
 /// twice.

@@ -135,12 +135,20 @@ async fn thousands_of_connect_disconnect_cycles_leave_no_trace() {
         bystander_gets(&mut ws, &mut publ, 5).await;
     }
     eventually("all cycle connections gone", || open(&b)).await;
-    let after = b.rss_kib();
+    // 4,000 leaked connections of even 2 KiB each would pass 8 MiB, for good. What the
+    // allocator holds after a burst that overlapped more (a loaded machine) is handed back
+    // within a few of the broker's 5 s looks (`memory::trim_after_spikes`), so the bound is
+    // waited for, within 20 s.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut after = b.rss_kib();
+    while after >= baseline + 8 * 1024 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        after = b.rss_kib();
+    }
     eprintln!("broker RSS: {baseline} KiB after warm-up, {after} KiB after 4,000 more cycles");
-    // 4,000 leaked connections of even 2 KiB each would pass 8 MiB; allocator slack does not.
     assert!(
         after < baseline + 8 * 1024,
-        "broker RSS grew from {baseline} KiB to {after} KiB over 4,000 cycles"
+        "broker RSS grew from {baseline} KiB to {after} KiB over 4,000 cycles, and stayed there for 20 s"
     );
 }
 

@@ -25,7 +25,7 @@ async fn read_all(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn publish_count(b: &broker::server::RunningBroker, status: &str) -> f64 {
+async fn publish_count(b: &broker::app::RunningBroker, status: &str) -> f64 {
     let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
     let series = format!(r#"broker_publish_requests_total{{status="{status}"}}"#);
     if m.contains(&series) {

@@ -18,7 +18,7 @@ async fn forwarded_for(
     .await
 }
 
-async fn refused_count(b: &broker::server::RunningBroker, reason: &str) -> f64 {
+async fn refused_count(b: &broker::app::RunningBroker, reason: &str) -> f64 {
     let (_, m) = http_get(b.ops_addr(), "/metrics", None).await;
     metric(
         &m,

@@ -81,7 +81,7 @@ async fn embedded_default_approves_local_pages_only() {
     config.websocket.host = "127.0.0.1".parse().expect("ip");
     config.websocket.port = 0;
     config.broker.ops.port = 0;
-    let b = broker::server::start(config).await.expect("starts");
+    let b = broker::app::start(config).await.expect("starts");
     for ok in [
         "http://localhost:8080",
         "https://127.0.0.1",

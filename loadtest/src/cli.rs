@@ -284,6 +284,13 @@ pub struct EchoArgs {
     /// Pause between a reply and the next request on the same connection.
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub think: Duration,
+
+    /// Requests per second over time instead of as fast as the replies come: `DURATION:RATE`,
+    /// repeatable, linear within each stage from 0 (`--stage 10s:2000 --stage 30s:2000`).
+    /// Connection j of C sends requests j, j + C, ... of the schedule, one in flight at a
+    /// time; round trips are measured from the due time (`rtt*`). Replaces --duration.
+    #[arg(long, value_name = "DUR:RATE", conflicts_with = "think")]
+    pub stage: Vec<crate::stages::Stage>,
 }
 
 /// Options shared by the two scenarios that measure fan-out delivery.
@@ -324,9 +331,12 @@ pub struct DeliveryArgs {
     #[arg(long, value_name = "DUR:RATE")]
     pub stage: Vec<crate::stages::Stage>,
 
-    /// A weighted mix of events instead of one: `target=all|user,type=N,weight=W`, repeatable.
-    /// `user` events carry the `username` of one listener's user (needs --jwt-secret or
-    /// --token-file, and --api-key); each listener expects the `all` events and its user's.
+    /// A weighted mix of events instead of one: `target=all|user|connection,type=N,weight=W`,
+    /// repeatable. `user` events carry the `username` of one listener's user (needs
+    /// --jwt-secret or --token-file, and --api-key); `connection` events carry `to`, the
+    /// broker's id of one listener (needs --api-key: the listeners learn their ids through a
+    /// MetaRequest the tool answers). Each listener expects the `all` events, its user's and
+    /// its own connection's.
     #[arg(long, conflicts_with = "event", value_name = "SPEC")]
     pub mix: Vec<String>,
 
@@ -456,12 +466,18 @@ pub struct SoakArgs {
     /// Do not reconnect connections that the server drops.
     #[arg(long)]
     pub no_reconnect: bool,
+
+    /// Held connections over time instead of -c/--duration: `DURATION:TARGET`, repeatable,
+    /// linear within each stage from 0, as for `connect` (each open connection echoes every
+    /// --echo-interval). Not with --broadcast-rate (see the README).
+    #[arg(long, value_name = "DUR:TARGET")]
+    pub stage: Vec<crate::stages::Stage>,
 }
 
 /// How `failover` disrupts the cluster mid-run.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disrupt {
-    /// `POST /admin/drain` to --drain-url (with --admin-token), or SIGTERM to --kill-pid: the
+    /// `POST /admin/v1/drain` to --drain-url (with --admin-token), or SIGTERM to --kill-pid: the
     /// instance closes its clients with 1001 over its drain window and exits.
     Drain,
     /// SIGKILL to --kill-pid: the instance vanishes without closing anything.
@@ -493,7 +509,7 @@ pub struct FailoverArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub disrupt_at: Duration,
 
-    /// The ops URL of the instance to drain (`http://127.0.0.1:9091`); `POST /admin/drain`.
+    /// The ops URL of the instance to drain (`http://127.0.0.1:9091`); `POST /admin/v1/drain`.
     #[arg(long)]
     pub drain_url: Option<String>,
 

@@ -27,7 +27,7 @@ use crate::cli::TargetArgs;
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Which kind of connection to open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// An ordinary client: `Origin`, and the user token if one was given.
     Client,
@@ -223,14 +223,23 @@ impl Target {
 
     /// The endpoint connection `index` goes to, by `--spread`.
     pub fn endpoint(&self, index: usize) -> &Endpoint {
+        &self.endpoints[self.endpoint_number(index)]
+    }
+
+    /// The number of the endpoint connection `index` goes to, by `--spread`.
+    fn endpoint_number(&self, index: usize) -> usize {
         let n = self.endpoints.len();
-        let at = match self.spread {
+        match self.spread {
             crate::cli::Spread::RoundRobin => index % n,
             crate::cli::Spread::Random => {
                 (crate::identity::mix64(index as u64) % n as u64) as usize
             }
-        };
-        &self.endpoints[at]
+        }
+    }
+
+    /// How many URLs (instances) the target has.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
     }
 
     /// Per-connection identities, when given (`--jwt-secret`, `--token-file`).
@@ -292,9 +301,36 @@ impl Target {
         self.connect_bounded(index, role, None, query).await
     }
 
+    /// As [`Target::connect`], to endpoint number `endpoint` (of [`Target::endpoint_count`])
+    /// whatever `--spread` would pick for `index` (which still picks the source address): one
+    /// connection to each instance of a cluster.
+    pub async fn connect_to(
+        &self,
+        endpoint: usize,
+        index: usize,
+        role: Role,
+    ) -> Result<(Ws, Duration), ConnectFailure> {
+        let at = endpoint % self.endpoints.len();
+        self.connect_bounded_at(at, index, role, None, None).await
+    }
+
     /// One handshake within the in-flight bound and the connect timeout; its duration.
     async fn connect_bounded(
         &self,
+        index: usize,
+        role: Role,
+        recv_buffer: Option<u32>,
+        query: Option<&str>,
+    ) -> Result<(Ws, Duration), ConnectFailure> {
+        let at = self.endpoint_number(index);
+        self.connect_bounded_at(at, index, role, recv_buffer, query)
+            .await
+    }
+
+    /// As `connect_bounded`, to endpoint number `at`.
+    async fn connect_bounded_at(
+        &self,
+        at: usize,
         index: usize,
         role: Role,
         recv_buffer: Option<u32>,
@@ -308,7 +344,7 @@ impl Target {
         let started = Instant::now();
         match tokio::time::timeout(
             self.connect_timeout,
-            self.handshake(index, role, recv_buffer, query),
+            self.handshake(at, index, role, recv_buffer, query),
         )
         .await
         {
@@ -320,16 +356,17 @@ impl Target {
 
     async fn handshake(
         &self,
+        at: usize,
         index: usize,
         role: Role,
         recv_buffer: Option<u32>,
         query: Option<&str>,
     ) -> Result<Ws, ConnectFailure> {
+        let endpoint = &self.endpoints[at];
         let tcp = self
-            .tcp_with(index, recv_buffer)
+            .tcp_to(endpoint.addr, index, recv_buffer)
             .await
             .map_err(ConnectFailure::Tcp)?;
-        let endpoint = self.endpoint(index);
         let mut uri = format!(
             "{}://{}{}",
             if self.tls { "wss" } else { "ws" },
@@ -411,7 +448,17 @@ impl Target {
     /// As [`Target::tcp`], with `SO_RCVBUF` set before connecting (the window scale is agreed
     /// in the handshake, so setting it later would not shrink the advertised window as much).
     pub async fn tcp_with(&self, index: usize, recv_buffer: Option<u32>) -> io::Result<TcpStream> {
-        let addr = self.endpoint(index).addr;
+        self.tcp_to(self.endpoint(index).addr, index, recv_buffer)
+            .await
+    }
+
+    /// A TCP connection to `addr` from the source address of connection `index`.
+    async fn tcp_to(
+        &self,
+        addr: SocketAddr,
+        index: usize,
+        recv_buffer: Option<u32>,
+    ) -> io::Result<TcpStream> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {

@@ -38,6 +38,8 @@ pub struct RunCtx {
     pub shard: crate::workers::Shard,
     /// `--workers`: the line to the parent (barriers, sent sets); `None` alone.
     pub link: Option<Arc<crate::workers::Link>>,
+    /// `mixed`: connections carried over between phases; `None` otherwise.
+    pub pool: Option<Arc<crate::pool::Pool>>,
 }
 
 impl RunCtx {

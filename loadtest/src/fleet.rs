@@ -7,6 +7,12 @@
 //!
 //! Each task owns a piece of state `S` (a tally of what it received) that it hands back when it
 //! ends, so results are gathered without any shared map.
+//!
+//! In a `mixed` run (`RunCtx::pool`), a fleet first takes the connections of its (role, index)
+//! that the phase before parked (see [`crate::pool`]): those start at once, without a
+//! handshake, and only the others are ramped at the paced rate. A body that is done with a
+//! connection that is still open hands it back ([`Ended::Open`]); the fleet parks it for the
+//! next phase, or closes it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,16 +22,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Role, Ws};
+use crate::client::{self, Role, Ws};
 use crate::context::{RunCtx, CLOSE_GRACE};
 
 /// How a connection's body ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Ended {
-    /// The scenario asked it to stop (or it finished its share of work).
+    /// The scenario asked it to stop (or it finished its share of work), and it is closed.
     Finished,
     /// The server or the network ended it; the label says how (`close_1008`, `reset`, ...).
     Dropped(String),
+    /// The body is done and the connection still open: the fleet parks it for the next phase
+    /// of a mixed run, or closes it (in the background; [`Fleet::finish`] waits for that).
+    Open(Box<Ws>),
 }
 
 /// Picks the connections (by index) whose sockets get a receive buffer of the given size.
@@ -57,6 +66,8 @@ pub struct Fleet<S> {
     settled: usize,
     established: usize,
     stop: CancellationToken,
+    /// Closes of connections the bodies handed back ([`Ended::Open`]) outside a mixed run.
+    closing: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// Result of waiting for the ramp.
@@ -80,21 +91,41 @@ where
     let stop = ctx.cancel.child_token();
     let (tx, attempts) = mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
+    let closing = Arc::new(std::sync::Mutex::new(Vec::new()));
     let start = Instant::now();
+    let buffer_of = |index: usize| {
+        spec.recv_buffer
+            .as_ref()
+            .and_then(|(bytes, pick)| pick(index).then_some(*bytes))
+    };
+    // Mixed runs: the connections the phase before left open for us (not those that need a
+    // receive buffer set before connecting).
+    let mut parked = match &ctx.pool {
+        Some(pool) => pool.claim(
+            spec.role,
+            (spec.first_index..spec.first_index + spec.count).filter(|&i| buffer_of(i).is_none()),
+        ),
+        None => Default::default(),
+    };
+    let mut fresh = 0usize;
     for n in 0..spec.count {
         let index = spec.first_index + n;
-        let slot = match &spec.slots {
-            Some(slot_of) => start + slot_of(index),
-            None => start + Duration::from_secs_f64(n as f64 / ctx.connect_rate),
+        let mut reuse = parked.remove(&index);
+        // Only the connections opened afresh are paced (stages keep their own times).
+        let slot = match (&spec.slots, &reuse) {
+            (Some(slot_of), _) => start + slot_of(index),
+            (None, Some(_)) => start,
+            (None, None) => {
+                fresh += 1;
+                start + Duration::from_secs_f64((fresh - 1) as f64 / ctx.connect_rate)
+            }
         };
         let (body, stop, tx) = (body.clone(), stop.clone(), tx.clone());
         let (target, stats) = (ctx.target.clone(), ctx.stats.clone());
+        let (pool, closing) = (ctx.pool.clone(), closing.clone());
         let mut state = init(index);
         let (role, reconnect) = (spec.role, spec.reconnect);
-        let recv_buffer = spec
-            .recv_buffer
-            .as_ref()
-            .and_then(|(bytes, pick)| pick(index).then_some(*bytes));
+        let recv_buffer = buffer_of(index);
         tasks.spawn(async move {
             let mut reported = false;
             let mut at = slot;
@@ -103,12 +134,24 @@ where
                     _ = stop.cancelled() => break,
                     r = async {
                         tokio::time::sleep_until(at.into()).await;
-                        target.connect_with(index, role, recv_buffer).await
+                        // A parked connection the server closed meanwhile is opened afresh.
+                        match reuse.take() {
+                            Some(p) => match p.resume().await {
+                                Some(ws) => Ok((ws, None)),
+                                None => target.connect_with(index, role, recv_buffer).await
+                                    .map(|(ws, h)| (ws, Some(h))),
+                            },
+                            None => target.connect_with(index, role, recv_buffer).await
+                                .map(|(ws, h)| (ws, Some(h))),
+                        }
                     } => r,
                 };
                 match connected {
                     Ok((ws, handshake)) => {
-                        stats.connected(handshake);
+                        match handshake {
+                            Some(h) => stats.connected(h),
+                            None => stats.reused(),
+                        }
                         if !reported {
                             reported = true;
                             let _ = tx.send(true);
@@ -118,6 +161,22 @@ where
                         stats.disconnected();
                         match ended {
                             Ended::Finished => break,
+                            Ended::Open(ws) => {
+                                // Parked when the next phase of a mixed run wants it.
+                                let ws = match &pool {
+                                    Some(pool) => pool.park((role, index), *ws),
+                                    None => Some(*ws),
+                                };
+                                if let Some(ws) = ws {
+                                    let close =
+                                        tokio::spawn(client::close(ws, client::CLOSE_TIMEOUT));
+                                    closing
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .push(close);
+                                }
+                                break;
+                            }
                             Ended::Dropped(reason) => {
                                 if stop.is_cancelled() {
                                     break;
@@ -145,6 +204,10 @@ where
             if !reported {
                 let _ = tx.send(false);
             }
+            // Stopped before its turn came: the parked connection it was to take is closed.
+            if let Some(p) = reuse.take() {
+                p.close().await;
+            }
             state
         });
     }
@@ -155,6 +218,7 @@ where
         settled: 0,
         established: 0,
         stop,
+        closing,
     }
 }
 
@@ -204,6 +268,15 @@ impl<S: Send + 'static> Fleet<S> {
         let lost = self.tasks.len();
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        // The polite closes of the connections the bodies handed back, within the same limit.
+        let closes: Vec<_> =
+            std::mem::take(&mut *self.closing.lock().unwrap_or_else(|e| e.into_inner()));
+        for close in closes {
+            let abort = close.abort_handle();
+            if tokio::time::timeout_at(hard.into(), close).await.is_err() {
+                abort.abort();
+            }
+        }
         (states, lost)
     }
 

@@ -28,6 +28,7 @@ pub mod identity;
 pub mod limits;
 pub mod merge;
 pub mod mix;
+pub mod pool;
 pub mod probe;
 pub mod progress;
 pub mod report;
@@ -62,6 +63,8 @@ use summary::{ConnectionSummary, MessageSummary, PhaseSummary};
 const WRAP_UP: Duration = Duration::from_secs(10);
 /// Slack added to a scenario's planned duration to make the default hard deadline.
 const DEADLINE_SLACK: Duration = Duration::from_secs(10);
+/// How long the connections left open after the last phase of a mixed run get to close.
+const CLOSE_ALL: Duration = Duration::from_secs(5);
 
 /// Runs what the command line asks for and returns its summary.
 pub async fn run(cli: Cli) -> anyhow::Result<Summary> {
@@ -179,6 +182,8 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
         server_pid: cli.output.server_pid,
         shard,
         link: worker.as_ref().map(|_| workers::Link::start()),
+        // A later phase takes over the connections of the phase before that it asks for.
+        pool: phases.as_ref().map(|_| Arc::new(pool::Pool::new())),
     };
     let work = async {
         match &phases {
@@ -267,6 +272,7 @@ struct Env {
     server_pid: Option<u32>,
     shard: workers::Shard,
     link: Option<Arc<workers::Link>>,
+    pool: Option<Arc<pool::Pool>>,
 }
 
 async fn run_one(
@@ -293,6 +299,7 @@ async fn run_one(
             .map(Arc::new),
         shard: env.shard,
         link: env.link.clone(),
+        pool: env.pool.clone(),
     };
     let sampler = {
         let (stats, window) = (stats.clone(), env.window);
@@ -315,9 +322,21 @@ async fn run_one(
 async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut done = Vec::with_capacity(phases.len());
+    let with_key = env.target.api_key().is_some();
     for (i, phase) in phases.iter().enumerate() {
         if env.cancel.is_cancelled() {
             break;
+        }
+        // Keep what this phase will ask for of the connections the phase before left open,
+        // and let this phase's runs leave open what the next one will ask for.
+        if let Some(pool) = &env.pool {
+            let wanted = |p: Option<&Phase>| -> Vec<pool::Key> {
+                p.iter()
+                    .flat_map(|p| p.runs.iter())
+                    .flat_map(|s| scenario::wanted(s, env.shard, with_key))
+                    .collect()
+            };
+            pool.begin_phase(&wanted(Some(phase)), &wanted(phases.get(i + 1)));
         }
         let runs = phase.runs.iter().enumerate().map(|(j, s)| {
             let id = format!("{run_id}-p{}r{}", i + 1, j + 1);
@@ -325,10 +344,25 @@ async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result
             async move { run_one(env, s, &id, &label).await }
         });
         let results = futures_util::future::join_all(runs).await;
+        if let Some(pool) = &env.pool {
+            pool.end_phase();
+        }
+        let runs = match results.into_iter().collect::<anyhow::Result<_>>() {
+            Ok(runs) => runs,
+            Err(e) => {
+                if let Some(pool) = &env.pool {
+                    pool.close_all(CLOSE_ALL).await;
+                }
+                return Err(e);
+            }
+        };
         done.push(PhaseSummary {
             name: phase.name.clone(),
-            runs: results.into_iter().collect::<anyhow::Result<_>>()?,
+            runs,
         });
+    }
+    if let Some(pool) = &env.pool {
+        pool.close_all(CLOSE_ALL).await;
     }
     let all = || done.iter().flat_map(|p| p.runs.iter());
     let stopped_by = if !env.cancel.is_cancelled() {
@@ -352,6 +386,7 @@ async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result
         connections.failed += s.connections.failed;
         connections.dropped += s.connections.dropped;
         connections.reconnects += s.connections.reconnects;
+        connections.reused += s.connections.reused;
         connections.peak_open = connections.peak_open.max(s.connections.peak_open);
         for (k, v) in &s.connections.failures {
             *connections.failures.entry(k.clone()).or_default() += v;

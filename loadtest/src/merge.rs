@@ -68,6 +68,7 @@ fn add(m: &mut Summary, s: &Summary) {
     c.failed += o.failed;
     c.dropped += o.dropped;
     c.reconnects += o.reconnects;
+    c.reused += o.reused;
     c.peak_open += o.peak_open;
     c.ramp_s = c.ramp_s.max(o.ramp_s);
     add_map(&mut c.failures, &o.failures);
@@ -135,7 +136,7 @@ fn finish(m: &mut Summary) {
     m.messages.received_per_s = per_s(m.messages.received);
     let c = &mut m.connections;
     c.ramp_per_s = if c.ramp_s > 0.0 {
-        c.established.min(c.target as u64) as f64 / c.ramp_s
+        c.established.min(c.target as u64).saturating_sub(c.reused) as f64 / c.ramp_s
     } else {
         0.0
     };

@@ -173,6 +173,8 @@ pub struct Stats {
     /// Established connections that ended before the run stopped them, by reason in `drops`.
     pub dropped: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Of `established`: connections taken over from the phase before (mixed), no handshake.
+    pub reused: AtomicU64,
     open: AtomicI64,
     peak_open: AtomicI64,
     /// Messages the scenario sent (events, for HTTP publishing), counted once written.
@@ -200,6 +202,7 @@ impl Stats {
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
             open: AtomicI64::new(0),
             peak_open: AtomicI64::new(0),
             sent: AtomicU64::new(0),
@@ -233,6 +236,14 @@ impl Stats {
         if self.primary.name() == self.handshake.name() {
             self.primary.record(handshake);
         }
+        self.established.fetch_add(1, Ordering::Relaxed);
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_open.fetch_max(open, Ordering::Relaxed);
+    }
+
+    /// A connection taken over from the phase before: established and open, no handshake.
+    pub fn reused(&self) {
+        self.reused.fetch_add(1, Ordering::Relaxed);
         self.established.fetch_add(1, Ordering::Relaxed);
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak_open.fetch_max(open, Ordering::Relaxed);

@@ -72,10 +72,14 @@ pub struct ConnectionSummary {
     /// By close code or error: `close_1008`, `close_1013`, `reset`, `eof`, ...
     pub drops: BTreeMap<String, u64>,
     pub reconnects: u64,
+    /// Mixed: of `established`, connections taken over open from the phase before (no
+    /// handshake, not ramped).
+    #[serde(default)]
+    pub reused: u64,
     pub peak_open: i64,
     /// Time until every connection of the ramp had succeeded or failed.
     pub ramp_s: f64,
-    /// Established connections per second during the ramp.
+    /// Established connections per second during the ramp (those carried over not counted).
     pub ramp_per_s: f64,
 }
 
@@ -219,7 +223,7 @@ pub struct ListenerDetail {
 pub struct FailoverSummary {
     /// `drain`, `sigkill` or `none`.
     pub disrupt: String,
-    /// How: `POST http://.../admin/drain`, `SIGTERM to pid N`, `SIGKILL to pid N`.
+    /// How: `POST http://.../admin/v1/drain`, `SIGTERM to pid N`, `SIGKILL to pid N`.
     pub how: String,
     /// Whether the disruption was carried out (the drain answered 2xx, the signal was sent).
     pub disrupted: bool,
@@ -317,6 +321,8 @@ impl Summary {
         let sent = stats.sent.load(Ordering::Relaxed);
         let received = stats.received.load(Ordering::Relaxed);
         let established = stats.established.load(Ordering::Relaxed);
+        // Connections carried over from the phase before were not part of the ramp.
+        let reused = stats.reused.load(Ordering::Relaxed);
 
         let mut latency = BTreeMap::new();
         let mut histograms = Vec::new();
@@ -358,10 +364,13 @@ impl Summary {
                 dropped: stats.dropped.load(Ordering::Relaxed),
                 drops: stats.drops(),
                 reconnects: stats.reconnects.load(Ordering::Relaxed),
+                reused,
                 peak_open: stats.peak_open(),
                 ramp_s,
                 ramp_per_s: if ramp_s > 0.0 {
-                    (established.min(outcome.target_connections as u64)) as f64 / ramp_s
+                    ((established.min(outcome.target_connections as u64)).saturating_sub(reused))
+                        as f64
+                        / ramp_s
                 } else {
                     0.0
                 },
@@ -623,6 +632,9 @@ impl Summary {
         if c.reconnects > 0 {
             write!(f, ", {} reconnects", c.reconnects)?;
         }
+        if c.reused > 0 {
+            write!(f, ", {} carried over from the phase before", c.reused)?;
+        }
         writeln!(f, ", ramp {:.2} s ({}/s)", c.ramp_s, si(c.ramp_per_s))?;
         if !c.failures.is_empty() {
             writeln!(f, "    failures   {}", map_line(&c.failures))?;
@@ -656,10 +668,11 @@ impl Summary {
                     d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates
                 )?;
             } else {
-                // A --mix with user events: each listener expects the events to all and its user's.
+                // A --mix with user or connection events: each listener expects the events to
+                // all, its user's and its connection's.
                 writeln!(
                     f,
-                    "  delivery     {} listeners, {} sent, {} expected (to all, and to each listener's user); received {}, missing {}, duplicates {}, misdelivered {}",
+                    "  delivery     {} listeners, {} sent, {} expected (to all, and to each listener's user or connection); received {}, missing {}, duplicates {}, misdelivered {}",
                     d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates, d.misdelivered
                 )?;
             }

@@ -13,6 +13,9 @@
 //! - `sent` / `sent_all`: after sending, each worker reports the set of events it sent; the
 //!   parent answers with the union, against which every worker drains and counts its listeners'
 //!   receipts. Completeness is then counted across workers exactly as within one process.
+//! - `ids` / `ids_all`: with connection-targeted events (`--mix target=connection`), each
+//!   worker reports the connection ids its listeners learnt; the parent answers with all of
+//!   them, so every worker's publishers pick from the same list of listeners.
 //! - `done`: the worker's summary, with its HDR histograms V2-serialised (base64), which the
 //!   parent merges exactly (`hdrhistogram` addition, not averaged percentiles), see [`merge`].
 //!
@@ -116,17 +119,37 @@ impl WorkerEnv {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum ToParent {
-    Ready { key: String },
-    Sent { key: String, set: String },
-    Done { summary: Box<Summary> },
+    Ready {
+        key: String,
+    },
+    Sent {
+        key: String,
+        set: String,
+    },
+    Ids {
+        key: String,
+        ids: Vec<(usize, String)>,
+    },
+    Done {
+        summary: Box<Summary>,
+    },
 }
 
 /// Parent to worker.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum ToWorker {
-    Go { key: String },
-    SentAll { key: String, set: String },
+    Go {
+        key: String,
+    },
+    SentAll {
+        key: String,
+        set: String,
+    },
+    IdsAll {
+        key: String,
+        ids: Vec<(usize, String)>,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,6 +179,10 @@ impl Link {
                 let (k, v) = match serde_json::from_str::<ToWorker>(&line) {
                     Ok(ToWorker::Go { key }) => (format!("go:{key}"), String::new()),
                     Ok(ToWorker::SentAll { key, set }) => (format!("sent:{key}"), set),
+                    Ok(ToWorker::IdsAll { key, ids }) => (
+                        format!("ids:{key}"),
+                        serde_json::to_string(&ids).unwrap_or_default(),
+                    ),
                     Err(_) => continue,
                 };
                 l.inbox
@@ -221,6 +248,22 @@ impl Link {
         });
         let v = self.wait(&format!("sent:{key}"), cancel).await?;
         B64.decode(v).ok().map(|b| SeqSet::from_bytes(&b))
+    }
+
+    /// Reports the (listener number, connection id) pairs this worker's listeners learnt and
+    /// returns those of every worker.
+    pub async fn exchange_ids(
+        &self,
+        key: &str,
+        ids: &[(usize, String)],
+        cancel: &CancellationToken,
+    ) -> Option<Vec<(usize, String)>> {
+        Link::send(&ToParent::Ids {
+            key: key.to_owned(),
+            ids: ids.to_vec(),
+        });
+        let v = self.wait(&format!("ids:{key}"), cancel).await?;
+        serde_json::from_str(&v).ok()
     }
 
     /// Hands the summary (with its histograms serialised) to the parent.
@@ -342,6 +385,8 @@ pub async fn run_parent(
     let mut summaries: Vec<Option<Summary>> = (0..count).map(|_| None).collect();
     let mut ready: HashMap<String, HashSet<usize>> = HashMap::new();
     let mut sent: HashMap<String, (HashSet<usize>, SeqSet)> = HashMap::new();
+    #[allow(clippy::type_complexity)]
+    let mut ids: HashMap<String, (HashSet<usize>, Vec<(usize, String)>)> = HashMap::new();
     let mut notes = Vec::new();
     let remote = !agents.addrs.is_empty();
     let mut interrupted = false;
@@ -376,6 +421,11 @@ pub async fn run_parent(
                         e.0.insert(i);
                         e.1.union_with(&set);
                     }
+                    Ok(ToParent::Ids { key, ids: some }) => {
+                        let e = ids.entry(key).or_default();
+                        e.0.insert(i);
+                        e.1.extend(some);
+                    }
                     Ok(ToParent::Done { summary }) => {
                         summaries[i] = Some(*summary);
                         // Closing its stdin lets the worker's reader end, and the worker exit.
@@ -407,6 +457,16 @@ pub async fn run_parent(
                 if let Some((_, set)) = sent.remove(&key) {
                     let set = B64.encode(set.to_bytes());
                     broadcast(&mut inputs, &alive, &ToWorker::SentAll { key, set }).await;
+                }
+            }
+            let all: Vec<String> = ids
+                .iter()
+                .filter(|(_, (who, _))| complete(who))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in all {
+                if let Some((_, list)) = ids.remove(&key) {
+                    broadcast(&mut inputs, &alive, &ToWorker::IdsAll { key, ids: list }).await;
                 }
             }
         }

@@ -187,7 +187,7 @@ async fn ctrl_c_on_the_coordinator_reaches_the_agents_workers_and_the_run_report
     // The agent's worker holds its 10 connections.
     let shared = b.shared().clone();
     within(async {
-        while shared.registry.len() < 10 {
+        while shared.registry().len() < 10 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })

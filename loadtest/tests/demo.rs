@@ -44,6 +44,13 @@ async fn the_demo_script_runs_bounded_over_two_brokers_and_two_workers() {
         "{err}"
     );
     assert!(err.contains("misdelivered 0"), "{err}");
+    // The user phase takes over the broadcast phase's connections instead of ramping again.
+    assert!(
+        out.lines()
+            .any(|l| l.contains("user-targeted")
+                && l.contains("3002 established (3002 carried over)")),
+        "{out}"
+    );
     assert!(
         out.lines()
             .any(|l| l.trim_start().starts_with("all:") && l.contains(" 3002 connections")),

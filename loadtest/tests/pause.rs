@@ -2,8 +2,8 @@
 
 mod common;
 
+use broker::app::RunningBroker;
 use broker::config::Config;
-use broker::server::RunningBroker;
 use common::{cli, run, API_KEY};
 
 /// A broker on 127.0.0.1 whose per-connection send queue holds `send_queue_bytes` bytes (the
@@ -18,7 +18,7 @@ async fn broker_with_queue(send_queue_bytes: usize) -> RunningBroker {
         "test",
     )
     .expect("valid test config");
-    broker::server::start(config).await.expect("broker starts")
+    broker::app::start(config).await.expect("broker starts")
 }
 
 /// Paused listeners that stay away far longer than the broker's queue and the kernel buffers

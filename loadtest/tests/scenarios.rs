@@ -388,6 +388,108 @@ requests = 20
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_phases_carry_their_connections_over() {
+    let b = broker().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("plan.toml");
+    // 30 listeners; then 20 of them with connection-targeted events (fewer: 20 carried over,
+    // 10 closed); then 25 echo connections (20 carried over, 5 opened).
+    std::fs::write(
+        &file,
+        r#"
+[[phase]]
+name = "wide"
+scenario = "broadcast"
+listeners = 30
+publishers = 2
+messages = 60
+rate = 600
+
+[[phase]]
+name = "narrow, to single connections"
+scenario = "publish"
+via = "ws"
+listeners = 20
+publishers = 2
+messages = 60
+rate = 600
+[[phase.event]]
+target = "connection"
+weight = 1
+[[phase.event]]
+target = "all"
+weight = 1
+
+[[phase]]
+name = "round trips"
+scenario = "echo"
+connections = 25
+requests = 100
+"#,
+    )
+    .expect("write plan");
+    let path = file.to_string_lossy().into_owned();
+    let s = run(cli(&b, &["--api-key", API_KEY, "mixed", &path])).await;
+    assert_eq!(s.stopped_by, StopReason::Completed, "{s}");
+    let runs: Vec<&loadtest::Summary> = s.phases.iter().map(|p| &p.runs[0]).collect();
+    assert_eq!(runs.len(), 3, "{s}");
+    let handshakes = |r: &loadtest::Summary| {
+        r.latency
+            .get("handshake")
+            .map_or(0, |l| l.percentiles.count)
+    };
+
+    // Phase 1 ramps everything.
+    assert_eq!(runs[0].connections.established, 32, "{s}");
+    assert_eq!(runs[0].connections.reused, 0, "{s}");
+    assert_eq!(handshakes(runs[0]), 32, "{s}");
+    assert_eq!(
+        runs[0].delivery.as_ref().map(|d| d.completeness),
+        Some(1.0),
+        "{s}"
+    );
+
+    // Phase 2 takes over listeners 0..20 (no handshake) and opens its two publishers (their
+    // numbers follow the listeners, so they are not phase 1's).
+    let c = &runs[1].connections;
+    assert_eq!((c.established, c.reused, c.failed), (22, 20, 0), "{s}");
+    assert_eq!(handshakes(runs[1]), 2, "{s}");
+    let d = runs[1].delivery.as_ref().expect("delivery");
+    assert_eq!(d.listeners, 20, "{s}");
+    assert_eq!(d.completeness, 1.0, "{s}");
+    assert_eq!(d.misdelivered, 0, "{s}");
+    assert!(
+        d.expected < 60 * 20,
+        "some events went to one connection: {s}"
+    );
+
+    // Phase 3 takes over the same 20 and ramps the 5 it lacks.
+    let c = &runs[2].connections;
+    assert_eq!((c.established, c.reused), (25, 20), "{s}");
+    assert_eq!(handshakes(runs[2]), 5, "{s}");
+    assert_eq!(runs[2].messages.received, 100, "{s}");
+    assert_eq!(runs[2].messages.errors, 0, "{s}");
+    assert_eq!(s.connections.reused, 40, "{s}");
+
+    // The broker agrees: 30 + 5 client connections were accepted in all, not 30 + 20 + 25.
+    let accepted = b
+        .shared()
+        .metrics
+        .connections_accepted
+        .with_label_values(&["client"])
+        .get();
+    assert_eq!(accepted, 35, "{s}");
+    // And none is left open after the run.
+    common::within(async {
+        while !b.shared().registry().snapshot().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_writes_svg_plots_and_an_index() {
     let b = broker().await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -423,7 +525,7 @@ async fn bad_tokens_are_refused_in_header_and_query() {
         "test",
     )
     .expect("valid test config");
-    let b = broker::server::start(config).await.expect("broker starts");
+    let b = broker::app::start(config).await.expect("broker starts");
     for placement in [&[][..], &["--token-in-query"][..]] {
         let mut args = vec!["--token", "not.a.jwt"];
         args.extend_from_slice(placement);

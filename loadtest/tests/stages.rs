@@ -58,3 +58,87 @@ async fn the_send_rate_follows_the_stages() {
     assert!(s.latency["delivery"].corrected, "{s}");
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_echo_request_rate_follows_the_stages() {
+    let b = broker().await;
+    // 0 → 200/s over 1 s (100 requests), then 200/s for 1 s (200 more), over 4 connections.
+    let s = run(cli(
+        &b,
+        &[
+            "--window", "250ms", "echo", "-c", "4", "--stage", "1s:200", "--stage", "1s:200",
+        ],
+    ))
+    .await;
+    assert_eq!(s.connections.established, 4, "{s}");
+    // Each connection keeps one request in flight: on a loaded machine a connection may still
+    // be catching up with its schedule when the stages end.
+    assert!(s.messages.sent >= 270 && s.messages.sent <= 300, "{s}");
+    assert_eq!(s.messages.received, s.messages.sent, "{s}");
+    assert_eq!(s.messages.errors, 0, "{s}");
+    let rtt = &s.latency["rtt"];
+    assert!(rtt.corrected, "measured from the due time: {s}");
+    assert!(s.measured_s >= 1.9 && s.measured_s < 3.0, "{s}");
+    // The rate ramps: the first quarter second sends far fewer than the last full one.
+    let sent: Vec<u64> = s.windows.iter().map(|w| w.sent).collect();
+    let peak = sent.iter().copied().max().unwrap_or(0);
+    assert!(sent[0] * 3 < peak, "ramped, not sent at once: {sent:?}");
+    assert!(
+        s.notes.iter().any(|n| n.starts_with("stages: peak 200")),
+        "{s}"
+    );
+    // --think sets its own pace: it does not go with a staged rate.
+    let parsed =
+        clap::Parser::try_parse_from(["loadtest", "echo", "--stage", "1s:10", "--think", "10ms"])
+            .map(|c: loadtest::Cli| c.scenario.name());
+    assert!(parsed.is_err(), "{parsed:?}");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_connections_follow_the_stages() {
+    let b = broker().await;
+    let s = run(cli(
+        &b,
+        &[
+            "--window",
+            "250ms",
+            "soak",
+            "--stage",
+            "1s:12",
+            "--stage",
+            "750ms:12",
+            "--stage",
+            "500ms:0",
+            "--echo-interval",
+            "100ms",
+        ],
+    ))
+    .await;
+    assert_eq!(s.connections.established, 12, "{s}");
+    assert_eq!(s.connections.failed, 0, "{s}");
+    assert_eq!(s.connections.dropped, 0, "{s}");
+    assert_eq!(s.connections.peak_open, 12, "{s}");
+    assert_eq!(s.messages.errors, 0, "{s}");
+    assert!(s.messages.received > 0, "{s}");
+    let open: Vec<i64> = s.windows.iter().map(|w| w.open).collect();
+    let top = open.iter().position(|&o| o == 12).expect("reaches 12");
+    assert!(top >= 2, "ramped, not opened at once: {open:?}");
+    assert!(
+        open[top..].iter().any(|&o| o < 12),
+        "ramped down before the end: {open:?}"
+    );
+    // Echoes follow the level: the busiest window sends several times the first one.
+    let sent: Vec<u64> = s.windows.iter().map(|w| w.sent).collect();
+    let peak = sent.iter().copied().max().unwrap_or(0);
+    assert!(sent[0] * 2 < peak, "{sent:?}");
+    // Broadcasts to listeners that come and go cannot be counted exactly: refused.
+    let err = loadtest::run(cli(
+        &b,
+        &["soak", "--stage", "1s:5", "--broadcast-rate", "10"],
+    ))
+    .await
+    .expect_err("refused");
+    assert!(err.to_string().contains("--broadcast-rate"), "{err}");
+    b.shutdown().await;
+}

@@ -1,5 +1,6 @@
 //! Realistic traffic: several broker URLs with a spread policy, per-connection identities
-//! (tokens signed with the broker's secret), and a weighted mix of events to all and to users.
+//! (tokens signed with the broker's secret), and a weighted mix of events to all, to users and
+//! to single connections.
 
 mod common;
 
@@ -118,7 +119,7 @@ async fn source_ip_spreads_sockets_over_the_given_local_addresses() {
     let shared = b.shared().clone();
     let remotes = common::within(async {
         loop {
-            let conns = shared.registry.snapshot();
+            let conns = shared.registry().snapshot();
             if conns.len() == 6 {
                 return conns.iter().map(|c| c.remote.ip()).collect::<Vec<_>>();
             }
@@ -157,5 +158,83 @@ async fn source_ip_spreads_sockets_over_the_given_local_addresses() {
         let err = loadtest::run(cli).await.expect_err(bad).to_string();
         assert!(err.contains("--source-ip"), "{bad}: {err}");
     }
+    b.shutdown().await;
+}
+
+/// How many of events `0..n` the mix `specs` makes of entry `entry` (which entry an event is
+/// follows from its number alone).
+fn events_of_entry(specs: &[String], entry: usize, n: u64) -> u64 {
+    let mix = loadtest::mix::Mix::parse(specs, 4, "t", None, 0).expect("valid mix");
+    (0..n).filter(|&seq| mix.pick(seq).entry == entry).count() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_events_reach_their_listener_only() {
+    let b = broker_with(r#""^http://localhost$""#, "").await;
+    let url = format!("ws://{}/", b.ws_addr());
+    let specs = [
+        "target=connection,type=3,weight=2".to_owned(),
+        "target=all,type=10,weight=1".to_owned(),
+    ];
+    let to_one = events_of_entry(&specs, 0, 300);
+    assert!(to_one > 100 && to_one < 300, "{to_one}");
+    for via in ["ws", "http"] {
+        let cli = loadtest::Cli::try_parse_from([
+            "loadtest",
+            "--quiet",
+            "--url",
+            &url,
+            "--api-key",
+            API_KEY,
+            "publish",
+            "--via",
+            via,
+            "-l",
+            "12",
+            "-p",
+            "2",
+            "--mix",
+            &specs[0],
+            "--mix",
+            &specs[1],
+            "--rate",
+            "2000",
+            "--messages",
+            "300",
+            "-d",
+            "10s",
+        ])
+        .expect("parses");
+        let s = run(cli).await;
+        let d = s.delivery.as_ref().expect("delivery");
+        assert_eq!((d.listeners, d.sent), (12, 300), "{via}: {s}");
+        // Each connection event is expected by exactly one listener, each broadcast by all 12;
+        // the broker delivers a `to` only to a connected id, so receiving them all proves the
+        // listeners learnt their real ids.
+        assert_eq!(d.expected, (300 - to_one) * 12 + to_one, "{via}: {s}");
+        assert_eq!(d.received, d.expected, "{via}: {s}");
+        assert_eq!(d.completeness, 1.0, "{via}: {s}");
+        assert_eq!(d.misdelivered, 0, "{via}: {s}");
+        assert_eq!(d.complete_listeners, 12, "{via}: {s}");
+        assert_eq!(d.duplicates, 0, "{via}: {s}");
+        assert_eq!(s.messages.errors, 0, "{via}: {s}");
+        assert!(s.errors.is_empty(), "{via}: {s}");
+    }
+
+    // Without a publisher key nobody can answer the listeners, nor address a connection.
+    let cli = loadtest::Cli::try_parse_from([
+        "loadtest",
+        "--quiet",
+        "--url",
+        &url,
+        "broadcast",
+        "-l",
+        "2",
+        "--mix",
+        "target=connection",
+    ])
+    .expect("parses");
+    let err = loadtest::run(cli).await.expect_err("refused").to_string();
+    assert!(err.contains("--api-key"), "{err}");
     b.shutdown().await;
 }

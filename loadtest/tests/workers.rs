@@ -137,6 +137,58 @@ async fn connect_and_echo_split_between_workers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_events_go_to_listeners_of_every_worker() {
+    let b = broker().await;
+    let url = format!("ws://{}/", b.ws_addr());
+    let specs = ["target=connection,type=4,weight=1", "target=all,weight=1"];
+    let mix =
+        loadtest::mix::Mix::parse(&specs.map(str::to_owned), 4, "t", None, 0).expect("valid mix");
+    // Worker w sends events k × 2 + w: numbers 0..120 between them.
+    let to_one = (0..120).filter(|&seq| mix.pick(seq).entry == 0).count() as u64;
+    let v = json(
+        &loadtest(&[
+            "--url",
+            &url,
+            "--json",
+            "--quiet",
+            "--api-key",
+            API_KEY,
+            "--workers",
+            "2",
+            "publish",
+            "--via",
+            "ws",
+            "-l",
+            "10",
+            "-p",
+            "2",
+            "--mix",
+            specs[0],
+            "--mix",
+            specs[1],
+            "--rate",
+            "600",
+            "--messages",
+            "120",
+            "-d",
+            "10s",
+        ])
+        .await,
+    );
+    let d = &v["delivery"];
+    assert_eq!(d["sent"], 120, "{v:#}");
+    // Each worker's connection events pick from both workers' listeners (the ids are swapped),
+    // and each is counted by the one listener it names, whichever worker holds it.
+    assert_eq!(d["expected"], (120 - to_one) * 10 + to_one, "{v:#}");
+    assert_eq!(d["received"], d["expected"], "{v:#}");
+    assert_eq!(d["misdelivered"], 0, "{v:#}");
+    assert_eq!(d["complete_listeners"], 10, "{v:#}");
+    assert_eq!(d["foreign"], 0, "{v:#}");
+    assert_eq!(v["messages"]["errors"], 0, "{v:#}");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_workers_cannot_split_is_refused_before_starting() {
     let o = loadtest(&[
         "--url",

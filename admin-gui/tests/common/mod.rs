@@ -28,7 +28,7 @@ const CONFIG: &str = r#"{"websocket":{"port":0,"host":"127.0.0.1","approvedSocke
 pub struct TestBroker {
     pub ws: SocketAddr,
     pub ops: SocketAddr,
-    running: Option<broker::server::RunningBroker>,
+    running: Option<broker::app::RunningBroker>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -41,7 +41,7 @@ impl TestBroker {
             .expect("tokio runtime");
         let config = broker::config::Config::from_json_str(CONFIG, "test").expect("test config");
         let running = runtime
-            .block_on(broker::server::start(config))
+            .block_on(broker::app::start(config))
             .expect("broker starts");
         TestBroker {
             ws: running.ws_addr(),

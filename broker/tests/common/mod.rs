@@ -1,11 +1,13 @@
 //! Test harness: a real broker on ephemeral loopback ports, and real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use broker::app::RunningBroker;
 use broker::config::Config;
-use broker::server::RunningBroker;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -40,7 +42,7 @@ pub async fn start_with(extra: Value) -> RunningBroker {
     });
     merge(&mut base, extra);
     let config = Config::from_json_str(&base.to_string(), "test").expect("valid test config");
-    broker::server::start(config).await.expect("broker starts")
+    broker::app::start(config).await.expect("broker starts")
 }
 
 pub async fn start() -> RunningBroker {

@@ -95,13 +95,15 @@ async fn staged(ctx: &RunCtx, stages: &Stages) -> anyhow::Result<Outcome> {
         }),
     };
     let w = windows.clone();
+    let end = start + stages.total();
     let mut fleet = fleet::launch(
         ctx,
         spec,
-        move |index| start + w[index - first].1,
+        // Connections the level never falls below are held to the end of the stages (and in a
+        // mixed run carried over to the next phase).
+        move |index| Some(start + w[index - first].1).filter(|&at| at < end),
         |_, ws, close_at, stop| hold_until(ws, close_at, stop),
     );
-    let end = start + stages.total();
     let ramp = fleet
         .wait_connected(end + ctx.target.connect_timeout(), &ctx.cancel)
         .await;
@@ -133,22 +135,38 @@ async fn staged(ctx: &RunCtx, stages: &Stages) -> anyhow::Result<Outcome> {
     })
 }
 
-/// Holds a connection until `close_at` (its stage ends) or `stop`.
-async fn hold_until(ws: Ws, close_at: Instant, stop: CancellationToken) -> (Instant, Ended) {
+/// Holds a connection until `close_at` (the level falls below it: closed for good) or `stop`
+/// (the end of the run: handed back open).
+async fn hold_until(
+    ws: Ws,
+    close_at: Option<Instant>,
+    stop: CancellationToken,
+) -> (Option<Instant>, Ended) {
+    let Some(at) = close_at else {
+        let ((), ended) = hold(ws, stop).await;
+        return (close_at, ended);
+    };
     let own = stop.child_token();
     let timer = {
         let own = own.clone();
         tokio::spawn(async move {
-            tokio::time::sleep_until(close_at.into()).await;
+            tokio::time::sleep_until(at.into()).await;
             own.cancel();
         })
     };
     let ((), ended) = hold(ws, own).await;
     timer.abort();
+    let ended = match ended {
+        Ended::Open(ws) if !stop.is_cancelled() => {
+            client::close(*ws, client::CLOSE_TIMEOUT).await;
+            Ended::Finished
+        }
+        other => other,
+    };
     (close_at, ended)
 }
 
-/// Keeps one connection open until `stop`, reading whatever arrives.
+/// Keeps one connection open until `stop`, reading whatever arrives; hands it back open.
 async fn hold(mut ws: Ws, stop: CancellationToken) -> ((), Ended) {
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
@@ -158,10 +176,7 @@ async fn hold(mut ws: Ws, stop: CancellationToken) -> ((), Ended) {
             i = client::recv(&mut ws) => Some(i),
         };
         match incoming {
-            None => {
-                client::close(ws, client::CLOSE_TIMEOUT).await;
-                return ((), Ended::Finished);
-            }
+            None => return ((), Ended::Open(Box::new(ws))),
             Some(Incoming::Text(_)) => {}
             Some(Incoming::Closed(reason)) => return ((), Ended::Dropped(reason)),
         }

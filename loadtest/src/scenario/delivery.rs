@@ -11,6 +11,14 @@
 //! 5. **count**: each listener hands back the set of sequence numbers it received; intersected
 //!    with the set of events whose send succeeded, that gives completeness without estimation.
 //!
+//! With connection-targeted events in the `--mix`, the listeners first learn their connection
+//! ids (between steps 1 and 2): the tool opens a publisher connection to each instance (a
+//! *registrar*) before the listeners, every listener sends a MetaRequest
+//! (`{"eventType":9,"property":"loadtest-id"}`, re-sent every second until answered), the broker
+//! forwards it to a publisher with the listener's id in `from`, and the registrar answers it
+//! `"to"` that id with the id as `val`. The identified listeners (swapped between workers) are
+//! what connection events go to; each is expected by its listener alone.
+//!
 //! With `--pause-share`, some listeners stop polling their socket at `--pause-at` into the send
 //! phase for `--pause-for` (TCP backpressure then reaches the server, whose per-connection queue
 //! fills), then read on. Each listener's receipts, how it ended (close code, or no close frame)
@@ -32,7 +40,7 @@ use crate::client::{self, Incoming, Role, Ws};
 use crate::context::{Gate, Outcome, RunCtx, Schedule, SeqSet, Sequence, StopReason};
 use crate::fleet::{self, Ended, Fleet, FleetSpec};
 use crate::http;
-use crate::mix::{Expectation, Mix};
+use crate::mix::{Expectation, Mix, ID_PROPERTY};
 use crate::probe::{self, Encoder, Kind, Received};
 use crate::stages::Stages;
 use crate::stats::{Latency, Stats};
@@ -58,6 +66,11 @@ const WARMUP_LIMIT: Duration = Duration::from_secs(5);
 /// is 100,000 deliveries, and re-sending it ten times a second would bury the server.
 const WARMUP_RESEND: Duration = Duration::from_millis(100);
 const WARMUP_RESEND_MAX: Duration = Duration::from_secs(2);
+/// A listener asks for its connection id again after this long without an answer (its
+/// MetaRequest may have gone to a publisher that does not answer, such as another run's).
+const ID_RESEND: Duration = Duration::from_secs(1);
+/// Give up waiting for the listeners' ids after this long, plus a second per 10,000 listeners.
+const ID_LIMIT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
 // Listeners
@@ -82,6 +95,12 @@ pub(super) struct Listen {
     steady_connected: AtomicUsize,
     /// Listener numbers that connected (what a `--mix` with user events expects depends on who).
     connected_ix: Mutex<Vec<usize>>,
+    /// `--mix target=connection`: listeners ask for their connection id while this is set.
+    asking: std::sync::atomic::AtomicBool,
+    /// (listener number, connection id) of the listeners that learnt theirs, and a wake-up
+    /// for each.
+    ids: Mutex<Vec<(usize, String)>>,
+    identified: Notify,
     /// `--pause-share`: when the paused listeners pause and what they must catch up on.
     pause: Option<PausePlan>,
 }
@@ -182,6 +201,9 @@ impl Listen {
             steady_unique: AtomicU64::new(0),
             steady_connected: AtomicUsize::new(0),
             connected_ix: Mutex::new(Vec::new()),
+            asking: std::sync::atomic::AtomicBool::new(false),
+            ids: Mutex::new(Vec::new()),
+            identified: Notify::new(),
             pause: None,
         }
     }
@@ -261,6 +283,26 @@ enum Woke {
     Frame(Incoming),
     /// Time to stop reading (paused listeners only), at this instant.
     Pause(Instant),
+    /// Time to ask (again) for the connection id.
+    Ask,
+}
+
+/// The MetaRequest by which a listener asks for its connection id.
+fn id_request() -> String {
+    format!(r#"{{"eventType":9,"property":"{ID_PROPERTY}"}}"#)
+}
+
+/// The connection id in a registrar's answer to [`id_request`], if `text` is one.
+fn id_answer(text: &str) -> Option<String> {
+    if !text.contains(ID_PROPERTY) {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    (v.get("eventType")?.as_u64()? == 9
+        && v.get("property")?.as_str()? == ID_PROPERTY
+        && v.get("from").is_none())
+    .then(|| v.get("val")?.as_str().map(str::to_owned))
+    .flatten()
 }
 
 async fn listen_loop(
@@ -298,20 +340,51 @@ async fn listen_loop(
     };
     tokio::pin!(pause_begins);
     let mut pause_pending = plan.is_some();
+    // `--mix target=connection`: ask for the connection id now, and again until answered.
+    let mut next_ask = sh.asking.load(Ordering::Relaxed).then(Instant::now);
     loop {
+        let ask_at = next_ask.filter(|_| sh.asking.load(Ordering::Relaxed));
         let woke = tokio::select! {
             _ = &mut stopped => Woke::Stop,
             i = client::recv(&mut ws) => Woke::Frame(i),
             at = &mut pause_begins, if pause_pending => Woke::Pause(at),
+            _ = sleep_until_some(ask_at), if ask_at.is_some() => Woke::Ask,
         };
         match woke {
+            Woke::Ask => {
+                if let Err(ended) = super::send_text(&mut ws, id_request(), &stop).await {
+                    if let Ended::Dropped(reason) = &ended {
+                        tally.ended = Some((reason.clone(), Instant::now()));
+                    }
+                    return (tally, ended);
+                }
+                next_ask = Some(Instant::now() + ID_RESEND);
+            }
+            Woke::Frame(Incoming::Text(text))
+                if next_ask.is_some() && text.contains(ID_PROPERTY) =>
+            {
+                match id_answer(&text) {
+                    Some(id) => {
+                        next_ask = None;
+                        sh.ids
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((tally.index, id));
+                        sh.identified.notify_waiters();
+                    }
+                    None => {
+                        let latency = sh.latency_for(&tally);
+                        sh.handle(&mut tally, &text, latency)
+                    }
+                }
+            }
             Woke::Stop => {
-                // Hand the receipts back first and close in the background: with tens of
-                // thousands of listeners closing at once on a loaded machine, a listener that
-                // waited for its close handshake could outlast the fleet's grace and its
-                // receipts would be lost (counted as missing, though they arrived).
-                tokio::spawn(client::close(ws, client::CLOSE_TIMEOUT));
-                return (tally, Ended::Finished);
+                // Hand the receipts back first and let the fleet close (or park) the
+                // connection: with tens of thousands of listeners closing at once on a loaded
+                // machine, a listener that waited for its close handshake could outlast the
+                // fleet's grace and its receipts would be lost (counted as missing, though they
+                // arrived).
+                return (tally, Ended::Open(Box::new(ws)));
             }
             Woke::Frame(Incoming::Closed(reason)) => {
                 tally.ended = Some((reason.clone(), Instant::now()));
@@ -332,13 +405,135 @@ async fn listen_loop(
                     _ = tokio::time::sleep_until((at + p.length).into()) => true,
                 };
                 if !resumed {
-                    tokio::spawn(client::close(ws, client::CLOSE_TIMEOUT));
-                    return (tally, Ended::Finished);
+                    return (tally, Ended::Open(Box::new(ws)));
                 }
                 tally.resume(p);
             }
         }
     }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection ids
+
+/// The registrars: one publisher connection per instance that answers the listeners'
+/// [`id_request`]s with their own connection id.
+struct Registrars {
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    /// Instances (URLs) a registrar could connect to.
+    connected: usize,
+}
+
+impl Registrars {
+    /// Connects one registrar to every URL of the target; `index` picks the source address.
+    async fn open(ctx: &RunCtx, index: usize) -> (Self, Vec<String>) {
+        let stop = ctx.cancel.child_token();
+        let mut tasks = JoinSet::new();
+        let mut notes = Vec::new();
+        let mut connected = 0;
+        for k in 0..ctx.target.endpoint_count() {
+            match ctx.target.connect_to(k, index, Role::Publisher).await {
+                Ok((ws, _)) => {
+                    connected += 1;
+                    tasks.spawn(registrar(ws, stop.clone()));
+                }
+                Err(e) => notes.push(format!(
+                    "the connection-id registrar for {} could not connect: {e}",
+                    ctx.target.endpoint(k).url
+                )),
+            }
+        }
+        (
+            Registrars {
+                stop,
+                tasks,
+                connected,
+            },
+            notes,
+        )
+    }
+
+    async fn close(mut self) {
+        self.stop.cancel();
+        let limit = Instant::now() + client::CLOSE_TIMEOUT + Duration::from_millis(500);
+        while let Ok(Some(_)) = tokio::time::timeout_at(limit.into(), self.tasks.join_next()).await
+        {
+        }
+        self.tasks.abort_all();
+    }
+}
+
+/// One registrar: answers every [`id_request`] forwarded to it (from any listener of any run:
+/// the answer only tells the asker its own id) until `stop`.
+async fn registrar(ws: Ws, stop: CancellationToken) {
+    let (mut sink, mut stream) = ws.split();
+    loop {
+        let text = tokio::select! {
+            _ = stop.cancelled() => break,
+            i = client::recv(&mut stream) => match i {
+                Incoming::Text(t) => t,
+                Incoming::Closed(_) => return,
+            },
+        };
+        if !text.contains(ID_PROPERTY) {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let asked = v.get("eventType").and_then(serde_json::Value::as_u64) == Some(9)
+            && v.get("property").and_then(serde_json::Value::as_str) == Some(ID_PROPERTY);
+        let Some(from) = v
+            .get("from")
+            .and_then(serde_json::Value::as_str)
+            .filter(|_| asked)
+        else {
+            continue;
+        };
+        let answer = serde_json::json!({
+            "eventType": 9, "to": from, "property": ID_PROPERTY, "val": from,
+        });
+        if super::send_text(&mut sink, answer.to_string(), &stop)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(client::CLOSE_TIMEOUT, sink.close()).await;
+    // The server's close frame.
+    let _ = tokio::time::timeout(client::CLOSE_TIMEOUT, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+}
+
+/// Waits until `expected` listeners have learnt their connection ids (or the limit), stops
+/// the asking, and returns the ids of this worker's listeners.
+async fn gather_ids(ctx: &RunCtx, listen: &Listen, expected: usize) -> Vec<(usize, String)> {
+    let limit = Instant::now() + ID_LIMIT + Duration::from_millis(expected as u64 / 10);
+    loop {
+        let notified = listen.identified.notified();
+        let have = listen.ids.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if have >= expected || Instant::now() >= limit || ctx.cancel.is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(limit.into()) => {}
+            _ = ctx.cancel.cancelled() => {}
+        }
+    }
+    listen.asking.store(false, Ordering::Relaxed);
+    listen.ids.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -468,7 +663,8 @@ impl Publish {
     }
 }
 
-/// One WebSocket publisher: sends on schedule, reads (and discards) what comes back.
+/// One WebSocket publisher: sends on schedule, reads (and discards) what comes back; hands the
+/// connection back open when its sending is over.
 pub(super) async fn publish_ws(
     sh: Arc<Publish>,
     j: usize,
@@ -476,7 +672,13 @@ pub(super) async fn publish_ws(
     stop: CancellationToken,
 ) -> ((), Ended) {
     let (mut sink, stream) = ws.split();
-    let mut reader = tokio::spawn(drain_reads(stream, sh.stats.clone(), sh.run.clone()));
+    let reading = CancellationToken::new();
+    let mut reader = tokio::spawn(drain_reads(
+        stream,
+        sh.stats.clone(),
+        sh.run.clone(),
+        reading.clone(),
+    ));
     let ended = async {
         let Some(start) = sh.gate.wait(&stop).await else {
             return Ended::Finished;
@@ -525,6 +727,17 @@ pub(super) async fn publish_ws(
         }
     }
     .await;
+    if let Ended::Finished = ended {
+        // Still open: take the reading half back and hand the whole connection back.
+        reading.cancel();
+        if let Ok(Ok(Some(stream))) = tokio::time::timeout(client::CLOSE_TIMEOUT, &mut reader).await
+        {
+            if let Ok(ws) = stream.reunite(sink) {
+                return ((), Ended::Open(Box::new(ws)));
+            }
+        }
+        return ((), Ended::Finished);
+    }
     let _ = tokio::time::timeout(client::CLOSE_TIMEOUT, sink.close()).await;
     if tokio::time::timeout(client::CLOSE_TIMEOUT, &mut reader)
         .await
@@ -536,14 +749,29 @@ pub(super) async fn publish_ws(
 }
 
 /// Reads a publisher's incoming side so the server never blocks on it; counts error events
-/// (the server rejecting what was sent).
-async fn drain_reads<S>(mut stream: S, stats: Arc<Stats>, run: String)
+/// (the server rejecting what was sent). Returns the stream when `stop` comes first (the
+/// connection is still open), `None` when the connection ended.
+async fn drain_reads<S>(
+    mut stream: S,
+    stats: Arc<Stats>,
+    run: String,
+    stop: CancellationToken,
+) -> Option<S>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
-    while let Incoming::Text(text) = client::recv(&mut stream).await {
-        if probe::classify(&text, &run) == Received::ErrorEvent {
-            stats.error("error_event");
+    loop {
+        let incoming = tokio::select! {
+            _ = stop.cancelled() => return Some(stream),
+            i = client::recv(&mut stream) => i,
+        };
+        match incoming {
+            Incoming::Text(text) => {
+                if probe::classify(&text, &run) == Received::ErrorEvent {
+                    stats.error("error_event");
+                }
+            }
+            Incoming::Closed(_) => return None,
         }
     }
 }
@@ -700,7 +928,7 @@ impl Senders {
 enum WarmSender {
     Ws(
         futures_util::stream::SplitSink<Ws, Message>,
-        tokio::task::JoinHandle<()>,
+        tokio::task::JoinHandle<Option<futures_util::stream::SplitStream<Ws>>>,
     ),
     Http(http::Publisher),
 }
@@ -715,8 +943,12 @@ impl WarmSender {
                     .await
                     .map_err(|e| e.to_string())?;
                 let (sink, stream) = ws.split();
-                let reader =
-                    tokio::spawn(drain_reads(stream, ctx.stats.clone(), ctx.run_id.clone()));
+                let reader = tokio::spawn(drain_reads(
+                    stream,
+                    ctx.stats.clone(),
+                    ctx.run_id.clone(),
+                    CancellationToken::new(),
+                ));
                 Ok(WarmSender::Ws(sink, reader))
             }
             Transport::Http { path, .. } => http::Publisher::connect(&ctx.target, index, path)
@@ -865,14 +1097,19 @@ pub async fn run(
                 "--mix target=user needs publishers (--api-key): clients cannot address a user"
             );
         }
+        if mix.has_connection_events() && ctx.target.api_key().is_none() {
+            anyhow::bail!(
+                "--mix target=connection needs --api-key: only publishers can address a \
+                 connection, and the listeners learn their connection ids from the tool's own \
+                 publisher connection"
+            );
+        }
         Some(Arc::new(mix))
     };
-    // With user events, what each listener expects depends on its user.
-    let per_user = mix
-        .as_ref()
-        .filter(|m| m.has_user_events())
-        .cloned()
-        .zip(identities.clone());
+    // With user or connection events, what each listener expects depends on who it is.
+    let targeted = mix.as_ref().filter(|m| m.is_targeted()).cloned();
+    let user_of = |l: usize| identities.as_ref().map(|ids| ids.user_of(l));
+    let with_ids = mix.as_ref().filter(|m| m.has_connection_events()).cloned();
     let mut notes = Vec::new();
 
     ctx.phase("ramp");
@@ -886,6 +1123,17 @@ pub async fn run(
         backlog: OnceLock::new(),
     });
     let listen = Arc::new(Listen::with_pause(ctx, plan));
+    // Connection events: a registrar on every instance before the listeners ask for their ids.
+    let registrars = match &with_ids {
+        Some(_) => {
+            let index = args.listeners + args.publishers + shard.count + shard.index;
+            let (r, mut why) = Registrars::open(ctx, index).await;
+            notes.append(&mut why);
+            listen.asking.store(r.connected > 0, Ordering::Relaxed);
+            Some(r)
+        }
+        None => None,
+    };
     let n_listeners = args.listeners;
     let picks = args.pause.clone();
     let recv_buffer =
@@ -914,6 +1162,45 @@ pub async fn run(
     let ramp = listeners
         .wait_connected(ctx.ramp_limit(l_count), &ctx.cancel)
         .await;
+
+    if let (Some(mix), Some(registrars)) = (&with_ids, registrars) {
+        ctx.phase("ids");
+        let own = if registrars.connected > 0 {
+            gather_ids(ctx, &listen, ramp.established).await
+        } else {
+            Vec::new()
+        };
+        let unknown = ramp.established.saturating_sub(own.len());
+        if unknown > 0 {
+            ctx.stats.errors_n("no_connection_id", unknown as u64);
+            notes.push(format!(
+                "{unknown} of {} listeners did not learn their connection id: no connection \
+                 event goes to them",
+                ramp.established
+            ));
+        }
+        // Every worker's publishers pick from the same list: all the workers' listeners.
+        let all = match &ctx.link {
+            Some(link) => {
+                let key = format!("{}/ids", ctx.run_id);
+                match link.exchange_ids(&key, &own, &ctx.cancel).await {
+                    Some(all) => all,
+                    None => {
+                        notes.push("the other workers' connection ids never arrived: connection events go to this worker's listeners only".into());
+                        own
+                    }
+                }
+            }
+            None => own,
+        };
+        if all.is_empty() {
+            notes.push(
+                "no listener learnt its connection id: connection events went to no one".into(),
+            );
+        }
+        mix.set_connections(all);
+        registrars.close().await;
+    }
 
     ctx.phase("warm-up");
     let warm_index = args.listeners + args.publishers + shard.index;
@@ -1064,18 +1351,18 @@ pub async fn run(
 
     ctx.phase("drain");
     let sent = all_sent.len();
-    let expectation = per_user
+    let expectation = targeted
         .as_ref()
-        .map(|(mix, _)| Expectation::of(mix, all_sent.iter()));
-    let expected = match (&expectation, &per_user) {
-        (Some(e), Some((_, ids))) => listen
+        .map(|mix| Expectation::of(mix, all_sent.iter()));
+    let expected = match &expectation {
+        Some(e) => listen
             .connected_ix
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|&l| e.for_user(ids.user_of(l)))
+            .map(|&l| e.for_listener(l, user_of(l)))
             .sum(),
-        _ => sent * ramp.established as u64,
+        None => sent * ramp.established as u64,
     };
     let mut drain_limit = Instant::now() + args.drain;
     if paused_n > 0 {
@@ -1102,26 +1389,27 @@ pub async fn run(
         expected,
         ..DeliverySummary::default()
     };
-    if let (Some(e), Some((mix, ids))) = (&expectation, &per_user) {
+    if let (Some(e), Some(mix)) = (&expectation, &targeted) {
         d.expected = expected;
         for t in tallies.iter().filter(|t| t.connected) {
-            let u = ids.user_of(t.index);
+            let u = user_of(t.index);
             let (mut got, mut wrong) = (0, 0);
             for seq in t.seen.iter().filter(|s| sent_set.contains(*s)) {
-                match mix.pick(seq).user {
-                    Some(v) if v != u => wrong += 1,
-                    _ => got += 1,
+                if mix.is_for(seq, t.index, u) {
+                    got += 1;
+                } else {
+                    wrong += 1;
                 }
             }
             d.received += got;
             d.misdelivered += wrong;
-            d.complete_listeners += usize::from(got == e.for_user(u));
+            d.complete_listeners += usize::from(got == e.for_listener(t.index, u));
             d.duplicates += t.duplicates;
             d.foreign += t.foreign;
         }
         ctx.stats.errors_n("misdelivered", d.misdelivered);
     }
-    for t in tallies.iter().filter(|_| per_user.is_none()) {
+    for t in tallies.iter().filter(|_| targeted.is_none()) {
         let got = t.seen.count_common(&sent_set);
         d.received += got;
         d.complete_listeners += usize::from(sent > 0 && got == sent);

@@ -4,6 +4,11 @@
 //! Closed loop means a slow server slows the senders down, so the latencies here are service
 //! times under the load the server itself admits; use `broadcast`/`publish` (open loop) to find
 //! out what happens at a load it does not choose.
+//!
+//! With `--stage`, the requests follow a rate instead: request `k` of the whole run is due when
+//! the integral of the staged rate reaches `k`, connection `j` of `C` sends requests `j`,
+//! `j + C`, ... (still one in flight), and each round trip is measured from its due time, so a
+//! server (or a connection) that falls behind the schedule shows as latency (`rtt*`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::EchoArgs;
 use crate::client::{self, Incoming, Role, Ws};
-use crate::context::{Gate, Outcome, RunCtx, Sequence, StopReason};
+use crate::context::{Gate, Outcome, RunCtx, Schedule, Sequence, StopReason};
 use crate::fleet::{self, Ended, FleetSpec};
 use crate::probe::{self, Encoder, Kind, Received};
+use crate::stages::Stages;
 use crate::stats::Stats;
 
 struct Shared {
@@ -28,9 +34,16 @@ struct Shared {
     run: String,
     reply_timeout: Duration,
     think: Duration,
+    /// `--stage`: the request rate over all connections (of all workers), and their number.
+    stages: Option<Arc<Stages>>,
+    connections: usize,
 }
 
 pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
+    let stages = (!args.stage.is_empty()).then(|| Arc::new(Stages(args.stage.clone())));
+    if stages.is_some() && !args.think.is_zero() {
+        anyhow::bail!("--think does not go with --stage: the stages say when each request is due");
+    }
     let (first, count) = ctx.shard.part(args.connections);
     let requests = args
         .requests
@@ -45,6 +58,8 @@ pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
         run: ctx.run_id.clone(),
         reply_timeout: args.reply_timeout,
         think: args.think,
+        stages: stages.clone(),
+        connections: args.connections.max(1),
     });
 
     ctx.phase("ramp");
@@ -69,9 +84,11 @@ pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
     ctx.barrier("ramped").await;
 
     ctx.phase("echo");
+    // With stages, the measured phase lasts as long as they do.
+    let run_for = stages.as_ref().map_or(args.duration, |s| s.total());
     let start = shared.gate.open();
     let natural = tokio::select! {
-        _ = tokio::time::sleep_until((start + args.duration).into()) => StopReason::Duration,
+        _ = tokio::time::sleep_until((start + run_for).into()) => StopReason::Duration,
         _ = done.cancelled() => StopReason::Count,
     };
     done.cancel();
@@ -89,6 +106,26 @@ pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
         notes.push(format!(
             "{lost} connections did not finish within the grace period"
         ));
+    }
+    if let Some(stages) = &stages {
+        notes.push(format!(
+            "stages: peak {} requests/s, {:.1} s in all",
+            stages.peak(),
+            stages.total().as_secs_f64()
+        ));
+        // This worker's connections' share of the schedule.
+        let scheduled = stages.events() * count as u64 / args.connections.max(1) as u64;
+        let sent = ctx.stats.sent.load(Ordering::Relaxed);
+        if natural == StopReason::Duration
+            && ramp.established == count
+            && sent + sent / 100 + 1 < scheduled
+        {
+            notes.push(format!(
+                "connections fell behind the staged rate: {sent} of {scheduled} scheduled \
+                 requests were sent ({:.0}%); the round trips include the wait",
+                sent as f64 * 100.0 / scheduled.max(1) as f64
+            ));
+        }
     }
     Ok(Outcome {
         target_connections: count,
@@ -113,22 +150,38 @@ async fn echo_loop(
     mut ws: Ws,
     stop: CancellationToken,
 ) -> ((), Ended) {
-    if sh.gate.wait(&stop).await.is_none() {
-        client::close(ws, client::CLOSE_TIMEOUT).await;
-        return ((), Ended::Finished);
-    }
+    let Some(start) = sh.gate.wait(&stop).await else {
+        return ((), Ended::Open(Box::new(ws)));
+    };
+    // `--stage`: this connection's requests of the staged schedule.
+    let mut schedule = sh
+        .stages
+        .as_ref()
+        .map(|stages| Schedule::staged(start, stages.clone(), sh.connections as u64, index as u64));
     loop {
         if sh.done.is_cancelled() || stop.is_cancelled() {
-            client::close(ws, client::CLOSE_TIMEOUT).await;
-            return ((), Ended::Finished);
+            return ((), Ended::Open(Box::new(ws)));
         }
-        let Some(seq) = sh.seq.take() else {
-            client::close(ws, client::CLOSE_TIMEOUT).await;
-            return ((), Ended::Finished);
+        // The time the request is stamped with: its due time on a schedule, else now.
+        let t = match &mut schedule {
+            None => None,
+            Some(s) => {
+                let due = tokio::select! {
+                    _ = tokio::time::sleep_until(s.next_due().into()) => s.take_due(Instant::now()),
+                    _ = sh.done.cancelled() => None,
+                    _ = stop.cancelled() => None,
+                };
+                match due {
+                    Some(due) => Some(probe::ns_at(due)),
+                    None => continue,
+                }
+            }
         };
-        let text = sh
-            .encoder
-            .encode(Kind::Echo, seq, probe::now_ns(), Some(index));
+        let Some(seq) = sh.seq.take() else {
+            return ((), Ended::Open(Box::new(ws)));
+        };
+        let t = t.unwrap_or_else(probe::now_ns);
+        let text = sh.encoder.encode(Kind::Echo, seq, t, Some(index));
         if let Err(ended) = super::send_text(&mut ws, text, &stop).await {
             return ((), ended);
         }
@@ -143,8 +196,7 @@ async fn echo_loop(
             };
             match event {
                 Event::Stop => {
-                    client::close(ws, client::CLOSE_TIMEOUT).await;
-                    return ((), Ended::Finished);
+                    return ((), Ended::Open(Box::new(ws)));
                 }
                 Event::Timeout => {
                     sh.stats.error("reply_timeout");

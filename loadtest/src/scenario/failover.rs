@@ -2,7 +2,7 @@
 //!
 //! N listeners connect through one URL (a load balancer in front of several instances that share
 //! a NATS JetStream history) with `?recover=1`; one publisher sends numbered broadcast events at
-//! a steady rate; mid-run one instance is drained (`POST /admin/drain`, or SIGTERM) or killed
+//! a steady rate; mid-run one instance is drained (`POST /admin/v1/drain`, or SIGTERM) or killed
 //! (SIGKILL). Listeners whose connection ends reconnect with exponential backoff and jitter and
 //! resume with `?since=` the last position they saw (the recovery notice's or an event's); with
 //! `--no-recover` they reconnect without positions, which is what a deploy costs today. The
@@ -94,7 +94,11 @@ impl Plan {
                     }
                     Plan::Drain {
                         authority,
-                        path: format!("{}/admin/drain", path.trim_end_matches('/')),
+                        path: format!(
+                            "{}{}",
+                            path.trim_end_matches('/'),
+                            admin_api::path(admin_api::route::DRAIN)
+                        ),
                         token: token.clone(),
                     }
                 }
@@ -107,7 +111,7 @@ impl Plan {
                     signal: libc::SIGTERM,
                 },
                 (None, _) => bail!(
-                    "--disrupt drain needs --drain-url and --admin-token (POST /admin/drain), or \
+                    "--disrupt drain needs --drain-url and --admin-token (POST /admin/v1/drain), or \
                      --kill-pid (SIGTERM)"
                 ),
             },
@@ -417,7 +421,8 @@ async fn listener(
         let ended = read(&sh, ws, &mut l, &stop).await;
         sh.stats.disconnected();
         match ended {
-            Ended::Finished => break,
+            // (Failover closes its own connections: nothing comes back open.)
+            Ended::Finished | Ended::Open(_) => break,
             Ended::Dropped(reason) => {
                 if stop.is_cancelled() {
                     break;
@@ -560,7 +565,7 @@ async fn publisher(p: PublisherSpec) -> Published {
                                     p.stats.sent.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
-                            Err(Ended::Finished) => {
+                            Err(Ended::Finished | Ended::Open(_)) => {
                                 p.stats.disconnected();
                                 break 'connect;
                             }

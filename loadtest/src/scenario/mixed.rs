@@ -270,6 +270,9 @@ mod tests {
             weight = 3
             [[phase.event]]
             target = "all"
+            [[phase.event]]
+            target = "connection"
+            type = 9
             "#,
         )
         .expect("valid");
@@ -278,7 +281,11 @@ mod tests {
         };
         assert_eq!(
             a.delivery.mix,
-            ["target=user,type=1,weight=3", "target=all"]
+            [
+                "target=user,type=1,weight=3",
+                "target=all",
+                "target=connection,type=9"
+            ]
         );
         let e = toml("[[phase]]\nscenario = \"publish\"\nevent = [1]\n").expect_err("not tables");
         assert!(e.to_string().contains("event 1 must be a table"), "{e}");

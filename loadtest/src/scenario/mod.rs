@@ -88,7 +88,8 @@ pub fn measures(scenario: &Scenario) -> (Latency, Option<Latency>) {
         Scenario::Connect(_) | Scenario::Mixed(_) | Scenario::Agent(_) => {
             (Latency::new("handshake", false), None)
         }
-        Scenario::Echo(_) => (Latency::new("rtt", false), None),
+        // With stages, round trips count from the due time (coordinated omission corrected).
+        Scenario::Echo(a) => (Latency::new("rtt", !a.stage.is_empty()), None),
         Scenario::Broadcast(a) => (Latency::new("delivery", open_loop(&a.delivery)), None),
         Scenario::Publish(a) => (
             Latency::new("delivery", open_loop(&a.delivery)),
@@ -119,6 +120,67 @@ pub fn extra_measure(scenario: &Scenario) -> Option<Latency> {
         .then(|| Latency::new("delivery_paused", d.rate != Rate::Max))
 }
 
+/// The connections (role, index) this worker's fleets open for `scenario`: what a phase of a
+/// mixed run can take over from the phase before. `with_key`: `--api-key` was given (so
+/// `broadcast` publishes from publisher connections).
+pub fn wanted(
+    scenario: &Scenario,
+    shard: crate::workers::Shard,
+    with_key: bool,
+) -> Vec<(Role, usize)> {
+    let range = |role: Role, first: usize, (start, len): (usize, usize)| {
+        (first + start..first + start + len).map(move |i| (role, i))
+    };
+    let delivery = |d: &DeliveryArgs, publishers: Option<Role>| {
+        let mut out: Vec<(Role, usize)> = range(Role::Client, 0, shard.part(d.listeners))
+            // Paused listeners with a small receive buffer are opened afresh (it is set first).
+            .filter(|&(_, i)| d.pause.pause_rcvbuf.is_none() || !d.pause.is_paused(i, d.listeners))
+            .collect();
+        if let Some(role) = publishers {
+            out.extend(range(role, d.listeners, shard.part(d.publishers)));
+        }
+        out
+    };
+    let staged = |stages: &[crate::stages::Stage]| {
+        crate::stages::Stages(stages.to_vec()).peak().floor() as usize
+    };
+    match scenario {
+        Scenario::Connect(a) if !a.stage.is_empty() => {
+            range(Role::Client, 0, shard.part(staged(&a.stage))).collect()
+        }
+        Scenario::Connect(a) => range(Role::Client, 0, shard.part(a.connections)).collect(),
+        Scenario::Echo(a) => range(Role::Client, 0, shard.part(a.connections)).collect(),
+        Scenario::Broadcast(a) => delivery(
+            &a.delivery,
+            Some(if with_key {
+                Role::Publisher
+            } else {
+                Role::Client
+            }),
+        ),
+        Scenario::Publish(a) => {
+            delivery(&a.delivery, (a.via == Via::Ws).then_some(Role::Publisher))
+        }
+        Scenario::Soak(a) if !a.stage.is_empty() => {
+            range(Role::Client, 0, shard.part(staged(&a.stage))).collect()
+        }
+        Scenario::Soak(a) => {
+            let mut out: Vec<(Role, usize)> =
+                range(Role::Client, 0, shard.part(a.connections)).collect();
+            if a.broadcast_rate > 0.0 {
+                let role = if with_key {
+                    Role::Publisher
+                } else {
+                    Role::Client
+                };
+                out.push((role, a.connections));
+            }
+            out
+        }
+        Scenario::Failover(_) | Scenario::Mixed(_) | Scenario::Agent(_) => Vec::new(),
+    }
+}
+
 /// Connections a scenario holds at once (for the file-descriptor limit).
 pub fn connections(scenario: &Scenario) -> usize {
     match scenario {
@@ -129,6 +191,9 @@ pub fn connections(scenario: &Scenario) -> usize {
         Scenario::Echo(a) => a.connections,
         Scenario::Broadcast(a) => a.delivery.listeners + a.delivery.publishers + 1,
         Scenario::Publish(a) => a.delivery.listeners + a.delivery.publishers + 1,
+        Scenario::Soak(a) if !a.stage.is_empty() => {
+            crate::stages::Stages(a.stage.clone()).peak() as usize
+        }
         Scenario::Soak(a) => a.connections + 1,
         Scenario::Failover(a) => a.listeners + 2,
         Scenario::Mixed(_) | Scenario::Agent(_) => 0,
@@ -147,9 +212,15 @@ pub fn planned(scenario: &Scenario, connect_rate: f64, connect_timeout: Duration
             crate::stages::Stages(a.stage.clone()).total() + connect_timeout
         }
         Scenario::Connect(a) => ramp(a.connections) + a.hold,
+        Scenario::Echo(a) if !a.stage.is_empty() => {
+            ramp(a.connections) + crate::stages::Stages(a.stage.clone()).total() + a.reply_timeout
+        }
         Scenario::Echo(a) => ramp(a.connections) + a.duration + a.reply_timeout,
         Scenario::Broadcast(a) => delivery_plan(&a.delivery, ramp) + warmup(&a.delivery),
         Scenario::Publish(a) => delivery_plan(&a.delivery, ramp) + warmup(&a.delivery),
+        Scenario::Soak(a) if !a.stage.is_empty() => {
+            crate::stages::Stages(a.stage.clone()).total() + connect_timeout + a.reply_timeout
+        }
         Scenario::Soak(a) => ramp(a.connections + 1) + a.duration + a.reply_timeout,
         // Ramp, warm-up, sending, the publisher's hand-over, the drain.
         Scenario::Failover(a) => {

@@ -7,6 +7,11 @@
 //! from the intended send time. One extra connection broadcasts at `--broadcast-rate`, and every
 //! held connection counts those deliveries. Dropped connections are reconnected (and counted)
 //! unless `--no-reconnect`.
+//!
+//! With `--stage`, the number of held connections follows the stages as in `connect`
+//! (connection `n` opens when the level first reaches `n + 1` and closes when it next falls
+//! below), each echoing every interval while it is open. Broadcasts are refused with stages:
+//! a listener that comes and goes mid-stream has no exact set of events it should have received.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +26,7 @@ use crate::client::{self, Incoming, Role, Ws};
 use crate::context::{Gate, Outcome, RunCtx, Schedule, SeqSet, Sequence, StopReason};
 use crate::fleet::{self, Ended, FleetSpec};
 use crate::probe::{self, Encoder, Kind, Received};
+use crate::stages::Stages;
 use crate::stats::Stats;
 use crate::summary::DeliverySummary;
 
@@ -44,14 +50,26 @@ struct Held {
     tally: Tally,
     /// Echoes awaiting their reply: (sequence, give-up time).
     pending: VecDeque<(u64, Instant)>,
+    /// `--stage`: when the level falls below this connection (it then closes for good).
+    close_at: Option<Instant>,
 }
 
 pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
     if args.echo_interval.is_zero() {
         anyhow::bail!("--echo-interval must be above 0");
     }
+    let stages = (!args.stage.is_empty()).then(|| Stages(args.stage.clone()));
+    if stages.is_some() && args.broadcast_rate > 0.0 {
+        anyhow::bail!(
+            "soak --stage cannot take --broadcast-rate: a listener that joins and leaves \
+             mid-stream has no exact set of events to count against (use broadcast --stage)"
+        );
+    }
+    let total = stages
+        .as_ref()
+        .map_or(args.connections, |s| s.peak().floor() as usize);
     // With --workers (no broadcasts then, see `check_workers`), this process holds its share.
-    let (first, count) = ctx.shard.part(args.connections);
+    let (first, count) = ctx.shard.part(total);
     let done = ctx.cancel.child_token();
     let listen = Arc::new(Listen::new(ctx));
     let shared = Arc::new(Shared {
@@ -62,10 +80,14 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
         stats: ctx.stats.clone(),
         listen: listen.clone(),
         run: ctx.run_id.clone(),
-        connections: args.connections.max(1),
+        connections: total.max(1),
         interval: args.echo_interval,
         reply_timeout: args.reply_timeout,
     });
+
+    if let Some(stages) = &stages {
+        return staged(ctx, args, stages, shared, first, count).await;
+    }
 
     ctx.phase("ramp");
     let spec = FleetSpec {
@@ -210,8 +232,86 @@ pub async fn run(ctx: &RunCtx, args: &SoakArgs) -> anyhow::Result<Outcome> {
     })
 }
 
+/// `--stage`: connections open and close as the stages say, each echoing while it is open.
+async fn staged(
+    ctx: &RunCtx,
+    args: &SoakArgs,
+    stages: &Stages,
+    shared: Arc<Shared>,
+    first: usize,
+    count: usize,
+) -> anyhow::Result<Outcome> {
+    let windows: Arc<Vec<(Duration, Duration)>> = Arc::new(
+        (first..first + count)
+            .map(|n| stages.window(n).unwrap_or((stages.total(), stages.total())))
+            .collect(),
+    );
+    ctx.barrier("start").await;
+    ctx.phase("soak");
+    let start = shared.gate.open();
+    let spec = FleetSpec {
+        count,
+        role: Role::Client,
+        first_index: first,
+        reconnect: !args.no_reconnect,
+        recv_buffer: None,
+        slots: Some({
+            let w = windows.clone();
+            Arc::new(move |index| w[index - first].0)
+        }),
+    };
+    let (sh, w) = (shared.clone(), windows.clone());
+    let end = start + stages.total();
+    let mut held = fleet::launch(
+        ctx,
+        spec,
+        move |index| Held {
+            // Held to the end of the stages: no close of its own (a mixed run carries it over).
+            close_at: Some(start + w[index - first].1).filter(|&at| at < end),
+            ..Held::default()
+        },
+        move |index, ws, state, stop| hold(sh.clone(), index, ws, state, stop),
+    );
+    let ramp = held
+        .wait_connected(end + ctx.target.connect_timeout(), &ctx.cancel)
+        .await;
+    let natural = if ctx.sleep_until(end).await {
+        StopReason::Duration
+    } else {
+        StopReason::Deadline
+    };
+    shared.done.cancel();
+    let measured = start.elapsed();
+    ctx.phase("close");
+    // Replies to the last echoes may still be on their way.
+    let (_, lost) = held
+        .finish(args.reply_timeout.min(Duration::from_secs(2)))
+        .await;
+    let mut notes = vec![format!(
+        "stages: peak {} connections, {:.1} s in all",
+        stages.peak().floor(),
+        stages.total().as_secs_f64()
+    )];
+    if lost > 0 {
+        notes.push(format!(
+            "{lost} connections did not close within the grace period"
+        ));
+    }
+    Ok(Outcome {
+        target_connections: count,
+        ramp: ramp.took,
+        measured,
+        stopped_by: ctx.stopped_by(natural),
+        delivery: None,
+        notes,
+        failover: None,
+    })
+}
+
 enum Event {
     Stop,
+    /// `--stage`: the level fell below this connection.
+    Close,
     Tick,
     In(Incoming),
 }
@@ -224,8 +324,7 @@ async fn hold(
     stop: CancellationToken,
 ) -> (Held, Ended) {
     let Some(start) = sh.gate.wait(&stop).await else {
-        client::close(ws, client::CLOSE_TIMEOUT).await;
-        return (st, Ended::Finished);
+        return (st, Ended::Open(Box::new(ws)));
     };
     // Spread the connections' echoes evenly over one interval; a reconnected connection starts
     // a fresh schedule from now.
@@ -239,6 +338,9 @@ async fn hold(
     );
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
+    // `--stage`: the level falls below this connection then (a reconnect after it closes at once).
+    let closing = sleep_until_opt(st.close_at);
+    tokio::pin!(closing);
     loop {
         let sending = !sh.done.is_cancelled();
         let mut wake = st.pending.front().map(|p| p.1);
@@ -248,12 +350,14 @@ async fn hold(
         }
         let event = tokio::select! {
             _ = &mut stopped => Event::Stop,
+            _ = &mut closing => Event::Close,
             _ = sh.done.cancelled(), if sending => Event::Tick,
             _ = sleep_until_opt(wake) => Event::Tick,
             i = client::recv(&mut ws) => Event::In(i),
         };
         match event {
-            Event::Stop => {
+            Event::Stop => return (st, Ended::Open(Box::new(ws))),
+            Event::Close => {
                 client::close(ws, client::CLOSE_TIMEOUT).await;
                 return (st, Ended::Finished);
             }

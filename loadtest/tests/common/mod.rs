@@ -4,8 +4,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use broker::app::RunningBroker;
 use broker::config::Config;
-use broker::server::RunningBroker;
 use clap::Parser;
 
 pub const API_KEY: &str = "k";
@@ -22,7 +22,7 @@ pub async fn broker() -> RunningBroker {
         "test",
     )
     .expect("valid test config");
-    broker::server::start(config).await.expect("broker starts")
+    broker::app::start(config).await.expect("broker starts")
 }
 
 /// Starts a broker like [`broker`], with `extra` merged into its `broker` settings (e.g.
@@ -32,7 +32,7 @@ pub async fn broker_with(origins: &str, extra: &str) -> RunningBroker {
         r#"{{"websocket":{{"port":0,"host":"127.0.0.1","approvedSocketDomains":[{origins}],"socketApiKey":"k"}},"broker":{{"ops":{{"host":"127.0.0.1","port":0}},"limits":{{"clientFanoutPerSecond":0,"clientFanoutBytesPerSecond":0}}{extra}}}}}"#
     );
     let config = Config::from_json_str(&json, "test").expect("valid test config");
-    broker::server::start(config).await.expect("broker starts")
+    broker::app::start(config).await.expect("broker starts")
 }
 
 /// Parses a tool command line aimed at `broker`, quiet (tests read the summary, not the bars).

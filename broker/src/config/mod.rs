@@ -14,6 +14,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +91,27 @@ pub struct Config {
     pub ssl_intermediate: Option<PathBuf>,
     #[serde(default)]
     pub broker: BrokerConfig,
+    /// What validation compiled, for start-up to use as is.
+    #[serde(skip)]
+    compiled: Option<Compiled>,
+}
+
+/// What validation compiles from a configuration (the origin patterns into one DFA, the
+/// certificates into TLS acceptors), kept so that start-up does not compile them again.
+#[derive(Clone)]
+struct Compiled {
+    origin: Arc<crate::origin::OriginPolicy>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ops_tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("tls", &self.tls.is_some())
+            .field("ops_tls", &self.ops_tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The `websocket` object of the Users config.
@@ -218,6 +240,9 @@ pub struct AdminConfig {
     pub read_token: Option<String>,
 }
 
+/// `broker.cluster.queueBytes` by default: 64 MiB of events waiting to be published to NATS.
+pub const DEFAULT_CLUSTER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ClusterConfig {
@@ -235,7 +260,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             nats: None,
             subject: String::new(),
-            queue_bytes: crate::cluster::QUEUE_BYTES,
+            queue_bytes: DEFAULT_CLUSTER_QUEUE_BYTES,
         }
     }
 }
@@ -362,215 +387,6 @@ fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBu
     Ok(s.filter(|s| !s.is_empty()).map(PathBuf::from))
 }
 
-/// How an environment variable's text becomes a JSON value.
-#[derive(Clone, Copy)]
-enum EnvKind {
-    /// Taken verbatim as a string.
-    Text,
-    /// Parsed as JSON (numbers, booleans, arrays), with the file's comments and trailing commas.
-    Json,
-}
-
-/// Every environment override: variable, config key path, how to read it.
-const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
-    ("BROKER_HOST", "websocket.host", EnvKind::Text),
-    ("BROKER_PORT", "websocket.port", EnvKind::Json),
-    (
-        "BROKER_APPROVED_SOCKET_DOMAINS",
-        "websocket.approvedSocketDomains",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_SOCKET_API_KEY",
-        "websocket.socketApiKey",
-        EnvKind::Text,
-    ),
-    ("BROKER_SSL", "ssl", EnvKind::Json),
-    ("BROKER_SSL_KEY", "sslKey", EnvKind::Text),
-    ("BROKER_SSL_CERT", "sslCert", EnvKind::Text),
-    ("BROKER_SSL_ROOT", "sslRoot", EnvKind::Text),
-    ("BROKER_SSL_INTERMEDIATE", "sslIntermediate", EnvKind::Text),
-    (
-        "BROKER_DELIVER_USER_EVENTS",
-        "broker.deliverUserEvents",
-        EnvKind::Text,
-    ),
-    ("BROKER_JWT_SECRET", "broker.jwtSecret", EnvKind::Text),
-    ("BROKER_SHARDS", "broker.shards", EnvKind::Json),
-    ("BROKER_INSTANCE_ID", "broker.instanceId", EnvKind::Text),
-    ("BROKER_LOG_FORMAT", "broker.logFormat", EnvKind::Text),
-    ("BROKER_DRAIN_WINDOW", "broker.drainWindow", EnvKind::Json),
-    (
-        "BROKER_CLIENT_BROADCAST",
-        "broker.clientBroadcast",
-        EnvKind::Json,
-    ),
-    ("BROKER_OPS_HOST", "broker.ops.host", EnvKind::Text),
-    ("BROKER_OPS_PORT", "broker.ops.port", EnvKind::Json),
-    ("BROKER_OPS_TLS", "broker.ops.tls", EnvKind::Json),
-    ("BROKER_ADMIN_TOKEN", "broker.admin.token", EnvKind::Text),
-    (
-        "BROKER_ADMIN_READ_TOKEN",
-        "broker.admin.readToken",
-        EnvKind::Text,
-    ),
-    ("BROKER_CLUSTER_NATS", "broker.cluster.nats", EnvKind::Text),
-    (
-        "BROKER_CLUSTER_SUBJECT",
-        "broker.cluster.subject",
-        EnvKind::Text,
-    ),
-    (
-        "BROKER_HISTORY_MAX_BYTES",
-        "broker.history.maxBytes",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_HISTORY_MAX_AGE",
-        "broker.history.maxAge",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_CLUSTER_QUEUE_BYTES",
-        "broker.cluster.queueBytes",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_MAX_CONNECTIONS",
-        "broker.limits.maxConnections",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_MAX_CONNECTIONS_PER_ADDRESS",
-        "broker.limits.maxConnectionsPerAddress",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_PUBLISHER_RESERVE",
-        "broker.limits.publisherReserve",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_MAX_PENDING_HANDSHAKES",
-        "broker.limits.maxPendingHandshakes",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_MAX_PENDING_HANDSHAKES_PER_ADDRESS",
-        "broker.limits.maxPendingHandshakesPerAddress",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_TRUSTED_PROXIES",
-        "broker.limits.trustedProxies",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_HANDSHAKE_TIMEOUT",
-        "broker.limits.handshakeTimeout",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_MAX_MESSAGE_SIZE",
-        "broker.limits.maxMessageSize",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_MAX_PUBLISHER_MESSAGE_SIZE",
-        "broker.limits.maxPublisherMessageSize",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_SEND_QUEUE_BYTES",
-        "broker.limits.sendQueueBytes",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_SLOW_CONSUMER_TIMEOUT",
-        "broker.limits.slowConsumerTimeout",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_CLOSE_GRACE",
-        "broker.limits.closeGrace",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_CLIENT_FANOUT_PER_SECOND",
-        "broker.limits.clientFanoutPerSecond",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_CLIENT_FANOUT_BYTES_PER_SECOND",
-        "broker.limits.clientFanoutBytesPerSecond",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_ERROR_BUDGET",
-        "broker.limits.errorBudget",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_ERROR_WINDOW",
-        "broker.limits.errorWindow",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_MESSAGES_PER_SECOND",
-        "broker.limits.messagesPerSecond",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_PING_INTERVAL",
-        "broker.limits.pingInterval",
-        EnvKind::Json,
-    ),
-    (
-        "BROKER_IDLE_TIMEOUT",
-        "broker.limits.idleTimeout",
-        EnvKind::Json,
-    ),
-];
-
-/// `BROKER_X_FILE=/path` stands for `BROKER_X` with the file's content (its last line ending
-/// dropped), for secrets mounted as files (Docker and Kubernetes secrets). Setting both is an
-/// error, as is a file that cannot be read; either names the variable.
-/// Each entry: the variable it stands for, the value, the variable to name in messages.
-fn with_file_variables(
-    env: &[(String, String)],
-) -> Result<Vec<(String, String, String)>, ConfigError> {
-    let mut out = Vec::with_capacity(env.len());
-    for (var, value) in env {
-        let Some(base) = var.strip_suffix("_FILE") else {
-            out.push((var.clone(), value.clone(), var.clone()));
-            continue;
-        };
-        let Some((_, key, _)) = ENV_OVERRIDES.iter().find(|(v, _, _)| *v == base) else {
-            continue;
-        };
-        if env.iter().any(|(v, _)| v == base) {
-            return Err(ConfigError::Invalid {
-                key: key.to_string(),
-                from: format!(" (from {base} and {var})"),
-                message: "set one of them, not both".into(),
-            });
-        }
-        let mut text = std::fs::read_to_string(value).map_err(|e| ConfigError::Invalid {
-            key: key.to_string(),
-            from: format!(" (from {var})"),
-            message: format!("{value}: cannot read: {e}"),
-        })?;
-        if text.ends_with('\n') {
-            text.pop();
-            if text.ends_with('\r') {
-                text.pop();
-            }
-        }
-        out.push((base.to_string(), text, var.clone()));
-    }
-    Ok(out)
-}
-
 impl Config {
     /// The embedded default with no environment applied.
     pub fn embedded_default() -> Config {
@@ -619,27 +435,8 @@ impl Config {
                 message: "the top level must be a JSON object".into(),
             });
         }
-        let env = with_file_variables(env)?;
-        let mut from_env = Vec::new();
-        for (var, value, shown) in &env {
-            let Some((_, key, kind)) = ENV_OVERRIDES.iter().find(|(v, _, _)| v == var) else {
-                continue;
-            };
-            let json = match kind {
-                EnvKind::Text => Value::String(value.clone()),
-                EnvKind::Json => crate::jsonc::parse(value).map_err(|e| ConfigError::Invalid {
-                    key: match &e.path {
-                        Some(sub) if sub.starts_with('[') => format!("{key}{sub}"),
-                        Some(sub) => format!("{key}.{sub}"),
-                        None => key.to_string(),
-                    },
-                    from: format!(" (from {shown})"),
-                    message: format!("column {}: {}", e.column, e.message),
-                })?,
-            };
-            set_path(&mut root, key, json);
-            from_env.push((shown.as_str(), *key));
-        }
+        let from_env = env::apply(&mut root, env)?;
+        let from_env: Vec<(&str, &str)> = from_env.iter().map(|(v, k)| (v.as_str(), *k)).collect();
         let mut config = Self::from_value(root, name, &from_env)?;
         config.source = name.to_string();
         // Compared with the peer's canonical address: `::ffff:127.0.0.1` is `127.0.0.1`.
@@ -647,7 +444,7 @@ impl Config {
             *ip = ip.to_canonical();
         }
         // A range error names the variable too, when the value came from one.
-        config.validate().map_err(|e| match e {
+        let compiled = config.validate().map_err(|e| match e {
             ConfigError::Invalid { key, from, message } if from.is_empty() => {
                 let from = from_env
                     .iter()
@@ -658,6 +455,7 @@ impl Config {
             }
             other => other,
         })?;
+        config.compiled = Some(compiled);
         Ok(config)
     }
 
@@ -697,9 +495,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what types alone cannot: ranges, files, patterns.
-    fn validate(&self) -> Result<(), ConfigError> {
-        crate::origin::OriginPolicy::new(&self.websocket.approved_socket_domains)
+    /// Checks what types alone cannot: ranges, files, patterns. What it compiles on the way
+    /// (origin patterns, TLS acceptors) is kept for start-up.
+    fn validate(&self) -> Result<Compiled, ConfigError> {
+        let origin = crate::origin::OriginPolicy::new(&self.websocket.approved_socket_domains)
             .map_err(|e| ConfigError::invalid("websocket.approvedSocketDomains", e.to_string()))?;
         if let Some(key) = &self.websocket.socket_api_key {
             if key.is_empty() {
@@ -851,9 +650,60 @@ impl Config {
                 }
             }
         }
-        crate::tls::acceptor(self)?;
-        crate::tls::ops_acceptor(self)?;
-        Ok(())
+        Ok(Compiled {
+            origin: Arc::new(origin),
+            tls: self.build_tls(self.ssl)?,
+            ops_tls: self.build_tls(self.broker.ops.tls)?,
+        })
+    }
+
+    fn tls_files(&self) -> crate::tls::Files<'_> {
+        crate::tls::Files {
+            key: self.ssl_key.as_deref(),
+            cert: self.ssl_cert.as_deref(),
+            root: self.ssl_root.as_deref(),
+            intermediate: self.ssl_intermediate.as_deref(),
+        }
+    }
+
+    fn tls_error(e: crate::tls::TlsError) -> ConfigError {
+        ConfigError::Invalid {
+            key: e.key.to_string(),
+            from: String::new(),
+            message: e.message,
+        }
+    }
+
+    fn build_tls(&self, on: bool) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
+        if !on {
+            return Ok(None);
+        }
+        crate::tls::acceptor(self.tls_files())
+            .map(Some)
+            .map_err(Self::tls_error)
+    }
+
+    /// What validation compiled; compiled now if this configuration was not made by loading.
+    fn compiled(&self) -> Result<Compiled, ConfigError> {
+        match &self.compiled {
+            Some(c) => Ok(c.clone()),
+            None => self.validate(),
+        }
+    }
+
+    /// The origin allow-list, compiled once into one multi-pattern DFA.
+    pub fn origin_policy(&self) -> Result<Arc<crate::origin::OriginPolicy>, ConfigError> {
+        Ok(self.compiled()?.origin)
+    }
+
+    /// The acceptor of the WebSocket port (`wss://`), or `None` when `ssl` is off.
+    pub fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
+        Ok(self.compiled()?.tls)
+    }
+
+    /// The acceptor of the ops listener (`broker.ops.tls`): the same certificate as `wss://`.
+    pub fn ops_tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
+        Ok(self.compiled()?.ops_tls)
     }
 
     /// Registry shards: the configured count, or one per core, rounded up to a power of two
@@ -876,8 +726,8 @@ impl Config {
             "broker.admin.token",
             "broker.admin.readToken",
         ] {
-            if get_path(&v, path).is_some() {
-                set_path(&mut v, path, Value::String("********".into()));
+            if env::get_path(&v, path).is_some() {
+                env::set_path(&mut v, path, Value::String("********".into()));
             }
         }
         serde_json::to_string_pretty(&v).unwrap_or_default()
@@ -949,370 +799,6 @@ fn positive_secs(key: &str, v: f64) -> Result<(), ConfigError> {
     }
 }
 
-fn get_path<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(root, |v, k| v.get(k))
-}
-
-/// Sets `a.b.c` in `root`, creating objects on the way (replacing non-objects).
-fn set_path(root: &mut Value, path: &str, value: Value) {
-    let mut cur = root;
-    let mut parts = path.split('.').peekable();
-    while let Some(part) = parts.next() {
-        if !cur.is_object() {
-            *cur = Value::Object(Default::default());
-        }
-        let Value::Object(map) = cur else {
-            return;
-        };
-        if parts.peek().is_none() {
-            map.insert(part.to_string(), value);
-            return;
-        }
-        cur = map
-            .entry(part.to_string())
-            .or_insert_with(|| Value::Object(Default::default()));
-    }
-}
-
+mod env;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn embedded_default_is_local_only() {
-        let c = Config::embedded_default();
-        assert_eq!(c.websocket.port, 8080);
-        assert_eq!(c.broker.ops.port, 9090);
-        let policy = crate::origin::OriginPolicy::new(&c.websocket.approved_socket_domains)
-            .expect("compiles");
-        assert!(policy.is_approved(b"http://localhost:3000"));
-        assert!(policy.is_approved(b"https://127.0.0.1"));
-        assert!(!policy.is_approved(b"http://localhost.evil.com"));
-        assert!(!policy.is_approved(b"https://example.com"));
-    }
-
-    #[test]
-    fn users_example_config_loads_as_is() {
-        let text = include_str!("../tests/data/users-example-config.json");
-        let c = Config::from_json_str(text, "users-example-config.json").expect("loads");
-        assert_eq!(c.websocket.port, 8080);
-        assert_eq!(c.websocket.approved_socket_domains.len(), 7);
-        assert_eq!(
-            c.websocket.approved_socket_domains[2],
-            r"^webinate\.net:80$"
-        );
-        assert!(!c.ssl);
-        assert_eq!(c.ssl_key, None, "empty sslKey means none");
-    }
-
-    #[test]
-    fn syntax_error_names_file_line_and_column() {
-        let err = Config::from_json_str(
-            "{\n  \"websocket\": {\n    \"port\": 80,,\n  }\n}",
-            "x.json",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.starts_with("x.json: line 3, column"), "{err}");
-    }
-
-    #[test]
-    fn invalid_escape_is_an_error_naming_the_key_and_the_fix() {
-        let text = "{\n  \"websocket\": {\n    \"approvedSocketDomains\": [\"^https://app\\.example\\.com(:\\d+)?$\"],\n  },\n}";
-        let err = Config::from_json_str(text, "c.json")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("c.json: line 3, column 44 (in websocket.approvedSocketDomains[0]): invalid escape \"\\.\""),
-            "{err}"
-        );
-        assert!(err.contains("write \\\\. for a literal dot"), "{err}");
-        assert!(!err.contains('\n'), "{err}");
-        // The same from the environment variable.
-        let err = Config::from_parts(
-            "{}",
-            "t",
-            &env(&[(
-                "BROKER_APPROVED_SOCKET_DOMAINS",
-                r#"["^https://a\\.example$", "^https://app\.example\.com$"]"#,
-            )]),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.starts_with(
-                "websocket.approvedSocketDomains[1] (from BROKER_APPROVED_SOCKET_DOMAINS): column 40: invalid escape"
-            ),
-            "{err}"
-        );
-        assert!(err.contains("write \\\\. for a literal dot"), "{err}");
-        // Escaped as JSON wants, the pattern keeps its backslashes.
-        let c = Config::from_json_str(
-            r#"{"websocket":{"approvedSocketDomains":["^https://app\\.example\\.com(:\\d+)?$",]},}"#,
-            "c.json",
-        )
-        .expect("valid");
-        assert_eq!(
-            c.websocket.approved_socket_domains,
-            vec![r"^https://app\.example\.com(:\d+)?$"]
-        );
-    }
-
-    #[test]
-    fn wrong_type_names_the_key() {
-        let err = Config::from_json_str(r#"{"websocket":{"port":"eighty"}}"#, "c.json")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("websocket.port"), "{err}");
-        let err = Config::from_json_str(r#"{"websocket":{"port":70000}}"#, "c.json")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("websocket.port") && err.contains("70000"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn bad_pattern_names_index_and_text() {
-        let err = Config::from_json_str(
-            r#"{"websocket":{"approvedSocketDomains":["localhost","^(foo"]}}"#,
-            "c.json",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("approvedSocketDomains[1]"), "{err}");
-        assert!(err.contains("^(foo"), "{err}");
-    }
-
-    #[test]
-    fn env_overrides_apply_and_are_named_in_errors() {
-        let c = Config::from_parts(
-            "{}",
-            "t",
-            &env(&[
-                ("BROKER_PORT", "9000"),
-                ("BROKER_SOCKET_API_KEY", "12345"),
-                (
-                    "BROKER_APPROVED_SOCKET_DOMAINS",
-                    r#"["^https://a\\.example$"]"#,
-                ),
-                ("BROKER_DELIVER_USER_EVENTS", "all"),
-            ]),
-        )
-        .expect("valid");
-        assert_eq!(c.websocket.port, 9000);
-        assert_eq!(c.websocket.socket_api_key.as_deref(), Some("12345"));
-        assert_eq!(
-            c.websocket.approved_socket_domains,
-            vec![r"^https://a\.example$"]
-        );
-        assert_eq!(c.broker.deliver_user_events, DeliverUserEvents::All);
-
-        let err = Config::from_parts("{}", "t", &env(&[("BROKER_PORT", "99999")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("websocket.port (from BROKER_PORT)"), "{err}");
-        // A range error names the variable as well.
-        let err = Config::from_parts("{}", "t", &env(&[("BROKER_SEND_QUEUE_BYTES", "0")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("broker.limits.sendQueueBytes (from BROKER_SEND_QUEUE_BYTES)"),
-            "{err}"
-        );
-        let err = Config::from_parts("{}", "t", &env(&[("BROKER_DELIVER_USER_EVENTS", "some")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("broker.deliverUserEvents (from BROKER_DELIVER_USER_EVENTS)"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn limits_are_checked() {
-        let err = Config::from_json_str(r#"{"broker":{"limits":{"sendQueueBytes":0}}}"#, "c")
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("broker.limits.sendQueueBytes"), "{err}");
-        let err = Config::from_json_str(r#"{"broker":{"limits":{"sendQueue":1024}}}"#, "c")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("broker.limits.sendQueue:") && err.contains("sendQueueBytes"),
-            "an old key names its replacement: {err}"
-        );
-        let err = Config::from_json_str(r#"{"broker":{"limits":{"closeGrace":0}}}"#, "c")
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("broker.limits.closeGrace"), "{err}");
-        let err = Config::from_json_str(
-            r#"{"broker":{"limits":{"pingInterval":10,"idleTimeout":5}}}"#,
-            "c",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.starts_with("broker.limits.idleTimeout"), "{err}");
-        let err = Config::from_json_str(
-            r#"{"ssl":true,"sslKey":"/nonexistent/key.pem","sslCert":"/nonexistent/c.pem"}"#,
-            "c",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.starts_with("sslKey") && err.contains("no such file"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_huge_drain_window_is_refused() {
-        for w in ["1e300", "3600.5", "-1"] {
-            let err = Config::from_json_str(&format!(r#"{{"broker":{{"drainWindow":{w}}}}}"#), "c")
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.starts_with("broker.drainWindow") && err.contains("3600"),
-                "{err}"
-            );
-        }
-        let c = Config::from_json_str(r#"{"broker":{"drainWindow":3600}}"#, "c").expect("ok");
-        assert_eq!(c.broker.drain_window, 3600.0);
-    }
-
-    #[test]
-    fn trusted_proxies_are_compared_in_canonical_form() {
-        let c = Config::from_json_str(
-            r#"{"broker":{"limits":{"trustedProxies":["::ffff:127.0.0.1","::1"]}}}"#,
-            "c",
-        )
-        .expect("valid");
-        let want: Vec<IpAddr> = vec!["127.0.0.1".parse().expect("ip"), "::1".parse().expect("ip")];
-        assert_eq!(c.broker.limits.trusted_proxies, want);
-    }
-
-    /// `BROKER_X_FILE` stands for `BROKER_X` with the file's content (mounted secrets).
-    #[test]
-    fn file_variables_read_secrets_from_files_and_name_themselves_in_errors() {
-        let dir = std::env::temp_dir().join(format!("broker-file-vars-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let token = dir.join("admin-token");
-        std::fs::write(&token, "a-token-of-twenty-chars\n").expect("write");
-        let read = dir.join("read-token");
-        std::fs::write(&read, "a-read-token-of-20-chars").expect("write");
-        let short = dir.join("short");
-        std::fs::write(&short, "short\r\n").expect("write");
-        let path = |p: &std::path::Path| p.display().to_string();
-
-        let c = Config::from_parts(
-            "{}",
-            "t",
-            &env(&[
-                ("BROKER_ADMIN_TOKEN_FILE", &path(&token)),
-                ("BROKER_ADMIN_READ_TOKEN_FILE", &path(&read)),
-            ]),
-        )
-        .expect("valid");
-        assert_eq!(
-            c.broker.admin.token.as_deref(),
-            Some("a-token-of-twenty-chars"),
-            "last newline dropped"
-        );
-        assert_eq!(
-            c.broker.admin.read_token.as_deref(),
-            Some("a-read-token-of-20-chars")
-        );
-
-        let err = Config::from_parts(
-            "{}",
-            "t",
-            &env(&[("BROKER_ADMIN_TOKEN_FILE", &path(&short))]),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("broker.admin.token (from BROKER_ADMIN_TOKEN_FILE)"),
-            "{err}"
-        );
-        let err = Config::from_parts(
-            "{}",
-            "t",
-            &env(&[("BROKER_ADMIN_TOKEN_FILE", "/nonexistent/token")]),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("(from BROKER_ADMIN_TOKEN_FILE)")
-                && err.contains("/nonexistent/token: cannot read"),
-            "{err}"
-        );
-        let err = Config::from_parts(
-            "{}",
-            "t",
-            &env(&[
-                ("BROKER_ADMIN_TOKEN", "a-token-of-twenty-chars"),
-                ("BROKER_ADMIN_TOKEN_FILE", &path(&token)),
-            ]),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("set one of them, not both"), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn admin_tokens_and_ops_tls_are_checked() {
-        let err = Config::from_json_str(
-            r#"{"broker":{"admin":{"token":"same-token-0123456789","readToken":"same-token-0123456789"}}}"#,
-            "c",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("broker.admin.readToken") && err.contains("must differ"),
-            "{err}"
-        );
-        let err = Config::from_json_str(r#"{"broker":{"admin":{"readToken":"short"}}}"#, "c")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("broker.admin.readToken") && err.contains("16"),
-            "{err}"
-        );
-        let err = Config::from_json_str(r#"{"broker":{"ops":{"tls":true}}}"#, "c")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("broker.ops.tls") && err.contains("sslKey"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn display_masks_secrets() {
-        let c = Config::from_json_str(
-            r#"{"websocket":{"socketApiKey":"supersecretkey"},"broker":{"jwtSecret":"0123456789abcdef0123"}}"#,
-            "c",
-        )
-        .expect("valid");
-        let shown = c.to_display_json();
-        assert!(!shown.contains("supersecretkey"), "{shown}");
-        let with_tokens = Config::from_json_str(
-            r#"{"broker":{"admin":{"token":"admin-token-0123456789","readToken":"read-token-0123456789"}}}"#,
-            "c",
-        )
-        .expect("valid")
-        .to_display_json();
-        assert!(!with_tokens.contains("token-0123456789"), "{with_tokens}");
-        assert!(!shown.contains("0123456789abcdef0123"), "{shown}");
-        assert!(shown.contains("********"));
-    }
-}
+mod tests;

@@ -1,4 +1,7 @@
-//! Routing: who receives an event, and handing one encoded frame to all of them.
+//! The router: who receives an event, and handing one encoded frame to all of them, here and
+//! through the cluster; and a resuming connection's replay. It owns what routing needs (the
+//! connection registry, the cluster link, the history, the delivery policy) and nothing else:
+//! connections and the publish API hold an `Arc<Router>`, not the whole broker.
 //!
 //! An event is encoded once (usually it is the sender's own bytes, untouched) and framed once
 //! into a reference-counted [`WireFrame`]; every recipient's queue gets a clone of that handle,
@@ -6,27 +9,99 @@
 //! 10,000 frame encodings.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::DeliverUserEvents;
+use crate::cluster::{self, Cluster};
+use crate::config::{Config, DeliverUserEvents};
 use crate::event::{self, ErrorReason, EventError, EventInfo, EventType};
 use crate::handshake::Resume;
-use crate::history::{self, Replay, Scope};
+use crate::history::{self, MemoryHistory, Replay, Scope};
+use crate::metrics::Metrics;
 use crate::outbox::WireFrame;
-use crate::registry::{Conn, Delivery};
-use crate::server::Shared;
+use crate::registry::{Conn, Delivery, Registry};
+pub use crate::target::Target;
 
-/// Who is to receive an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target<'a> {
-    /// Every connection, but one.
-    All { except: Option<u64> },
-    /// One user's connections (and the publishers, unless `deliverUserEvents` is `all`).
-    User { user: &'a str, except: Option<u64> },
-    /// One connection by wire id.
-    Connection(&'a str),
+/// Routes events: see the module's documentation.
+pub struct Router {
+    pub registry: Arc<Registry>,
+    /// Set in cluster mode: where events are shared with the other instances.
+    pub cluster: Option<Cluster>,
+    /// What clients that asked for positions resume from (off when `history.maxBytes` is 0).
+    pub history: Option<MemoryHistory>,
+    pub metrics: Arc<Metrics>,
+    deliver_user_events: DeliverUserEvents,
+    send_queue_bytes: usize,
+    close_grace: Duration,
+    shutdown: CancellationToken,
+    /// Where the router's own tasks (a MetaRequest waiting on another instance) run.
+    tasks: TaskTracker,
+}
+
+impl Router {
+    pub fn new(
+        config: &Config,
+        registry: Arc<Registry>,
+        cluster: Option<Cluster>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Router {
+        let history = (config.broker.history.max_bytes > 0).then(|| {
+            // The epoch: this start's random part of the connection ids.
+            let run = registry.instance().rsplit('.').next().unwrap_or("0");
+            MemoryHistory::new(
+                run,
+                config.broker.history.max_bytes,
+                config.broker.history.max_age(),
+            )
+        });
+        Router {
+            registry,
+            cluster,
+            history,
+            metrics,
+            deliver_user_events: config.broker.deliver_user_events,
+            send_queue_bytes: config.broker.limits.send_queue_bytes,
+            close_grace: config.broker.limits.close_grace(),
+            shutdown,
+            tasks,
+        }
+    }
+}
+
+/// What the cluster's task delivers into, and works with.
+impl cluster::Host for Router {
+    fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+    fn close_grace(&self) -> Duration {
+        self.close_grace
+    }
+    fn deliver_local(&self, target: &Target<'_>, frame: &Utf8Bytes) -> usize {
+        Router::deliver_local(self, target, frame)
+    }
+    fn deliver_positioned(
+        &self,
+        target: &Target<'_>,
+        frame: &Utf8Bytes,
+        epoch: &str,
+        seq: u64,
+    ) -> usize {
+        Router::deliver_positioned(self, target, frame, epoch, seq)
+    }
 }
 
 /// The replay of an ask without a position to resume from: nothing, from `head`.
@@ -52,7 +127,7 @@ pub enum Routed {
     Delivered(usize),
 }
 
-impl Shared {
+impl Router {
     /// Delivers `frame` to `target` here and, in a cluster, on the other instances; counts it
     /// as one event of type `t`. Returns the recipients on this instance (0 for an event
     /// that goes through the cluster's JetStream history: every instance, this one too,
@@ -157,7 +232,7 @@ impl Shared {
         };
         match target {
             Target::All { except } => registry.deliver_all(d, *except),
-            Target::User { user, except } => match self.config.broker.deliver_user_events {
+            Target::User { user, except } => match self.deliver_user_events {
                 DeliverUserEvents::All => registry.deliver_all(d, *except),
                 DeliverUserEvents::Owner => registry.deliver_user(user, d, *except),
             },
@@ -173,7 +248,7 @@ impl Shared {
             Scope::All => true,
             Scope::User(user) => {
                 conn.publisher
-                    || self.config.broker.deliver_user_events == DeliverUserEvents::All
+                    || self.deliver_user_events == DeliverUserEvents::All
                     || conn.user.as_deref() == Some(&**user)
             }
         }
@@ -183,13 +258,13 @@ impl Shared {
     /// since the position it gave (if any) and that was meant for it, then the live stream.
     /// The history is the cluster's JetStream stream when there is one, else this instance's.
     pub async fn resume(&self, conn: &Conn, ask: &Resume) {
-        let max = self.config.broker.limits.send_queue_bytes / 2;
+        let max = self.send_queue_bytes / 2;
         let wants = |scope: &Scope| self.receives(conn, scope);
         // What to replay, from whichever history there is; for a fresh or unreadable ask,
         // nothing, from the head.
         let (epoch, replay) = if let Some(js) = self.cluster.as_ref().and_then(|c| c.history()) {
             let replay = match ask {
-                Resume::Since(since) => js.since(self, since, wants, max).await,
+                Resume::Since(since) => js.since(&self.registry, since, wants, max).await,
                 _ => from_head(ask, js.head().await),
             };
             (js.epoch().to_string(), replay)
@@ -288,7 +363,9 @@ impl Shared {
                     )));
                 }
                 let sent = match (&self.cluster, self.registry.get(conn.id)) {
-                    (Some(cluster), Some(conn)) => cluster.forward_meta(self, conn, forwarded),
+                    (Some(cluster), Some(conn)) => {
+                        cluster.forward_meta(&self.metrics, &self.tasks, conn, forwarded)
+                    }
                     _ => false,
                 };
                 if !sent {

@@ -34,12 +34,21 @@ pub struct TestBroker {
 
 impl TestBroker {
     pub fn start() -> TestBroker {
+        Self::start_with(serde_json::json!({}))
+    }
+
+    /// A broker whose config is the test config with `extra` merged in (objects merged key
+    /// by key).
+    pub fn start_with(extra: serde_json::Value) -> TestBroker {
+        let mut config: serde_json::Value = serde_json::from_str(CONFIG).expect("test config");
+        merge(&mut config, extra);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let config = broker::config::Config::from_json_str(CONFIG, "test").expect("test config");
+        let config = broker::config::Config::from_json_str(&config.to_string(), "test")
+            .expect("test config");
         let running = runtime
             .block_on(broker::app::start(config))
             .expect("broker starts");
@@ -117,6 +126,17 @@ impl TestBroker {
             messages: rx,
             close: Some(close_tx),
         }
+    }
+}
+
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
     }
 }
 
@@ -237,3 +257,55 @@ pub fn wait_for_no_label(harness: &mut Harness<'static, AdminApp>, label: &str, 
 }
 
 pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A `nats-server` on a free loopback port, killed when dropped (as the broker's own cluster
+/// tests run it: `apt-get install nats-server`).
+pub struct Nats {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server runs (install it: apt-get install nats-server)");
+        let nats = Nats { child, port };
+        let deadline = Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A broker named `instance` in the fleet that meets on `nats`.
+pub fn fleet_member(nats: &Nats, instance: &str) -> TestBroker {
+    TestBroker::start_with(serde_json::json!({"broker": {
+        "instanceId": instance,
+        "drainWindow": 0.2,
+        "cluster": {"nats": nats.url(), "subject": "admin-gui-fleet"}
+    }}))
+}

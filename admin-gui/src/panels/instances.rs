@@ -10,7 +10,8 @@ use super::{caption, danger_button, palette, status};
 use crate::format;
 use crate::state::{History, InstanceState, InstanceView, Model};
 
-/// How far back a sparkline reaches.
+/// How far back a sparkline reaches at most (less while the history is shorter: the line
+/// always spans the whole cell).
 const SPARK_WINDOW: Duration = Duration::from_secs(5 * 60);
 
 /// The accessible name of an instance's drain button (tests find it by this).
@@ -46,7 +47,7 @@ pub fn show(ui: &mut egui::Ui, model: &Model) -> Option<String> {
                 "Version",
                 "Uptime",
                 "Clients / publishers",
-                "Connections, last 5 min",
+                "Connections (up to 5 min)",
                 "Msgs in / out per s",
                 "Heartbeat",
                 "",
@@ -73,7 +74,10 @@ fn instance_row(ui: &mut egui::Ui, row: &InstanceView<'_>, may_change: bool) -> 
         InstanceState::Draining => palette::WARN,
         InstanceState::Silent => palette::BAD,
     };
-    status(ui, color, state.label());
+    // One widget per grid cell: the dot and its word go in one horizontal.
+    ui.horizontal(|ui| {
+        status(ui, color, state.label());
+    });
     ui.horizontal(|ui| {
         ui.label(RichText::new(&info.instance).monospace().strong());
         if row.answering {
@@ -139,15 +143,15 @@ fn sparkline(ui: &mut egui::Ui, history: &History, state: InstanceState) {
         let painter = ui.painter_at(rect);
         painter.rect_filled(rect, 2.0, ui.visuals().extreme_bg_color);
         let now = Instant::now();
-        let window = SPARK_WINDOW.as_secs_f64();
         let points: Vec<(f64, f64)> = history
             .samples()
             .iter()
             .filter_map(|s| {
                 let ago = now.saturating_duration_since(s.at?).as_secs_f64();
-                (ago <= window).then(|| (ago, s.connections()))
+                (ago <= SPARK_WINDOW.as_secs_f64()).then(|| (ago, s.connections()))
             })
             .collect();
+        let window = points.first().map_or(1.0, |p| p.0.max(1.0));
         let max = points.iter().map(|p| p.1).fold(1.0, f64::max);
         let color = if state == InstanceState::Silent {
             palette::MUTED
@@ -166,8 +170,10 @@ fn sparkline(ui: &mut egui::Ui, history: &History, state: InstanceState) {
         }
         if let Some(last) = points.last() {
             response.on_hover_text(format!(
-                "{} connections now, at most {} in the last 5 min",
-                last.1, max
+                "{} connections now, at most {} in the last {}",
+                last.1,
+                max,
+                format::duration(window as u64)
             ));
         }
     });

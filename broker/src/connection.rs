@@ -890,3 +890,48 @@ mod tests {
         broker.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// What one idle connection's task carries inline (its future: 1,440 bytes when this was
+    /// written) stays small: every open connection holds it for its whole life.
+    #[tokio::test]
+    async fn an_idle_connection_task_stays_small() {
+        let config = crate::config::Config::from_json_str(
+            r#"{"websocket":{"host":"127.0.0.1","port":0},"broker":{"ops":{"port":0}}}"#,
+            "test",
+        )
+        .expect("config");
+        let broker = crate::app::start(config).await.expect("starts");
+        let env = broker.shared().connection_env.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (_client, (server, _)) = (client.expect("connect"), server.expect("accept"));
+        let ws = WebSocketStream::from_raw_socket(
+            server,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let conn = env.router.registry.register(crate::registry::NewConn {
+            remote: addr,
+            origin: None,
+            user: None,
+            publisher: false,
+            positions: false,
+            resuming: false,
+        });
+        let fut = serve(ws, conn.clone(), env.clone());
+        let (task, handle) = (std::mem::size_of_val(&fut), std::mem::size_of::<Conn>());
+        drop(fut);
+        assert!(task <= 2048, "the connection future grew to {task} bytes");
+        assert!(handle <= 512, "a connection's handle grew to {handle} bytes");
+        env.router.registry.unregister(&conn);
+        broker.shutdown().await;
+    }
+}

@@ -843,8 +843,9 @@ fn read_error(e: WsError) -> Option<CloseRequest> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_panicking_connection_task_leaves_no_trace() {
+    /// A broker on loopback, its connection env, and a client connection registered in it.
+    async fn broker_with_a_registered_connection(
+    ) -> (crate::app::RunningBroker, Arc<Env>, Arc<Conn>) {
         let config = crate::config::Config::from_json_str(
             r#"{"websocket":{"host":"127.0.0.1","port":0},"broker":{"ops":{"port":0}}}"#,
             "test",
@@ -852,8 +853,7 @@ mod tests {
         .expect("config");
         let broker = crate::app::start(config).await.expect("starts");
         let env = broker.shared().connection_env.clone();
-        let registry = env.router.registry.clone();
-        let conn = registry.register(crate::registry::NewConn {
+        let conn = env.router.registry.register(crate::registry::NewConn {
             remote: "127.0.0.1:1".parse().expect("addr"),
             origin: None,
             user: Some("u".into()),
@@ -861,6 +861,13 @@ mod tests {
             positions: false,
             resuming: false,
         });
+        (broker, env, conn)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_leaves_no_trace() {
+        let (broker, env, conn) = broker_with_a_registered_connection().await;
+        let registry = env.router.registry.clone();
         env.router
             .metrics
             .connections_open
@@ -889,23 +896,12 @@ mod tests {
         );
         broker.shutdown().await;
     }
-}
-
-#[cfg(test)]
-mod size {
-    use super::*;
 
     /// What one idle connection's task carries inline (its future: 1,440 bytes when this was
     /// written) stays small: every open connection holds it for its whole life.
     #[tokio::test]
     async fn an_idle_connection_task_stays_small() {
-        let config = crate::config::Config::from_json_str(
-            r#"{"websocket":{"host":"127.0.0.1","port":0},"broker":{"ops":{"port":0}}}"#,
-            "test",
-        )
-        .expect("config");
-        let broker = crate::app::start(config).await.expect("starts");
-        let env = broker.shared().connection_env.clone();
+        let (broker, env, conn) = broker_with_a_registered_connection().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -918,19 +914,14 @@ mod size {
             None,
         )
         .await;
-        let conn = env.router.registry.register(crate::registry::NewConn {
-            remote: addr,
-            origin: None,
-            user: None,
-            publisher: false,
-            positions: false,
-            resuming: false,
-        });
         let fut = serve(ws, conn.clone(), env.clone());
         let (task, handle) = (std::mem::size_of_val(&fut), std::mem::size_of::<Conn>());
         drop(fut);
         assert!(task <= 2048, "the connection future grew to {task} bytes");
-        assert!(handle <= 512, "a connection's handle grew to {handle} bytes");
+        assert!(
+            handle <= 512,
+            "a connection's handle grew to {handle} bytes"
+        );
         env.router.registry.unregister(&conn);
         broker.shutdown().await;
     }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The broker against the straightforward design (benches/plain-server), end to end over real
+# The broker against the straightforward design (benches/plain-server) and against the floor
+# (benches/floor-server: one thread, epoll, pre-framed writes; issue #18), end to end over real
 # sockets on this machine: the same loadtest runs against each server, with the server's CPU
 # time and resident memory read per phase (`loadtest --server-pid`). Prints one markdown table
 # and keeps every run's raw JSON.
@@ -9,7 +10,7 @@
 #   --quick     skip the 19,000-connection run
 #   --out DIR   where to write the results (default benches/results/<date>/)
 #
-# Environment: COMPARE_PORT (default 18480; the WebSocket port of both servers in turn),
+# Environment: COMPARE_PORT (default 18480; the WebSocket port of every server in turn),
 # COMPARE_OPS_PORT (default 19480; the broker's ops listener) and COMPARE_HISTORY_BYTES (the
 # broker's broker.history.maxBytes, default 16777216; 0 turns positions and resuming off, to
 # measure what the history costs). Loopback only. Every run is
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
         --quick) quick=1 ;;
         --out) [ $# -ge 2 ] || { echo "--out needs a directory" >&2; exit 2; }; out=$2; shift ;;
         --out=*) out=${1#--out=} ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -63,8 +64,8 @@ need_pkg timeout coreutils
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 fd_limit=$(ulimit -n)
 
-echo "== cargo build --release -p broker -p loadtest -p plain-server"
-cargo build --release -p broker -p loadtest -p plain-server
+echo "== cargo build --release -p broker -p loadtest -p plain-server -p floor-server"
+cargo build --release -p broker -p loadtest -p plain-server -p floor-server
 bin=${CARGO_TARGET_DIR:-$root/target}/release
 case $bin in /*) ;; *) bin=$root/$bin ;; esac
 
@@ -96,7 +97,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
-# One config file for both servers: plain-server reads the same file (port and origins only).
+# One config file for every server: plain-server and floor-server read the same file (port and
+# origins only).
 cfg=$work/config.json
 cat >"$cfg" <<EOF
 {
@@ -127,7 +129,7 @@ EOF
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-start_server() { # start_server broker|plain LOG
+start_server() { # start_server broker|plain|floor LOG
     local which=$1 log=$2 i
     for p in "$port" "$ops_port"; do
         if port_open "$p"; then
@@ -138,6 +140,7 @@ start_server() { # start_server broker|plain LOG
     case $which in
         broker) RUST_LOG=warn "$bin/broker" --config "$cfg" run >"$log" 2>&1 & ;;
         plain) "$bin/plain-server" --config "$cfg" --bind 127.0.0.1 >"$log" 2>&1 & ;;
+        floor) "$bin/floor-server" --config "$cfg" --bind 127.0.0.1 >"$log" 2>&1 & ;;
     esac
     server_pid=$!
     for i in $(seq 200); do
@@ -147,7 +150,7 @@ start_server() { # start_server broker|plain LOG
         case $which in
             # The ops listener is bound after the WebSocket one.
             broker) port_open "$ops_port" && return 0 ;;
-            plain) grep -qs '^listening on ' "$log" && return 0 ;;
+            plain|floor) grep -qs '^listening on ' "$log" && return 0 ;;
         esac
         sleep 0.05
     done
@@ -172,7 +175,7 @@ run_case() {
 }
 
 {
-    echo "# broker vs plain-server, $(date '+%Y-%m-%d %H:%M:%S %Z')"
+    echo "# broker vs plain-server and the floor, $(date '+%Y-%m-%d %H:%M:%S %Z')"
     echo
     echo "- machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)," \
         "$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) memory, kernel $(uname -r)"
@@ -182,7 +185,7 @@ run_case() {
 } >"$out/machine.md"
 cat "$out/machine.md"
 
-servers=(broker plain)
+servers=(broker plain floor)
 for s in "${servers[@]}"; do
     run_case "$s" connect-2000 connect -c 2000 --hold 5s --source-addrs 4 --connect-rate 100000 --max-inflight 64
     if [ -z "$quick" ]; then
@@ -211,6 +214,7 @@ def conn_problems: [
 JQ
 JQ_CONNECT="$JQ_COMMON"'
 { conn_per_s: div(.connections.established; .connections.ramp_s),
+  cpu_us: us(cpu(["ramp"]); .connections.established),
   rss_kib_per_conn: (if phase("hold") == null or phase("ramp") == null then null
       else div(phase("hold").rss_kib_end - phase("ramp").rss_kib_start; .connections.established) end),
   handshake_p99_ms: .latency.handshake.p99_ms,
@@ -272,23 +276,36 @@ cell() { # cell SERVER RUN KEY FORMAT
     [ -n "${FAIL[$1.$2]:-}" ] && c="$c FAILED"
     echo "$c"
 }
-ratio() { # ratio RUN KEY lower|higher: how many times better the broker is (>1: broker better)
+ratio() { # ratio RUN KEY lower|higher: how many times better the broker is than plain (>1: broker better)
     local b=${V[broker.$1.$2]:-} p=${V[plain.$1.$2]:-}
     if [ -z "$b" ] || [ -z "$p" ] || [ -n "${FAIL[broker.$1]:-}${FAIL[plain.$1]:-}" ]; then echo "-"; return; fi
     LC_ALL=C awk -v b="$b" -v p="$p" -v d="$3" 'BEGIN {
         if (d == "lower") { n = p; m = b } else { n = b; m = p }
         if (m == 0) print "-"; else printf "%.2fx\n", n / m }'
 }
+over() { # over SERVER RUN KEY: the broker's figure divided by SERVER's, as it stands
+    local b=${V[broker.$2.$3]:-} o=${V[$1.$2.$3]:-}
+    if [ -z "$b" ] || [ -z "$o" ] || [ -n "${FAIL[broker.$2]:-}${FAIL[$1.$2]:-}" ]; then echo "-"; return; fi
+    LC_ALL=C awk -v b="$b" -v o="$o" 'BEGIN { if (o == 0) print "-"; else printf "%.2fx\n", b / o }'
+}
 row() { # row LABEL RUN KEY FORMAT lower|higher
     [[ " ${runs[*]} " == *" $2 "* ]] || return 0
-    echo "| $1 | $(cell broker "$2" "$3" "$4") | $(cell plain "$2" "$3" "$4") | $(ratio "$2" "$3" "$5") |"
+    echo "| $1 | $(cell broker "$2" "$3" "$4") | $(cell plain "$2" "$3" "$4") | $(cell floor "$2" "$3" "$4")" \
+        "| $(over floor "$2" "$3") | $(over plain "$2" "$3") | $(ratio "$2" "$3" "$5") |"
+}
+target() { # target LABEL VALUE LIMIT: one line of issue #18's targets
+    local verdict
+    if [ -z "$2" ] || [ "$2" = - ]; then verdict="no figure"
+    elif LC_ALL=C awk -v v="${2%x}" -v l="$3" 'BEGIN { exit !(v <= l) }'; then verdict=met
+    else verdict="NOT met"; fi
+    echo "- $1: $2 (target <= $3): $verdict"
 }
 
 {
     cat "$out/machine.md"
     echo
-    echo "| measure | broker | plain-server | broker better by |"
-    echo "| --- | ---: | ---: | ---: |"
+    echo "| measure | broker | plain-server | floor | broker / floor | broker / plain | broker better than plain by |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     row "server CPU per delivery, 1,000 listeners (µs)" broadcast-1000 cpu_us "%.3f" lower
     row "server CPU per delivery, 10,000 listeners (µs)" broadcast-10000 cpu_us "%.3f" lower
     row "deliveries/s, 1,000 listeners" broadcast-1000 per_s "%.0f" higher
@@ -307,12 +324,33 @@ row() { # row LABEL RUN KEY FORMAT lower|higher
     row "RSS per idle connection, 19,000 (KiB)" connect-19000 rss_kib_per_conn "%.1f" lower
     row "connections/s (2,000)" connect-2000 conn_per_s "%.0f" higher
     row "connections/s (19,000)" connect-19000 conn_per_s "%.0f" higher
+    row "server CPU per connection, 2,000 (µs)" connect-2000 cpu_us "%.1f" lower
+    row "server CPU per connection, 19,000 (µs)" connect-19000 cpu_us "%.1f" lower
     echo
     echo "CPU is the server's user+system time (from /proc) in the phases named; per delivery ="
     echo "CPU of phases send+drain / deliveries received; per echo = CPU of phase echo / replies;"
-    echo "RSS per connection = (RSS at the end of hold - RSS at the start of ramp) / connections."
+    echo "RSS per connection = (RSS at the end of hold - RSS at the start of ramp) / connections;"
+    echo "CPU per connection = CPU of phase ramp (accept and upgrade) / connections. /proc counts CPU in"
+    echo "10 ms ticks: 5 µs per connection at 2,000 connections, 0.5 µs at 19,000."
+    echo "broker / floor and broker / plain are the broker's figure over the other's, as they stand"
+    echo "(below 1 on a rate is the broker behind); the last column is the former comparison, turned"
+    echo "so that above 1 is the broker ahead."
     echo "Deliveries/s = deliveries / wall time of send+drain. Broadcasts: 1 publisher (a client"
     echo "sending broadcast echoes), --rate max --in-flight 16, 10 s."
+    echo
+    echo "Issue #18's targets (broker / floor, and the broker's own RSS per idle connection):"
+    target "CPU per delivery, 1,000 listeners" "$(over floor broadcast-1000 cpu_us)" 1.2
+    target "CPU per delivery, 10,000 listeners" "$(over floor broadcast-10000 cpu_us)" 1.2
+    target "CPU per echo" "$(over floor echo cpu_us)" 1.3
+    for run in "${runs[@]}"; do
+        case $run in connect-*)
+            n=${run#connect-}; n="$((n / 1000)),$(printf %03d $((n % 1000)))"
+            target "CPU per connection, $n" "$(over floor "$run" cpu_us)" 1.5
+            rss=${V[broker.$run.rss_kib_per_conn]:-}
+            [ -z "${FAIL[broker.$run]:-}" ] || rss=
+            target "RSS per idle connection, $n (KiB)" "$(fmt "%.1f" "$rss" | sed 's/^n\/a$//')" 4
+        ;; esac
+    done
     notes=()
     for run in connect-2000 connect-19000; do
         for s in "${servers[@]}"; do

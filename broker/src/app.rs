@@ -183,8 +183,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
             publisher_reserve: limits.publisher_reserve(),
             max_per_address: limits.per_address(),
         }),
-        client_ws: ws_config(limits.max_message_size),
-        publisher_ws: ws_config(limits.max_publisher_message_size),
+        client_ws: ws_config(limits.max_message_size, limits.read_buffer_bytes),
+        // Publishers are few and send in bulk: fewer, larger reads.
+        publisher_ws: ws_config(limits.max_publisher_message_size, 16 * 1024),
         connection_env,
         publish_env,
         tasks,

@@ -17,11 +17,13 @@ use crate::metrics::{kind_label, Refused};
 use crate::registry::NewConn;
 use crate::shared::Shared;
 
-pub fn ws_config(max_message: usize) -> WebSocketConfig {
-    // Small buffers: an idle connection should cost a few KiB, not tungstenite's default
-    // 128 KiB read buffer. Writes batch up to 64 KiB before going to the socket.
+/// The WebSocket settings of a connection: `read_buffer` bytes held for reading (tungstenite
+/// allocates them at the upgrade and keeps them: with 128 KiB, its default, an idle connection
+/// would cost 128 KiB; a frame larger than the buffer grows it while it arrives), messages of at
+/// most `max_message` bytes, and writes batched up to 64 KiB before going to the socket.
+pub fn ws_config(max_message: usize, read_buffer: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(64 * 1024)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))

@@ -56,3 +56,18 @@ async fn broadcast_echo_reaches_every_client_exactly_once() {
     }
     b.shutdown().await;
 }
+
+/// A client's read buffer is small (`broker.limits.readBufferBytes`, every idle connection
+/// holds it); a message many times larger still arrives whole, and so does the next small one.
+#[tokio::test]
+async fn messages_larger_than_the_read_buffer_arrive_whole() {
+    let b = start_with(json!({"broker": {"limits": {"readBufferBytes": 128}}})).await;
+    let mut c = client(b.ws_addr()).await;
+    let big = json!({"eventType": 10, "message": "x".repeat(40_000)});
+    send_json(&mut c, &big).await;
+    assert_eq!(recv_json(&mut c).await, big);
+    let small = json!({"eventType": 10, "message": "after"});
+    send_json(&mut c, &small).await;
+    assert_eq!(recv_json(&mut c).await, small);
+    b.shutdown().await;
+}

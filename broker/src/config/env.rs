@@ -130,6 +130,11 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         EnvKind::Json,
     ),
     (
+        "BROKER_READ_BUFFER_BYTES",
+        "broker.limits.readBufferBytes",
+        EnvKind::Json,
+    ),
+    (
         "BROKER_SLOW_CONSUMER_TIMEOUT",
         "broker.limits.slowConsumerTimeout",
         EnvKind::Json,

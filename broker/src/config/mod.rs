@@ -240,6 +240,9 @@ pub struct AdminConfig {
     pub read_token: Option<String>,
 }
 
+/// `broker.limits.readBufferBytes` by default: what an idle client connection holds for reading.
+pub const DEFAULT_READ_BUFFER_BYTES: usize = 512;
+
 /// `broker.cluster.queueBytes` by default: 64 MiB of events waiting to be published to NATS.
 pub const DEFAULT_CLUSTER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -321,6 +324,9 @@ pub struct Limits {
     /// Bytes waiting for one connection at most (frames on the wire plus 48 bytes each); past
     /// it the connection is closed as a slow consumer (1013).
     pub send_queue_bytes: usize,
+    /// Bytes a client connection holds for reading while idle; a larger frame grows it while
+    /// it arrives. Small, because every idle connection holds it (publishers get 16 KiB).
+    pub read_buffer_bytes: usize,
     /// Seconds a connection's socket may take no byte while frames wait for it; then it is
     /// closed as a slow consumer (1013).
     pub slow_consumer_timeout: f64,
@@ -360,6 +366,7 @@ impl Default for Limits {
             max_message_size: 64 * 1024,
             max_publisher_message_size: 1024 * 1024,
             send_queue_bytes: 4 * 1024 * 1024,
+            read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             slow_consumer_timeout: 10.0,
             close_grace: 2.0,
             send_queue: None,
@@ -548,6 +555,12 @@ impl Config {
             if v == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
             }
+        }
+        if !(128..=1 << 20).contains(&l.read_buffer_bytes) {
+            return Err(ConfigError::invalid(
+                "broker.limits.readBufferBytes",
+                "must be between 128 and 1048576",
+            ));
         }
         if let Some(r) = l.publisher_reserve {
             if r >= l.max_connections {

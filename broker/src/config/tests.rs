@@ -166,6 +166,18 @@ fn limits_are_checked() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("broker.limits.sendQueueBytes"), "{err}");
+    for bad in [0, 127, (1 << 20) + 1] {
+        let err = Config::from_json_str(
+            &format!(r#"{{"broker":{{"limits":{{"readBufferBytes":{bad}}}}}}}"#),
+            "c",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("broker.limits.readBufferBytes"),
+            "{bad}: {err}"
+        );
+    }
     let err = Config::from_json_str(r#"{"broker":{"limits":{"sendQueue":1024}}}"#, "c")
         .unwrap_err()
         .to_string();

@@ -21,6 +21,9 @@ need_pkg promtool prometheus
 need_pkg nats-server nats-server
 need_pkg haproxy haproxy
 need_pkg curl curl
+# The desktop app's keyring test runs against a real Secret Service on a private D-Bus session.
+need_pkg dbus-run-session dbus-daemon
+need_pkg gnome-keyring-daemon gnome-keyring
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -141,6 +141,7 @@ pub const DEFAULT_PAGE: u64 = 100;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ListQuery {
+    pub id: String,
     pub origin: String,
     pub user: String,
     pub remote: String,
@@ -157,6 +158,7 @@ pub struct ListQuery {
 impl ListQuery {
     pub fn filter(&self) -> ListFilter {
         ListFilter {
+            id: self.id.clone(),
             origin: self.origin.clone(),
             user: self.user.clone(),
             remote: self.remote.clone(),
@@ -259,6 +261,9 @@ pub struct StatsSample {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ListFilter {
+    /// Substring of the connection id (`b1.3f9a` finds that instance's run, `.42` a number).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// Substring of the origin (case-sensitive).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub origin: String,
@@ -275,7 +280,8 @@ pub struct ListFilter {
 
 impl ListFilter {
     pub fn is_empty(&self) -> bool {
-        self.origin.is_empty()
+        self.id.is_empty()
+            && self.origin.is_empty()
             && self.user.is_empty()
             && self.remote.is_empty()
             && self.publisher.is_none()
@@ -283,6 +289,7 @@ impl ListFilter {
 
     pub fn matches(&self, c: &ConnectionInfo) -> bool {
         self.matches_fields(
+            &c.id,
             c.origin.as_deref(),
             c.user.as_deref(),
             &c.remote_addr,
@@ -293,12 +300,14 @@ impl ListFilter {
     /// The predicate on the fields themselves (the broker has no [`ConnectionInfo`] at hand).
     pub fn matches_fields(
         &self,
+        id: &str,
         origin: Option<&str>,
         user: Option<&str>,
         remote: &str,
         publisher: bool,
     ) -> bool {
-        (self.origin.is_empty() || origin.is_some_and(|o| o.contains(self.origin.as_str())))
+        (self.id.is_empty() || id.contains(self.id.as_str()))
+            && (self.origin.is_empty() || origin.is_some_and(|o| o.contains(self.origin.as_str())))
             && (self.user.is_empty() || user == Some(self.user.as_str()))
             && (self.remote.is_empty() || remote.contains(self.remote.as_str()))
             && self.publisher.is_none_or(|p| publisher == p)
@@ -308,6 +317,7 @@ impl ListFilter {
     pub fn query(&self, offset: u64, limit: u64) -> String {
         let mut q = String::new();
         for (key, value) in [
+            ("id", &self.id),
             ("origin", &self.origin),
             ("user", &self.user),
             ("remote", &self.remote),
@@ -685,8 +695,8 @@ mod tests {
         let f = ListFilter {
             origin: "local host".into(),
             user: "ali&ce".into(),
-            remote: String::new(),
             publisher: Some(false),
+            ..Default::default()
         };
         assert_eq!(
             f.query(0, 1000),
@@ -710,6 +720,11 @@ mod tests {
             ..Default::default()
         };
         assert!(!by_user.matches(&c), "user is an exact match");
+        let by_id = ListFilter {
+            id: "b2.".into(),
+            ..Default::default()
+        };
+        assert!(!by_id.matches(&c), "the connection's id is empty here");
         let by_remote = ListFilter {
             remote: "10.1.2.".into(),
             ..Default::default()
@@ -726,6 +741,7 @@ mod tests {
     #[test]
     fn list_query_reads_what_filter_query_writes() {
         let f = ListFilter {
+            id: "i".into(),
             origin: "a".into(),
             user: "b".into(),
             remote: "c".into(),
@@ -734,7 +750,8 @@ mod tests {
         // The broker reads the query with serde_urlencoded; the same shape as JSON here (the
         // broker's own test reads a real query string).
         let q: ListQuery = serde_json::from_value(serde_json::json!({
-            "origin": "a", "user": "b", "remote": "c", "publisher": true, "offset": 5, "limit": 10000
+            "id": "i", "origin": "a", "user": "b", "remote": "c", "publisher": true, "offset": 5,
+            "limit": 10000
         }))
         .unwrap();
         assert_eq!(q.filter(), f);

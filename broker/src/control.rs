@@ -87,7 +87,13 @@ pub fn list(shared: &Shared, q: &ListQuery) -> ConnectionPage {
     // The snapshot is in this instance's id order, which is `id_key` order within one node.
     for c in shared.registry().snapshot() {
         let remote = c.remote.to_string();
-        if !filter.matches_fields(c.origin.as_deref(), c.user.as_deref(), &remote, c.publisher) {
+        if !filter.matches_fields(
+            &c.wire_id,
+            c.origin.as_deref(),
+            c.user.as_deref(),
+            &remote,
+            c.publisher,
+        ) {
             continue;
         }
         total += 1;

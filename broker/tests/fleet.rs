@@ -133,6 +133,19 @@ async fn every_instance_answers_for_the_whole_fleet() {
     assert_eq!(by_addr.total, 5);
     let none: FleetPage = get(&a, "/admin/v1/fleet/connections?remote=10.255.").await;
     assert_eq!(none.total, 0);
+    // Search by id: an instance's part finds its connections, a whole id its one.
+    let of_b: FleetPage = get(&a, &format!("/admin/v1/fleet/connections?id={name_b}.")).await;
+    assert_eq!(of_b.total, 3);
+    assert!(of_b.connections.iter().all(|c| c.instance == name_b));
+    let one_id = of_b.connections[0].id.clone();
+    let one: FleetPage = get(&a, &format!("/admin/v1/fleet/connections?id={one_id}")).await;
+    assert_eq!(
+        one.connections
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        [one_id.as_str()]
+    );
 
     // A kick sent to A reaches a client on B.
     let target = page

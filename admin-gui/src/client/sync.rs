@@ -110,6 +110,7 @@ pub(super) async fn run(
 
 fn query(filter: &ListFilter, after: &str, limit: u64) -> ListQuery {
     ListQuery {
+        id: filter.id.clone(),
         origin: filter.origin.clone(),
         user: filter.user.clone(),
         remote: filter.remote.clone(),

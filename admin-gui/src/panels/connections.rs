@@ -21,6 +21,7 @@ pub struct ConnectionsPanel {
     origin: String,
     user: String,
     remote: String,
+    id: String,
     publisher: Option<bool>,
     kick: Option<KickDialog>,
 }
@@ -198,6 +199,13 @@ impl ConnectionsPanel {
                     .desired_width(100.0),
             )
             .labelled_by(label.id);
+            let label = ui.label("ID contains");
+            ui.add(
+                TextEdit::singleline(&mut self.id)
+                    .hint_text("b1.3f9a")
+                    .desired_width(90.0),
+            )
+            .labelled_by(label.id);
             let label = ui.label("Address contains");
             ui.add(
                 TextEdit::singleline(&mut self.remote)
@@ -211,6 +219,7 @@ impl ConnectionsPanel {
             let filtering = !self.origin.is_empty()
                 || !self.user.is_empty()
                 || !self.remote.is_empty()
+                || !self.id.is_empty()
                 || self.publisher.is_some();
             if ui
                 .add_enabled(filtering, egui::Button::new("Clear"))
@@ -219,6 +228,7 @@ impl ConnectionsPanel {
                 self.origin.clear();
                 self.user.clear();
                 self.remote.clear();
+                self.id.clear();
                 self.publisher = None;
             }
 
@@ -258,6 +268,7 @@ impl ConnectionsPanel {
             origin: self.origin.clone(),
             user: self.user.trim().to_string(),
             remote: self.remote.trim().to_string(),
+            id: self.id.trim().to_string(),
             publisher: self.publisher,
         };
         if &filter != model.connections.filter() {

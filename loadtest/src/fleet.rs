@@ -58,6 +58,22 @@ pub struct FleetSpec {
 /// When connection `index` opens, as an offset from the launch.
 pub type SlotFor = Arc<dyn Fn(usize) -> Duration + Send + Sync>;
 
+impl FleetSpec {
+    /// `count` connections of `role` from index `first_index`, paced at the run's rate, not
+    /// reconnected, with the kernel's receive buffer: what most fleets are (the others change a
+    /// field of this).
+    pub fn paced(role: Role, first_index: usize, count: usize) -> Self {
+        FleetSpec {
+            count,
+            role,
+            first_index,
+            reconnect: false,
+            recv_buffer: None,
+            slots: None,
+        }
+    }
+}
+
 /// The connection tasks of one fleet.
 pub struct Fleet<S> {
     tasks: JoinSet<S>,
@@ -245,6 +261,13 @@ impl<S: Send + 'static> Fleet<S> {
             failed: self.settled - self.established,
             took: started.elapsed(),
         }
+    }
+
+    /// Waits for the paced ramp: until every first attempt has settled, the run's
+    /// [`RunCtx::ramp_limit`] for this many connections, or cancellation.
+    pub async fn wait_ramp(&mut self, ctx: &RunCtx) -> Ramp {
+        let limit = ctx.ramp_limit(self.count);
+        self.wait_connected(limit, &ctx.cancel).await
     }
 
     /// The token the bodies watch; cancelling it makes them close and end.

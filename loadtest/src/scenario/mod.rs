@@ -6,6 +6,7 @@ pub mod delivery;
 pub mod echo;
 pub mod failover;
 pub mod mixed;
+mod skeleton;
 pub mod soak;
 
 use std::time::Duration;

@@ -1,0 +1,413 @@
+//! The publishers: WebSocket connections ([`publish_ws`]) or HTTP clients ([`publish_http`])
+//! that send on the open-loop schedule, stamp each event with its intended send time, and
+//! record which events went out (the completeness reference); `--in-flight` holds them back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::listeners::Listen;
+use crate::client::{self, Incoming, Ws};
+use crate::context::{Gate, Schedule, SeqSet, Sequence};
+use crate::fleet::{Ended, Fleet};
+use crate::http;
+use crate::mix::Mix;
+use crate::probe::{self, Encoder, Kind, Received};
+use crate::stages::Stages;
+use crate::stats::Stats;
+
+/// Events written per flush on a WebSocket publisher: enough to amortise the syscall at high
+/// rates, small enough that a batch never delays the schedule noticeably.
+pub(super) const WS_BATCH: usize = 64;
+
+/// What the publishers share.
+pub(crate) struct Publish {
+    pub gate: Gate,
+    /// Cancelled when the send phase is over.
+    pub done: CancellationToken,
+    pub seq: Sequence,
+    pub encoder: Encoder,
+    pub stats: Arc<Stats>,
+    pub run: String,
+    /// Events per second per publisher; `None` for as fast as possible.
+    pub rate: Option<f64>,
+    pub publishers: usize,
+    /// Events whose write succeeded, as a count and as a set (the completeness reference).
+    pub sent: AtomicU64,
+    pub sent_set: Arc<Mutex<SeqSet>>,
+    /// `--in-flight`: the limit and the listeners whose receipts retire events.
+    pub window: Option<(u64, Arc<Listen>)>,
+    /// `--workers`: the k-th event of this worker is number `k × stride + offset`, so the
+    /// workers' numbers never collide (stride 1, offset 0 alone).
+    pub seq_stride: u64,
+    pub seq_offset: u64,
+    /// `--mix`: which event each sequence number is; `None`: `encoder` for all.
+    pub mix: Option<Arc<Mix>>,
+    /// `--stage`: the rate follows the stages (over all publishers of all workers).
+    pub stages: Option<Arc<Stages>>,
+}
+
+impl Publish {
+    /// Event `seq`, due at probe time `t`.
+    pub(super) fn encode(&self, seq: u64, t: u64) -> String {
+        match &self.mix {
+            Some(mix) => mix.encode(seq, t),
+            None => self.encoder.encode(Kind::Delivery, seq, t, None),
+        }
+    }
+
+    /// Publisher `j`'s schedule; publishers are staggered evenly so the total is smooth.
+    pub(super) fn schedule(&self, start: Instant, j: usize) -> Option<Schedule> {
+        if let Some(stages) = &self.stages {
+            // Publisher j takes events j, j + P, j + 2P, ... of the staged schedule.
+            return Some(Schedule::staged(
+                start,
+                stages.clone(),
+                self.publishers as u64,
+                j as u64,
+            ));
+        }
+        self.rate.map(|r| {
+            let total = r * self.publishers as f64;
+            Schedule::new(start, Duration::from_secs_f64(j as f64 / total), r)
+        })
+    }
+
+    /// Appends up to `max` events due now as (sequence, probe time); false once the total
+    /// (`--messages`) is used up. Without a schedule (`max` rate) every event is due now and
+    /// stamped with the actual time.
+    pub(super) fn take_due(
+        &self,
+        schedule: &mut Option<Schedule>,
+        max: usize,
+        out: &mut Vec<(u64, u64)>,
+    ) -> bool {
+        let now = Instant::now();
+        for _ in 0..max {
+            let t = match schedule {
+                Some(s) => match s.take_due(now) {
+                    Some(due) => probe::ns_at(due),
+                    None => return true,
+                },
+                None => probe::now_ns(),
+            };
+            match self.seq.take() {
+                Some(k) => out.push((k * self.seq_stride + self.seq_offset, t)),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    pub(super) fn record_sent(&self, events: &[(u64, u64)]) {
+        let n = events.len() as u64;
+        self.sent.fetch_add(n, Ordering::Relaxed);
+        self.stats.sent.fetch_add(n, Ordering::Relaxed);
+        let mut set = self.sent_set.lock().unwrap_or_else(|e| e.into_inner());
+        for (seq, _) in events {
+            set.insert(*seq);
+        }
+    }
+
+    /// How many more events the `--in-flight` window admits now (`max` without a window); waits
+    /// while it is full. `None` when the send phase ended first.
+    pub(super) async fn admitted(&self, max: usize, stop: &CancellationToken) -> Option<usize> {
+        let Some((limit, listen)) = &self.window else {
+            return Some(max);
+        };
+        let per_event = listen.per_event.load(Ordering::Relaxed).max(1);
+        loop {
+            let retired = listen.window_unique() / per_event;
+            let outstanding = self.sent.load(Ordering::Relaxed).saturating_sub(retired);
+            if outstanding < *limit {
+                return Some(max.min((*limit - outstanding) as usize));
+            }
+            // Woken when an event is complete; the timeout covers lost receipts (a listener
+            // that dropped), so a stuck window still ends with the phase.
+            tokio::select! {
+                _ = listen.delivered.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                _ = self.done.cancelled() => return None,
+                _ = stop.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Waits until the next event is due; false if the send phase ended first.
+    pub(super) async fn wait_next(
+        &self,
+        schedule: &Option<Schedule>,
+        stop: &CancellationToken,
+    ) -> bool {
+        let Some(s) = schedule else { return true };
+        tokio::select! {
+            _ = tokio::time::sleep_until(s.next_due().into()) => true,
+            _ = self.done.cancelled() => false,
+            _ = stop.cancelled() => false,
+        }
+    }
+}
+
+/// One WebSocket publisher: sends on schedule, reads (and discards) what comes back; hands the
+/// connection back open when its sending is over.
+pub(crate) async fn publish_ws(
+    sh: Arc<Publish>,
+    j: usize,
+    ws: Ws,
+    stop: CancellationToken,
+) -> ((), Ended) {
+    let (mut sink, stream) = ws.split();
+    let reading = CancellationToken::new();
+    let mut reader = tokio::spawn(drain_reads(
+        stream,
+        sh.stats.clone(),
+        sh.run.clone(),
+        reading.clone(),
+    ));
+    let ended = async {
+        let Some(start) = sh.gate.wait(&stop).await else {
+            return Ended::Finished;
+        };
+        let mut schedule = sh.schedule(start, j);
+        let mut batch = Vec::with_capacity(WS_BATCH);
+        loop {
+            if sh.done.is_cancelled() || stop.is_cancelled() {
+                return Ended::Finished;
+            }
+            batch.clear();
+            let Some(admitted) = sh.admitted(WS_BATCH, &stop).await else {
+                return Ended::Finished;
+            };
+            let more = sh.take_due(&mut schedule, admitted, &mut batch);
+            if batch.is_empty() {
+                if !more || !sh.wait_next(&schedule, &stop).await {
+                    return Ended::Finished;
+                }
+                continue;
+            }
+            let write = async {
+                for (seq, t) in &batch {
+                    let text = sh.encode(*seq, *t);
+                    sink.feed(Message::text(text)).await?;
+                }
+                sink.flush().await
+            };
+            let written = tokio::select! {
+                r = write => Some(r),
+                _ = stop.cancelled() => None,
+            };
+            match written {
+                None => return Ended::Finished,
+                Some(Err(e)) => {
+                    sh.stats.errors_n("send_failed", batch.len() as u64);
+                    return Ended::Dropped(client::error_label(&e));
+                }
+                Some(Ok(())) => sh.record_sent(&batch),
+            }
+            if !more {
+                return Ended::Finished;
+            }
+            // At `max` rate there is never a wait: let the other tasks of this worker run.
+            tokio::task::yield_now().await;
+        }
+    }
+    .await;
+    if let Ended::Finished = ended {
+        // Still open: take the reading half back and hand the whole connection back.
+        reading.cancel();
+        if let Ok(Ok(Some(stream))) = tokio::time::timeout(client::CLOSE_TIMEOUT, &mut reader).await
+        {
+            if let Ok(ws) = stream.reunite(sink) {
+                return ((), Ended::Open(Box::new(ws)));
+            }
+        }
+        return ((), Ended::Finished);
+    }
+    let _ = tokio::time::timeout(client::CLOSE_TIMEOUT, sink.close()).await;
+    if tokio::time::timeout(client::CLOSE_TIMEOUT, &mut reader)
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
+    ((), ended)
+}
+
+/// Reads a publisher's incoming side so the server never blocks on it; counts error events
+/// (the server rejecting what was sent). Returns the stream when `stop` comes first (the
+/// connection is still open), `None` when the connection ended.
+pub(super) async fn drain_reads<S>(
+    mut stream: S,
+    stats: Arc<Stats>,
+    run: String,
+    stop: CancellationToken,
+) -> Option<S>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let incoming = tokio::select! {
+            _ = stop.cancelled() => return Some(stream),
+            i = client::recv(&mut stream) => i,
+        };
+        match incoming {
+            Incoming::Text(text) => {
+                if probe::classify(&text, &run) == Received::ErrorEvent {
+                    stats.error("error_event");
+                }
+            }
+            Incoming::Closed(_) => return None,
+        }
+    }
+}
+
+/// Where and how one HTTP publisher posts.
+pub(super) struct HttpSpec {
+    pub(super) target: Arc<crate::client::Target>,
+    /// Publisher number (its place in the stagger).
+    pub(super) j: usize,
+    /// Connection index (its source address).
+    pub(super) index: usize,
+    pub(super) path: String,
+    pub(super) batch: usize,
+}
+
+/// One HTTP publisher: `batch` events per `POST`, on schedule.
+pub(super) async fn publish_http(
+    sh: Arc<Publish>,
+    spec: HttpSpec,
+    stop: CancellationToken,
+    ready: mpsc::UnboundedSender<bool>,
+) {
+    let HttpSpec {
+        target: ctx_target,
+        j,
+        index,
+        path,
+        batch,
+    } = spec;
+    let mut conn = match http::Publisher::connect(&ctx_target, index, &path).await {
+        Ok(c) => {
+            let _ = ready.send(true);
+            c
+        }
+        Err(f) => {
+            sh.stats.connect_failed(&f.reason());
+            let _ = ready.send(false);
+            return;
+        }
+    };
+    let Some(start) = sh.gate.wait(&stop).await else {
+        return;
+    };
+    let mut schedule = sh.schedule(start, j);
+    let mut pending: Vec<(u64, u64)> = Vec::with_capacity(batch);
+    let request_latency = sh.stats.secondary.as_ref();
+    let mut retried = false;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let more = sh.take_due(&mut schedule, batch - pending.len(), &mut pending);
+        let finishing = !more || sh.done.is_cancelled();
+        if pending.len() < batch && !finishing {
+            if !sh.wait_next(&schedule, &stop).await && stop.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let body = if batch == 1 {
+            sh.encode(pending[0].0, pending[0].1)
+        } else {
+            let events: Vec<String> = pending.iter().map(|(seq, t)| sh.encode(*seq, *t)).collect();
+            format!("[{}]", events.join(","))
+        };
+        // The request is due when its last event is: measured from there, batching delay is
+        // the events' latency, not the request's.
+        let due = pending.last().map_or(0, |(_, t)| *t);
+        let n = pending.len() as u64;
+        let answer = tokio::select! {
+            r = conn.post(body) => Some(r),
+            _ = stop.cancelled() => None,
+        };
+        match answer {
+            None => return,
+            Some(Ok(status)) => {
+                if let Some(l) = request_latency {
+                    l.record_ns(probe::now_ns().saturating_sub(due));
+                }
+                if (200..300).contains(&status) {
+                    sh.record_sent(&pending);
+                } else {
+                    sh.stats.errors_n(&format!("http_{status}"), n);
+                }
+            }
+            Some(Err(http::PostError::Closed)) if !retried => {
+                // The server closed the idle connection (after a refusal, or a keep-alive
+                // limit) before this request went out: reconnect and send the batch again.
+                match http::Publisher::connect(&ctx_target, index, &path).await {
+                    Ok(c) => {
+                        conn = c;
+                        retried = true;
+                        continue;
+                    }
+                    Err(f) => {
+                        sh.stats.connect_failed(&f.reason());
+                        sh.stats.errors_n("http_closed", n);
+                        return;
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                sh.stats.errors_n(e.label(), n);
+                match http::Publisher::connect(&ctx_target, index, &path).await {
+                    Ok(c) => conn = c,
+                    Err(f) => {
+                        sh.stats.connect_failed(&f.reason());
+                        return;
+                    }
+                }
+            }
+        }
+        retried = false;
+        pending.clear();
+        if finishing {
+            return;
+        }
+    }
+}
+
+/// The running publishers, whichever the transport.
+pub(super) enum Senders {
+    Ws(Fleet<()>),
+    Http(JoinSet<()>, CancellationToken),
+}
+
+impl Senders {
+    /// Lets publishers finish their current batch, then stops them.
+    pub(super) async fn finish(self, patience: Duration) {
+        match self {
+            Senders::Ws(fleet) => {
+                fleet.finish(patience).await;
+            }
+            Senders::Http(mut set, stop) => {
+                let limit = Instant::now() + patience;
+                while let Ok(Some(_)) = tokio::time::timeout_at(limit.into(), set.join_next()).await
+                {
+                }
+                stop.cancel();
+                set.abort_all();
+                while set.join_next().await.is_some() {}
+            }
+        }
+    }
+}

@@ -73,9 +73,10 @@ impl Phases {
     }
 }
 
-/// The measured phase: how long it lasted, and why it ended when not cut short.
+/// The measured phase: when it started, how long it lasted, and why it ended when not cut short.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Measured {
+    pub start: Instant,
     pub took: Duration,
     pub natural: StopReason,
 }
@@ -92,6 +93,7 @@ impl Measured {
         };
         done.cancel();
         Measured {
+            start,
             took: start.elapsed(),
             natural,
         }

@@ -14,8 +14,8 @@
 //! a listener that comes and goes mid-stream has no exact set of events it should have received.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ use super::delivery::{self, Listen, Publish, Tally};
 use super::skeleton::{self, Closed, Measured, Notes, Phases, StagedSlots, Steps};
 use crate::cli::SoakArgs;
 use crate::client::{self, Incoming, Role, Ws};
-use crate::context::{Gate, Outcome, RunCtx, Schedule, SeqSet, Sequence};
+use crate::context::{Gate, Outcome, RunCtx, Schedule, Sequence};
 use crate::fleet::{self, Ended, Fleet, FleetSpec, Ramp};
 use crate::probe::{self, Encoder, Kind, Received};
 use crate::stages::Stages;
@@ -129,23 +129,9 @@ impl Soak<'_> {
     /// The broadcaster: a one-connection publisher fleet with its own sequence numbers.
     fn broadcaster(&self, ctx: &RunCtx) -> (Arc<Publish>, Fleet<()>) {
         let (args, done) = (self.args, &self.shared.done);
-        let publish = Arc::new(Publish {
-            gate: self.shared.gate.clone(),
-            done: done.clone(),
-            seq: Sequence::new(None, done.clone()),
-            encoder: Encoder::echo(args.message_size, true, &ctx.run_id),
-            stats: ctx.stats.clone(),
-            run: ctx.run_id.clone(),
-            rate: Some(args.broadcast_rate),
-            publishers: 1,
-            sent: AtomicU64::new(0),
-            sent_set: Arc::new(Mutex::new(SeqSet::default())),
-            window: None,
-            seq_stride: 1,
-            seq_offset: 0,
-            mix: None,
-            stages: None,
-        });
+        let encoder = Encoder::echo(args.message_size, true, &ctx.run_id);
+        let (gate, rate) = (self.shared.gate.clone(), Some(args.broadcast_rate));
+        let publish = Arc::new(Publish::new(ctx, gate, done.clone(), encoder, rate));
         let role = if ctx.target.api_key().is_some() {
             Role::Publisher
         } else {
@@ -250,29 +236,15 @@ impl Steps for Soak<'_> {
 /// What the held connections received of the broadcasts sent.
 fn count_broadcasts(publish: &Publish, states: &[Held], listeners: usize) -> DeliverySummary {
     let sent = publish.sent.load(Ordering::Relaxed);
-    let expected = sent * listeners as u64;
     let sent_set = std::mem::take(&mut *publish.sent_set.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut d = DeliverySummary {
+    let d = DeliverySummary {
         listeners,
         publishers: 1,
         sent,
-        expected,
+        expected: sent * listeners as u64,
         ..DeliverySummary::default()
     };
-    for s in states {
-        let got = s.tally.seen.count_common(&sent_set);
-        d.received += got;
-        d.complete_listeners += usize::from(sent > 0 && got == sent);
-        d.duplicates += s.tally.duplicates;
-        d.foreign += s.tally.foreign;
-    }
-    d.missing = expected.saturating_sub(d.received);
-    d.completeness = if expected > 0 {
-        d.received as f64 / expected as f64
-    } else {
-        0.0
-    };
-    d
+    delivery::count_broadcasts(d, states.iter().map(|s| &s.tally), &sent_set)
 }
 
 /// `--stage`: connections open and close as the stages say, each echoing while it is open.

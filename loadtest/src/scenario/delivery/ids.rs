@@ -1,6 +1,7 @@
 //! Connection ids, for `--mix target=connection`: the *registrars* (one publisher connection per
 //! instance) answer each listener's MetaRequest with the listener's own connection id, and
-//! [`gather_ids`] waits until the listeners have learnt theirs.
+//! [`learn_ids`] (the `ids` step) waits until the listeners have learnt theirs, swaps them with
+//! the other workers and hands the list to the mix, which addresses connection events from it.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -12,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 use super::listeners::Listen;
 use crate::client::{self, Incoming, Role, Ws};
 use crate::context::RunCtx;
-use crate::mix::ID_PROPERTY;
+use crate::mix::{Mix, ID_PROPERTY};
+use crate::scenario::skeleton::Notes;
 
 /// A listener asks for its connection id again after this long without an answer (its
 /// MetaRequest may have gone to a publisher that does not answer, such as another run's).
 pub(super) const ID_RESEND: Duration = Duration::from_secs(1);
 /// Give up waiting for the listeners' ids after this long, plus a second per 10,000 listeners.
-pub(super) const ID_LIMIT: Duration = Duration::from_secs(5);
+const ID_LIMIT: Duration = Duration::from_secs(5);
 
 /// The MetaRequest by which a listener asks for its connection id.
 pub(super) fn id_request() -> String {
@@ -133,11 +135,7 @@ pub(super) async fn registrar(ws: Ws, stop: CancellationToken) {
 
 /// Waits until `expected` listeners have learnt their connection ids (or the limit), stops
 /// the asking, and returns the ids of this worker's listeners.
-pub(super) async fn gather_ids(
-    ctx: &RunCtx,
-    listen: &Listen,
-    expected: usize,
-) -> Vec<(usize, String)> {
+async fn gather_ids(ctx: &RunCtx, listen: &Listen, expected: usize) -> Vec<(usize, String)> {
     let limit = Instant::now() + ID_LIMIT + Duration::from_millis(expected as u64 / 10);
     loop {
         let notified = listen.identified.notified();
@@ -153,4 +151,60 @@ pub(super) async fn gather_ids(
     }
     listen.asking.store(false, Ordering::Relaxed);
     listen.ids.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The `ids` step: waits for the `established` listeners of this worker to learn their ids,
+/// closes the registrars, and gives the mix every worker's identified listeners (what connection
+/// events go to).
+pub(super) async fn learn_ids(
+    ctx: &RunCtx,
+    listen: &Listen,
+    registrars: Registrars,
+    mix: &Mix,
+    established: usize,
+    notes: &mut Notes,
+) {
+    let own = if registrars.connected > 0 {
+        gather_ids(ctx, listen, established).await
+    } else {
+        Vec::new()
+    };
+    let unknown = established.saturating_sub(own.len());
+    if unknown > 0 {
+        ctx.stats.errors_n("no_connection_id", unknown as u64);
+        notes.push(format!(
+            "{unknown} of {established} listeners did not learn their connection id: no \
+             connection event goes to them"
+        ));
+    }
+    let all = exchange(ctx, own, notes).await;
+    if all.is_empty() {
+        notes.push("no listener learnt its connection id: connection events went to no one".into());
+    }
+    mix.set_connections(all);
+    registrars.close().await;
+}
+
+/// Every worker's publishers pick from the same list: all the workers' listeners (this one's
+/// alone without workers).
+async fn exchange(
+    ctx: &RunCtx,
+    own: Vec<(usize, String)>,
+    notes: &mut Notes,
+) -> Vec<(usize, String)> {
+    let Some(link) = &ctx.link else {
+        return own;
+    };
+    let key = format!("{}/ids", ctx.run_id);
+    match link.exchange_ids(&key, &own, &ctx.cancel).await {
+        Some(all) => all,
+        None => {
+            notes.push(
+                "the other workers' connection ids never arrived: connection events go to \
+                 this worker's listeners only"
+                    .into(),
+            );
+            own
+        }
+    }
 }

@@ -117,7 +117,7 @@ impl Listen {
 
     /// The measure a listener's delivery latency goes to: paused listeners have their own
     /// (`delivery_paused`), so the pause does not hide in the steady listeners' figures.
-    pub(super) fn latency_for(&self, tally: &Tally) -> &Latency {
+    fn latency_for(&self, tally: &Tally) -> &Latency {
         match (&self.stats.extra, tally.paused) {
             (Some(extra), true) => extra,
             _ => &self.stats.primary,
@@ -129,7 +129,7 @@ impl Listen {
     }
 
     /// Accounts one received frame; delivery latency goes to `latency`.
-    pub(super) fn handle(&self, tally: &mut Tally, text: &str, latency: &Latency) {
+    fn handle(&self, tally: &mut Tally, text: &str, latency: &Latency) {
         self.handle_received(tally, probe::classify(text, &self.run), latency);
     }
 
@@ -173,7 +173,7 @@ impl Listen {
 }
 
 /// What woke a listener.
-pub(super) enum Woke {
+enum Woke {
     Stop,
     Frame(Incoming),
     /// Time to stop reading (paused listeners only), at this instant.

@@ -1,6 +1,6 @@
 //! `broadcast` and `publish`: fan-out delivery measured exactly.
 //!
-//! The run has five steps:
+//! The run has five steps (the skeleton's, see [`super::skeleton`]):
 //! 1. **ramp**: open the listeners (ordinary clients) at the paced rate;
 //! 2. **warm-up**: send unmeasured warm-up events until every listener has seen one. A listener's
 //!    upgrade completing does not prove the server has registered it for fan-out yet; without this
@@ -23,38 +23,40 @@
 //! phase for `--pause-for` (TCP backpressure then reaches the server, whose per-connection queue
 //! fills), then read on. Each listener's receipts, how it ended (close code, or no close frame)
 //! and, for the paused ones, the time to receive everything sent before they resumed, are
-//! reported for the paused and the steady listeners apart (see [`PauseSummary`]).
+//! reported for the paused and the steady listeners apart (see
+//! [`crate::summary::PauseSummary`]).
+//!
+//! Where each part lives: `plan.rs` (the options checked, this worker's share), `listeners.rs`
+//! (the listener connections and their receipts), `ids.rs` (connection ids), `warmup.rs`,
+//! `publishers.rs` (WebSocket and HTTP publishers, the schedule, `--in-flight`), `pause.rs`
+//! (`--pause-share`: the pause, the catch-up, the groups), `accounting.rs` (the count); this
+//! file puts them in the skeleton's order.
 
 mod accounting;
 mod ids;
 mod listeners;
 mod pause;
+mod plan;
 mod publishers;
 mod warmup;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-
-use self::accounting::behind_note;
-use self::ids::{gather_ids, Registrars};
-use self::listeners::listen_loop;
+pub(crate) use self::accounting::count_broadcasts;
+use self::accounting::Reference;
+use self::ids::Registrars;
 pub(crate) use self::listeners::{Listen, Tally};
-use self::pause::{pause_summary, PausePlan};
-use self::publishers::{publish_http, HttpSpec, Senders};
+use self::pause::PausePlan;
+use self::plan::Plan;
+use self::publishers::Senders;
 pub(crate) use self::publishers::{publish_ws, Publish};
-use self::warmup::warmup;
+use super::skeleton::{self, Closed, Measured, Notes, Phases, Steps};
 use crate::cli::{DeliveryArgs, Rate};
 use crate::client::Role;
-use crate::context::{Gate, Outcome, RunCtx, SeqSet, Sequence, StopReason};
-use crate::fleet::{self, FleetSpec};
-use crate::mix::{Expectation, Mix};
-use crate::probe::{self, Encoder};
-use crate::stages::Stages;
-use crate::summary::DeliverySummary;
+use crate::context::{Gate, Outcome, RunCtx, Sequence, StopReason};
+use crate::fleet::{self, Fleet, FleetSpec, Ramp};
 
 /// How events reach the broker.
 #[derive(Debug, Clone)]
@@ -65,437 +67,241 @@ pub enum Transport {
     Http { batch: usize, path: String },
 }
 
+/// Runs `broadcast` or `publish` (which differ in `transport`).
 pub async fn run(
     ctx: &RunCtx,
     args: &DeliveryArgs,
     transport: Transport,
 ) -> anyhow::Result<Outcome> {
-    if args.publishers == 0 {
-        anyhow::bail!("--publishers must be at least 1");
-    }
-    match (args.in_flight, &transport) {
-        (Some(0), _) => anyhow::bail!("--in-flight must be at least 1"),
-        (Some(_), Transport::Http { .. }) => {
-            anyhow::bail!("--in-flight needs WebSocket publishers (not `--via http`)")
-        }
-        _ => {}
-    }
-    let paused_n = args.pause.paused_count(args.listeners);
-    if args.in_flight.is_some() && paused_n > 0 && paused_n == args.listeners {
-        anyhow::bail!(
-            "--in-flight needs at least one listener that does not pause (lower --pause-share)"
-        );
-    }
-    // With --workers, this process runs its share of listeners, publishers and events.
-    let shard = ctx.shard;
-    let (l_first, l_count) = shard.part(args.listeners);
-    let (p_first, p_count) = shard.part(args.publishers);
-    let messages = args
-        .messages
-        .map(|m| shard.part_along(m, p_first, p_count, args.publishers));
-    let event = match &args.event {
-        Some(text) => probe::parse_event(text)?,
-        None => probe::echo_event(args.message_size, true),
-    };
-    let encoder = Encoder::new(&event, &ctx.run_id);
-    let stages = (!args.stage.is_empty()).then(|| Arc::new(Stages(args.stage.clone())));
-    // With stages, the send phase lasts as long as they do.
-    let send_for = stages.as_ref().map_or(args.duration, |s| s.total());
-    let identities = ctx.target.identities().cloned();
-    let mix = if args.mix.is_empty() {
-        None
-    } else {
-        let users = identities
-            .as_ref()
-            .map_or(0, |ids| ids.user_count(args.listeners));
-        let mix = Mix::parse(
-            &args.mix,
-            args.message_size,
-            &ctx.run_id,
-            identities.clone(),
-            users,
-        )?;
-        if mix.has_user_events() && matches!(transport, Transport::Ws(Role::Client)) {
-            anyhow::bail!(
-                "--mix target=user needs publishers (--api-key): clients cannot address a user"
-            );
-        }
-        if mix.has_connection_events() && ctx.target.api_key().is_none() {
-            anyhow::bail!(
-                "--mix target=connection needs --api-key: only publishers can address a \
-                 connection, and the listeners learn their connection ids from the tool's own \
-                 publisher connection"
-            );
-        }
-        Some(Arc::new(mix))
-    };
-    // With user or connection events, what each listener expects depends on who it is.
-    let targeted = mix.as_ref().filter(|m| m.is_targeted()).cloned();
-    let user_of = |l: usize| identities.as_ref().map(|ids| ids.user_of(l));
-    let with_ids = mix.as_ref().filter(|m| m.has_connection_events()).cloned();
-    let mut notes = Vec::new();
+    let plan = Plan::new(ctx, args, transport)?;
+    Ok(skeleton::drive(ctx, Delivery::new(ctx, plan)).await)
+}
 
-    ctx.phase("ramp");
-    let gate = Gate::new();
-    let sent_set = Arc::new(Mutex::new(SeqSet::default()));
-    let plan = (paused_n > 0).then(|| PausePlan {
-        at: args.pause.pause_at,
-        length: args.pause.pause_for,
-        gate: gate.clone(),
-        sent_set: sent_set.clone(),
-        backlog: OnceLock::new(),
-    });
-    let listen = Arc::new(Listen::with_pause(ctx, plan));
-    // Connection events: a registrar on every instance before the listeners ask for their ids.
-    let registrars = match &with_ids {
-        Some(_) => {
-            let index = args.listeners + args.publishers + shard.count + shard.index;
-            let (r, mut why) = Registrars::open(ctx, index).await;
-            notes.append(&mut why);
-            listen.asking.store(r.connected > 0, Ordering::Relaxed);
-            Some(r)
-        }
-        None => None,
-    };
-    let n_listeners = args.listeners;
-    let picks = args.pause.clone();
-    let recv_buffer =
-        args.pause
-            .pause_rcvbuf
-            .filter(|_| paused_n > 0)
-            .map(|bytes| -> fleet::RecvBufferFor {
-                let picks = picks.clone();
-                (bytes, Arc::new(move |i| picks.is_paused(i, n_listeners)))
-            });
-    let spec = FleetSpec {
-        count: l_count,
-        role: Role::Client,
-        first_index: l_first,
-        reconnect: false,
-        recv_buffer,
-        slots: None,
-    };
-    let l = listen.clone();
-    let mut listeners = fleet::launch(
-        ctx,
-        spec,
-        |i| Tally::new(i, picks.is_paused(i, n_listeners)),
-        move |_, ws, tally, stop| listen_loop(l.clone(), ws, tally, stop),
-    );
-    let ramp = listeners
-        .wait_connected(ctx.ramp_limit(l_count), &ctx.cancel)
-        .await;
+/// One run: its plan, and what its listeners and publishers share.
+struct Delivery<'a> {
+    plan: Plan<'a>,
+    listen: Arc<Listen>,
+    publish: Arc<Publish>,
+}
 
-    if let (Some(mix), Some(registrars)) = (&with_ids, registrars) {
-        ctx.phase("ids");
-        let own = if registrars.connected > 0 {
-            gather_ids(ctx, &listen, ramp.established).await
-        } else {
-            Vec::new()
-        };
-        let unknown = ramp.established.saturating_sub(own.len());
-        if unknown > 0 {
-            ctx.stats.errors_n("no_connection_id", unknown as u64);
-            notes.push(format!(
-                "{unknown} of {} listeners did not learn their connection id: no connection \
-                 event goes to them",
-                ramp.established
-            ));
-        }
-        // Every worker's publishers pick from the same list: all the workers' listeners.
-        let all = match &ctx.link {
-            Some(link) => {
-                let key = format!("{}/ids", ctx.run_id);
-                match link.exchange_ids(&key, &own, &ctx.cancel).await {
-                    Some(all) => all,
-                    None => {
-                        notes.push("the other workers' connection ids never arrived: connection events go to this worker's listeners only".into());
-                        own
-                    }
-                }
-            }
-            None => own,
-        };
-        if all.is_empty() {
-            notes.push(
-                "no listener learnt its connection id: connection events went to no one".into(),
-            );
-        }
-        mix.set_connections(all);
-        registrars.close().await;
-    }
+/// What the run opened, and what the count is against.
+struct Open {
+    listeners: Fleet<Tally>,
+    ramp: Ramp,
+    /// `--mix target=connection`: the registrars, until the listeners have their ids.
+    registrars: Option<Registrars>,
+    /// The publishers, from their ramp to the end of the send phase.
+    senders: Option<Senders>,
+    publishers_ready: usize,
+    reference: Reference,
+}
 
-    ctx.phase("warm-up");
-    let warm_index = args.listeners + args.publishers + shard.index;
-    if let Some(note) = warmup(
-        ctx,
-        &transport,
-        &encoder,
-        &listen,
-        ramp.established,
-        warm_index,
-    )
-    .await
-    {
-        notes.push(note);
-    }
-
-    ctx.phase("ramp-pub");
-    let done = ctx.cancel.child_token();
-    let publish = Arc::new(Publish {
-        gate,
-        done: done.clone(),
-        seq: Sequence::new(messages, done.clone()),
-        encoder,
-        stats: ctx.stats.clone(),
-        run: ctx.run_id.clone(),
-        rate: match args.rate {
+impl<'a> Delivery<'a> {
+    fn new(ctx: &RunCtx, plan: Plan<'a>) -> Self {
+        let args = plan.args;
+        let gate = Gate::new();
+        let done = ctx.cancel.child_token();
+        let rate = match args.rate {
             Rate::PerSecond(r) => Some(r / args.publishers as f64),
             Rate::Max => None,
-        },
-        publishers: args.publishers,
-        sent: AtomicU64::new(0),
-        sent_set,
-        window: args.in_flight.map(|limit| {
+        };
+        let mut publish = Publish {
+            seq: Sequence::new(plan.messages, done.clone()),
+            publishers: args.publishers,
+            seq_stride: ctx.shard.count as u64,
+            seq_offset: ctx.shard.index as u64,
+            mix: plan.mix.clone(),
+            stages: plan.stages.clone(),
+            ..Publish::new(ctx, gate.clone(), done, plan.encoder.clone(), rate)
+        };
+        let pause = (plan.paused > 0).then(|| PausePlan {
+            at: args.pause.pause_at,
+            length: args.pause.pause_for,
+            gate,
+            sent_set: publish.sent_set.clone(),
+            backlog: OnceLock::new(),
+        });
+        let listen = Arc::new(Listen::with_pause(ctx, pause));
+        // `--in-flight`: the listeners' receipts retire events.
+        publish.window = args.in_flight.map(|limit| (limit, listen.clone()));
+        Delivery {
+            plan,
+            listen,
+            publish: Arc::new(publish),
+        }
+    }
+
+    /// Connection events: a registrar on every instance before the listeners ask for their ids.
+    async fn open_registrars(&self, ctx: &RunCtx, notes: &mut Notes) -> Registrars {
+        let (args, shard) = (self.plan.args, ctx.shard);
+        let index = args.listeners + args.publishers + shard.count + shard.index;
+        let (r, mut why) = Registrars::open(ctx, index).await;
+        notes.append(&mut why);
+        self.listen.asking.store(r.connected > 0, Ordering::Relaxed);
+        r
+    }
+
+    /// This worker's listeners, ramped; the paused ones with `--pause-rcvbuf` get that receive
+    /// buffer.
+    async fn launch_listeners(&self, ctx: &RunCtx) -> (Fleet<Tally>, Ramp) {
+        let (first, count) = self.plan.listeners;
+        let (n_listeners, picks) = (self.plan.args.listeners, self.plan.args.pause.clone());
+        let recv_buffer = picks.pause_rcvbuf.filter(|_| self.plan.paused > 0).map(
+            |bytes| -> fleet::RecvBufferFor {
+                let picks = picks.clone();
+                (bytes, Arc::new(move |i| picks.is_paused(i, n_listeners)))
+            },
+        );
+        let spec = FleetSpec {
+            recv_buffer,
+            ..FleetSpec::paced(Role::Client, first, count)
+        };
+        let l = self.listen.clone();
+        let mut listeners = fleet::launch(
+            ctx,
+            spec,
+            |i| Tally::new(i, picks.is_paused(i, n_listeners)),
+            move |_, ws, tally, stop| listeners::listen_loop(l.clone(), ws, tally, stop),
+        );
+        let ramp = listeners.wait_ramp(ctx).await;
+        (listeners, ramp)
+    }
+
+    /// The publishers connect (phase `ramp-pub`).
+    async fn ramp_publishers(&self, ctx: &RunCtx, open: &mut Open, notes: &mut Notes) {
+        ctx.phase("ramp-pub");
+        if self.plan.args.in_flight.is_some() {
             // Only the steady listeners' receipts retire events (all of them without a pause).
-            let steady = listen.steady_connected.load(Ordering::Relaxed);
-            listen
+            let steady = self.listen.steady_connected.load(Ordering::Relaxed);
+            self.listen
                 .per_event
                 .store(steady.max(1) as u64, Ordering::Relaxed);
-            (limit, listen.clone())
-        }),
-        seq_stride: shard.count as u64,
-        seq_offset: shard.index as u64,
-        mix: mix.clone(),
-        stages: stages.clone(),
-    });
-    let (senders, publishers_ready) = match &transport {
-        Transport::Ws(role) => {
-            let spec = FleetSpec {
-                count: p_count,
-                role: *role,
-                first_index: args.listeners + p_first,
-                reconnect: false,
-                recv_buffer: None,
-                slots: None,
-            };
-            // `index - first` is the publisher's number over all workers (its stagger slot).
-            let (p, first) = (publish.clone(), args.listeners);
-            let mut fleet = fleet::launch(
-                ctx,
-                spec,
-                |_| (),
-                move |index, ws, (), stop| publish_ws(p.clone(), index - first, ws, stop),
-            );
-            let r = fleet
-                .wait_connected(ctx.ramp_limit(p_count), &ctx.cancel)
-                .await;
-            (Senders::Ws(fleet), r.established)
         }
-        Transport::Http { batch, path } => {
-            let stop = ctx.cancel.child_token();
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let mut set = JoinSet::new();
-            for j in p_first..p_first + p_count {
-                let spec = HttpSpec {
-                    target: ctx.target.clone(),
-                    j,
-                    index: args.listeners + j,
-                    path: path.clone(),
-                    batch: *batch,
-                };
-                set.spawn(publish_http(
-                    publish.clone(),
-                    spec,
-                    stop.clone(),
-                    tx.clone(),
-                ));
-            }
-            drop(tx);
-            let limit = ctx.ramp_limit(p_count);
-            let (mut ready, mut settled) = (0, 0);
-            while settled < p_count {
-                match tokio::time::timeout_at(limit.into(), rx.recv()).await {
-                    Ok(Some(ok)) => {
-                        settled += 1;
-                        ready += usize::from(ok);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            (Senders::Http(set, stop), ready)
+        let (senders, ready) = Senders::launch(ctx, &self.plan, &self.publish).await;
+        if ready == 0 && self.plan.publishers.1 > 0 {
+            notes.push("no publisher could connect: nothing was sent".into());
         }
-    };
-    if publishers_ready == 0 && p_count > 0 {
-        notes.push("no publisher could connect: nothing was sent".into());
+        open.senders = Some(senders);
+        open.publishers_ready = ready;
     }
-    // With --workers: nobody sends before every worker's listeners and publishers are up.
-    ctx.barrier("ready").await;
+}
 
-    ctx.phase("send");
-    let start = publish.gate.open();
-    let natural = if p_count == 0 {
-        // No publisher here: the send phase is the others' (the exchange below waits for it).
-        StopReason::Count
-    } else {
-        tokio::select! {
-            _ = tokio::time::sleep_until((start + send_for).into()) => StopReason::Duration,
-            _ = done.cancelled() => StopReason::Count,
-        }
+impl Steps for Delivery<'_> {
+    type Open = Open;
+    /// With --workers: nobody sends before every worker's listeners and publishers are up.
+    const PHASES: Phases = Phases {
+        barrier: "ready",
+        ..Phases::ramped("send")
     };
-    done.cancel();
-    let mut measured = start.elapsed();
-    senders.finish(Duration::from_secs(5)).await;
-    let own_sent = publish.sent.load(Ordering::Relaxed);
-    // The completeness reference: the events every worker sent (this one's alone).
-    let all_sent = {
-        let own = publish
-            .sent_set
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match &ctx.link {
-            Some(link) => {
-                let key = format!("{}/sent", ctx.run_id);
-                match link.exchange(&key, &own, &ctx.cancel).await {
-                    Some(all) => all,
-                    None => {
-                        notes.push("the other workers' sent events never arrived: counted against this worker's alone".into());
-                        own
-                    }
-                }
-            }
-            None => own,
-        }
-    };
-    if p_count == 0 {
-        measured = start.elapsed();
-    }
 
-    ctx.phase("drain");
-    let sent = all_sent.len();
-    let expectation = targeted
-        .as_ref()
-        .map(|mix| Expectation::of(mix, all_sent.iter()));
-    let expected = match &expectation {
-        Some(e) => listen
-            .connected_ix
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|&l| e.for_listener(l, user_of(l)))
-            .sum(),
-        None => sent * ramp.established as u64,
-    };
-    let mut drain_limit = Instant::now() + args.drain;
-    if paused_n > 0 {
-        // Paused listeners get the whole --drain after they resume, even when the pause
-        // outlasts the send phase.
-        let resume = start + args.pause.pause_at + args.pause.pause_for;
-        drain_limit = drain_limit.max(resume + args.drain);
-    }
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    while listen.unique() < expected && Instant::now() < drain_limit {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = ctx.cancel.cancelled() => break,
+    async fn ramp(&mut self, ctx: &RunCtx, notes: &mut Notes) -> Open {
+        let registrars = match self.plan.with_ids() {
+            Some(_) => Some(self.open_registrars(ctx, notes).await),
+            None => None,
+        };
+        let (listeners, ramp) = self.launch_listeners(ctx).await;
+        Open {
+            listeners,
+            ramp,
+            registrars,
+            senders: None,
+            publishers_ready: 0,
+            reference: Reference::default(),
         }
     }
 
-    ctx.phase("close");
-    let (tallies, lost) = listeners.finish(Duration::ZERO).await;
-    let sent_set = all_sent;
-    let mut d = DeliverySummary {
-        listeners: ramp.established,
-        publishers: publishers_ready,
-        sent,
-        expected,
-        ..DeliverySummary::default()
-    };
-    if let (Some(e), Some(mix)) = (&expectation, &targeted) {
-        d.expected = expected;
-        for t in tallies.iter().filter(|t| t.connected) {
-            let u = user_of(t.index);
-            let (mut got, mut wrong) = (0, 0);
-            for seq in t.seen.iter().filter(|s| sent_set.contains(*s)) {
-                if mix.is_for(seq, t.index, u) {
-                    got += 1;
-                } else {
-                    wrong += 1;
-                }
-            }
-            d.received += got;
-            d.misdelivered += wrong;
-            d.complete_listeners += usize::from(got == e.for_listener(t.index, u));
-            d.duplicates += t.duplicates;
-            d.foreign += t.foreign;
+    /// Connection ids (phase `ids`, with connection events), the warm-up, the publishers.
+    async fn prepare(&mut self, ctx: &RunCtx, open: &mut Open, notes: &mut Notes) {
+        let established = open.ramp.established;
+        if let (Some(mix), Some(registrars)) = (self.plan.with_ids(), open.registrars.take()) {
+            ctx.phase("ids");
+            ids::learn_ids(ctx, &self.listen, registrars, mix, established, notes).await;
         }
-        ctx.stats.errors_n("misdelivered", d.misdelivered);
+        ctx.phase("warm-up");
+        let (args, transport) = (self.plan.args, &self.plan.transport);
+        let index = args.listeners + args.publishers + ctx.shard.index;
+        let encoder = &self.publish.encoder;
+        let warm = warmup::warmup(ctx, transport, encoder, &self.listen, established, index);
+        notes.extend(warm.await);
+        self.ramp_publishers(ctx, open, notes).await;
     }
-    for t in tallies.iter().filter(|_| targeted.is_none()) {
-        let got = t.seen.count_common(&sent_set);
-        d.received += got;
-        d.complete_listeners += usize::from(sent > 0 && got == sent);
-        d.duplicates += t.duplicates;
-        d.foreign += t.foreign;
+
+    /// Sending, then the publishers stop and the workers swap what they sent.
+    async fn measure(&mut self, ctx: &RunCtx, open: &mut Open, notes: &mut Notes) -> Measured {
+        let start = self.publish.gate.open();
+        let alone = self.plan.publishers.1 == 0;
+        let mut m = if alone {
+            // No publisher here: the send phase is the others' (the exchange below waits for it).
+            self.publish.done.cancel();
+            Measured {
+                start,
+                took: start.elapsed(),
+                natural: StopReason::Count,
+            }
+        } else {
+            Measured::until(start, self.plan.send_for, &self.publish.done).await
+        };
+        if let Some(senders) = open.senders.take() {
+            senders.finish(Duration::from_secs(5)).await;
+        }
+        open.reference.own_sent = self.publish.sent.load(Ordering::Relaxed);
+        open.reference.all_sent = accounting::all_sent(ctx, &self.publish, notes).await;
+        if alone {
+            m.took = start.elapsed();
+        }
+        m
     }
-    d.missing = expected.saturating_sub(d.received);
-    d.completeness = if expected > 0 {
-        d.received as f64 / expected as f64
-    } else {
-        0.0
-    };
-    if lost > 0 {
-        notes.push(format!(
-            "{lost} listeners did not close in time; their receipts count as missing"
-        ));
+
+    fn drains(&self, _: &Open) -> bool {
+        true
     }
-    if paused_n > 0 {
-        let p = &args.pause;
-        if p.pause_at >= measured {
-            notes.push(format!(
-                "the pause was due {:?} into sending, but sending stopped after {:.2} s: \
-                 the paused listeners paused after the events were sent",
-                p.pause_at,
-                measured.as_secs_f64()
-            ));
-        } else if p.pause_at + p.pause_for > measured {
-            notes.push(format!(
-                "the pause ({:?} from {:?}) outlasted sending ({:.2} s): the drain waited \
-                 up to --drain after the resume",
-                p.pause_for,
-                p.pause_at,
-                measured.as_secs_f64()
+
+    /// Until every listener has every event it is to receive, or `--drain` passes.
+    async fn drain(&mut self, ctx: &RunCtx, open: &mut Open, m: &Measured, _: &mut Notes) {
+        let args = self.plan.args;
+        open.reference
+            .expect(&self.plan, &self.listen, open.ramp.established);
+        let mut limit = Instant::now() + args.drain;
+        if self.plan.paused > 0 {
+            // Paused listeners get the whole --drain after they resume, even when the pause
+            // outlasts the send phase.
+            let resume = m.start + args.pause.pause_at + args.pause.pause_for;
+            limit = limit.max(resume + args.drain);
+        }
+        let (listen, expected) = (&self.listen, open.reference.expected);
+        skeleton::poll_until(ctx, limit, Duration::from_millis(10), || {
+            listen.unique() >= expected
+        })
+        .await;
+    }
+
+    async fn close(self, ctx: &RunCtx, open: Open, m: &Measured, notes: &mut Notes) -> Closed {
+        let (tallies, lost) = open.listeners.finish(Duration::ZERO).await;
+        let (plan, reference) = (&self.plan, &open.reference);
+        let ready = (open.ramp.established, open.publishers_ready);
+        let mut d = accounting::count(ctx, plan, &tallies, reference, ready);
+        skeleton::note_lost(
+            notes,
+            lost,
+            "listeners did not close in time; their receipts count as missing",
+        );
+        if plan.paused > 0 {
+            let p = &plan.args.pause;
+            notes.extend(pause::pause_note(p, m.took));
+            let sent = (d.sent, &reference.all_sent);
+            d.pause = Some(pause::pause_summary(
+                p,
+                plan.paused,
+                &tallies,
+                sent,
+                m.start,
             ));
         }
-        d.pause = Some(pause_summary(p, paused_n, &tallies, sent, &sent_set, start));
+        notes.extend(accounting::publishers_note(plan, m, reference.own_sent));
+        notes.extend(accounting::missing_note(ctx, &d, plan.args.drain));
+        Closed {
+            delivery: (plan.args.listeners > 0).then_some(d),
+            ..Closed::connections(plan.listeners.1 + plan.ws_publishers(), open.ramp.took)
+        }
     }
-    let own_rate = match args.rate {
-        Rate::PerSecond(r) => Rate::PerSecond(r * p_count as f64 / args.publishers as f64),
-        Rate::Max => Rate::Max,
-    };
-    if let Some(note) = behind_note(own_rate, measured, own_sent, natural)
-        .filter(|_| p_count > 0 && stages.is_none())
-    {
-        notes.push(note);
-    }
-    if d.missing > 0 && !ctx.cancel.is_cancelled() {
-        notes.push(format!(
-            "{} deliveries missing after a {:?} drain",
-            d.missing, args.drain
-        ));
-    }
-    let ws_publishers = match transport {
-        Transport::Ws(_) => p_count,
-        Transport::Http { .. } => 0,
-    };
-    Ok(Outcome {
-        target_connections: l_count + ws_publishers,
-        ramp: ramp.took,
-        measured,
-        stopped_by: ctx.stopped_by(natural),
-        delivery: (args.listeners > 0).then_some(d),
-        notes,
-        failover: None,
-    })
 }

@@ -63,15 +63,37 @@ impl Tally {
 
 /// Entries in `pause.details` at most (the paused listeners first), so a run of 100,000
 /// listeners keeps a JSON of a sensible size; the group figures always cover every listener.
-pub(super) const MAX_DETAILS: usize = 1000;
+const MAX_DETAILS: usize = 1000;
+
+/// The note when the pause and the send phase did not overlap as asked: the pause was due after
+/// sending stopped, or outlasted it.
+pub(super) fn pause_note(p: &PauseArgs, measured: Duration) -> Option<String> {
+    if p.pause_at >= measured {
+        Some(format!(
+            "the pause was due {:?} into sending, but sending stopped after {:.2} s: \
+             the paused listeners paused after the events were sent",
+            p.pause_at,
+            measured.as_secs_f64()
+        ))
+    } else if p.pause_at + p.pause_for > measured {
+        Some(format!(
+            "the pause ({:?} from {:?}) outlasted sending ({:.2} s): the drain waited \
+             up to --drain after the resume",
+            p.pause_for,
+            p.pause_at,
+            measured.as_secs_f64()
+        ))
+    } else {
+        None
+    }
+}
 
 /// The paused and the steady listeners' figures, apart.
 pub(super) fn pause_summary(
     args: &PauseArgs,
     paused_n: usize,
     tallies: &[Tally],
-    sent: u64,
-    sent_set: &SeqSet,
+    (sent, sent_set): (u64, &SeqSet),
     start: Instant,
 ) -> PauseSummary {
     let mut steady = ListenerGroup::default();
@@ -135,7 +157,7 @@ pub(super) fn pause_summary(
 }
 
 /// Seconds from `start` to `at`, negative when `at` came first.
-pub(super) fn signed_secs(start: Instant, at: Instant) -> f64 {
+fn signed_secs(start: Instant, at: Instant) -> f64 {
     if at >= start {
         (at - start).as_secs_f64()
     } else {
@@ -154,7 +176,7 @@ pub(crate) fn close_code(label: &str) -> Option<u16> {
 
 impl ListenerGroup {
     /// Adds one listener that received `got` of the `sent` events and ended as `ended`.
-    pub(super) fn add(&mut self, got: u64, missing: u64, sent: u64, ended: Option<&str>) {
+    fn add(&mut self, got: u64, missing: u64, sent: u64, ended: Option<&str>) {
         self.listeners += 1;
         self.expected += sent;
         self.received += got;
@@ -178,7 +200,7 @@ impl ListenerGroup {
         }
     }
 
-    pub(super) fn finish(&mut self) {
+    fn finish(&mut self) {
         self.completeness = if self.expected > 0 {
             self.received as f64 / self.expected as f64
         } else {

@@ -13,9 +13,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::listeners::Listen;
-use crate::client::{self, Incoming, Ws};
-use crate::context::{Gate, Schedule, SeqSet, Sequence};
-use crate::fleet::{Ended, Fleet};
+use super::plan::Plan;
+use super::Transport;
+use crate::client::{self, Incoming, Role, Ws};
+use crate::context::{Gate, RunCtx, Schedule, SeqSet, Sequence};
+use crate::fleet::{self, Ended, Fleet, FleetSpec};
 use crate::http;
 use crate::mix::Mix;
 use crate::probe::{self, Encoder, Kind, Received};
@@ -24,7 +26,7 @@ use crate::stats::Stats;
 
 /// Events written per flush on a WebSocket publisher: enough to amortise the syscall at high
 /// rates, small enough that a batch never delays the schedule noticeably.
-pub(super) const WS_BATCH: usize = 64;
+const WS_BATCH: usize = 64;
 
 /// What the publishers share.
 pub(crate) struct Publish {
@@ -54,8 +56,38 @@ pub(crate) struct Publish {
 }
 
 impl Publish {
+    /// One publisher that sends `encoder`'s event at `rate` events per second (`None`: as fast
+    /// as it can) from the opening of `gate` until `done`, numbering its events from 0. A
+    /// broadcast or publish run changes the fields that say more (publishers, workers,
+    /// `--messages`, a mix, stages, a window).
+    pub(crate) fn new(
+        ctx: &RunCtx,
+        gate: Gate,
+        done: CancellationToken,
+        encoder: Encoder,
+        rate: Option<f64>,
+    ) -> Self {
+        Publish {
+            gate,
+            done: done.clone(),
+            seq: Sequence::new(None, done),
+            encoder,
+            stats: ctx.stats.clone(),
+            run: ctx.run_id.clone(),
+            rate,
+            publishers: 1,
+            sent: AtomicU64::new(0),
+            sent_set: Arc::new(Mutex::new(SeqSet::default())),
+            window: None,
+            seq_stride: 1,
+            seq_offset: 0,
+            mix: None,
+            stages: None,
+        }
+    }
+
     /// Event `seq`, due at probe time `t`.
-    pub(super) fn encode(&self, seq: u64, t: u64) -> String {
+    fn encode(&self, seq: u64, t: u64) -> String {
         match &self.mix {
             Some(mix) => mix.encode(seq, t),
             None => self.encoder.encode(Kind::Delivery, seq, t, None),
@@ -63,7 +95,7 @@ impl Publish {
     }
 
     /// Publisher `j`'s schedule; publishers are staggered evenly so the total is smooth.
-    pub(super) fn schedule(&self, start: Instant, j: usize) -> Option<Schedule> {
+    fn schedule(&self, start: Instant, j: usize) -> Option<Schedule> {
         if let Some(stages) = &self.stages {
             // Publisher j takes events j, j + P, j + 2P, ... of the staged schedule.
             return Some(Schedule::staged(
@@ -82,7 +114,7 @@ impl Publish {
     /// Appends up to `max` events due now as (sequence, probe time); false once the total
     /// (`--messages`) is used up. Without a schedule (`max` rate) every event is due now and
     /// stamped with the actual time.
-    pub(super) fn take_due(
+    fn take_due(
         &self,
         schedule: &mut Option<Schedule>,
         max: usize,
@@ -105,7 +137,7 @@ impl Publish {
         true
     }
 
-    pub(super) fn record_sent(&self, events: &[(u64, u64)]) {
+    fn record_sent(&self, events: &[(u64, u64)]) {
         let n = events.len() as u64;
         self.sent.fetch_add(n, Ordering::Relaxed);
         self.stats.sent.fetch_add(n, Ordering::Relaxed);
@@ -117,7 +149,7 @@ impl Publish {
 
     /// How many more events the `--in-flight` window admits now (`max` without a window); waits
     /// while it is full. `None` when the send phase ended first.
-    pub(super) async fn admitted(&self, max: usize, stop: &CancellationToken) -> Option<usize> {
+    async fn admitted(&self, max: usize, stop: &CancellationToken) -> Option<usize> {
         let Some((limit, listen)) = &self.window else {
             return Some(max);
         };
@@ -140,11 +172,7 @@ impl Publish {
     }
 
     /// Waits until the next event is due; false if the send phase ended first.
-    pub(super) async fn wait_next(
-        &self,
-        schedule: &Option<Schedule>,
-        stop: &CancellationToken,
-    ) -> bool {
+    async fn wait_next(&self, schedule: &Option<Schedule>, stop: &CancellationToken) -> bool {
         let Some(s) = schedule else { return true };
         tokio::select! {
             _ = tokio::time::sleep_until(s.next_due().into()) => true,
@@ -268,7 +296,7 @@ where
 }
 
 /// Where and how one HTTP publisher posts.
-pub(super) struct HttpSpec {
+struct HttpSpec {
     pub(super) target: Arc<crate::client::Target>,
     /// Publisher number (its place in the stagger).
     pub(super) j: usize,
@@ -279,7 +307,7 @@ pub(super) struct HttpSpec {
 }
 
 /// One HTTP publisher: `batch` events per `POST`, on schedule.
-pub(super) async fn publish_http(
+async fn publish_http(
     sh: Arc<Publish>,
     spec: HttpSpec,
     stop: CancellationToken,
@@ -393,6 +421,82 @@ pub(super) enum Senders {
 }
 
 impl Senders {
+    /// Starts this worker's publishers and waits until they are connected (or the ramp
+    /// limit): the running publishers, and how many are ready.
+    pub(super) async fn launch(
+        ctx: &RunCtx,
+        plan: &Plan<'_>,
+        publish: &Arc<Publish>,
+    ) -> (Senders, usize) {
+        match &plan.transport {
+            Transport::Ws(role) => Self::launch_ws(ctx, plan, *role, publish).await,
+            Transport::Http { batch, path } => {
+                Self::launch_http(ctx, plan, (*batch, path), publish).await
+            }
+        }
+    }
+
+    async fn launch_ws(
+        ctx: &RunCtx,
+        plan: &Plan<'_>,
+        role: Role,
+        publish: &Arc<Publish>,
+    ) -> (Senders, usize) {
+        let (first, count) = plan.publishers;
+        let listeners = plan.args.listeners;
+        let spec = FleetSpec::paced(role, listeners + first, count);
+        // `index - listeners` is the publisher's number over all workers (its stagger slot).
+        let p = publish.clone();
+        let mut fleet = fleet::launch(
+            ctx,
+            spec,
+            |_| (),
+            move |index, ws, (), stop| publish_ws(p.clone(), index - listeners, ws, stop),
+        );
+        let r = fleet.wait_ramp(ctx).await;
+        (Senders::Ws(fleet), r.established)
+    }
+
+    async fn launch_http(
+        ctx: &RunCtx,
+        plan: &Plan<'_>,
+        (batch, path): (usize, &str),
+        publish: &Arc<Publish>,
+    ) -> (Senders, usize) {
+        let (first, count) = plan.publishers;
+        let stop = ctx.cancel.child_token();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut set = JoinSet::new();
+        for j in first..first + count {
+            let spec = HttpSpec {
+                target: ctx.target.clone(),
+                j,
+                index: plan.args.listeners + j,
+                path: path.to_owned(),
+                batch,
+            };
+            set.spawn(publish_http(
+                publish.clone(),
+                spec,
+                stop.clone(),
+                tx.clone(),
+            ));
+        }
+        drop(tx);
+        let limit = ctx.ramp_limit(count);
+        let (mut ready, mut settled) = (0, 0);
+        while settled < count {
+            match tokio::time::timeout_at(limit.into(), rx.recv()).await {
+                Ok(Some(ok)) => {
+                    settled += 1;
+                    ready += usize::from(ok);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        (Senders::Http(set, stop), ready)
+    }
+
     /// Lets publishers finish their current batch, then stops them.
     pub(super) async fn finish(self, patience: Duration) {
         match self {

@@ -18,15 +18,15 @@ use crate::probe::{self, Encoder, Kind};
 
 /// Give up on the warm-up after this long, plus a second per 10,000 listeners (the run goes on,
 /// with a note).
-pub(super) const WARMUP_LIMIT: Duration = Duration::from_secs(5);
+const WARMUP_LIMIT: Duration = Duration::from_secs(5);
 /// A warm-up event is re-sent after this long, then twice as long each time (at most
 /// [`WARMUP_RESEND_MAX`]) until every listener has seen one: with 100,000 listeners one warm-up
 /// is 100,000 deliveries, and re-sending it ten times a second would bury the server.
-pub(super) const WARMUP_RESEND: Duration = Duration::from_millis(100);
-pub(super) const WARMUP_RESEND_MAX: Duration = Duration::from_secs(2);
+const WARMUP_RESEND: Duration = Duration::from_millis(100);
+const WARMUP_RESEND_MAX: Duration = Duration::from_secs(2);
 
 /// Something that can send one event: a WebSocket or an HTTP publisher.
-pub(super) enum WarmSender {
+enum WarmSender {
     Ws(
         futures_util::stream::SplitSink<Ws, Message>,
         tokio::task::JoinHandle<Option<futures_util::stream::SplitStream<Ws>>>,
@@ -35,11 +35,7 @@ pub(super) enum WarmSender {
 }
 
 impl WarmSender {
-    pub(super) async fn open(
-        ctx: &RunCtx,
-        transport: &Transport,
-        index: usize,
-    ) -> Result<Self, String> {
+    async fn open(ctx: &RunCtx, transport: &Transport, index: usize) -> Result<Self, String> {
         match transport {
             Transport::Ws(role) => {
                 let (ws, _) = ctx
@@ -63,7 +59,7 @@ impl WarmSender {
         }
     }
 
-    pub(super) async fn send(&mut self, text: String) -> Result<(), String> {
+    async fn send(&mut self, text: String) -> Result<(), String> {
         match self {
             WarmSender::Ws(sink, _) => sink
                 .send(Message::text(text))
@@ -77,7 +73,7 @@ impl WarmSender {
         }
     }
 
-    pub(super) async fn close(self) {
+    async fn close(self) {
         if let WarmSender::Ws(mut sink, reader) = self {
             let _ = tokio::time::timeout(client::CLOSE_TIMEOUT, sink.close()).await;
             reader.abort();

@@ -162,6 +162,51 @@ enum Event {
     In(Incoming),
 }
 
+/// How the wait for a reply ended.
+enum Reply {
+    /// The reply came (its round trip recorded), or an error event, or `--reply-timeout`.
+    Done,
+    /// The run stops.
+    Stop,
+    /// The connection ended.
+    Closed(String),
+}
+
+/// Waits for the reply to request `seq`.
+async fn await_reply(sh: &Shared, ws: &mut Ws, seq: u64, stop: &CancellationToken) -> Reply {
+    let deadline = Instant::now() + sh.reply_timeout;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => Event::Stop,
+            _ = tokio::time::sleep_until(deadline.into()) => Event::Timeout,
+            i = client::recv(ws) => Event::In(i),
+        };
+        match event {
+            Event::Stop => return Reply::Stop,
+            Event::Timeout => {
+                sh.stats.error("reply_timeout");
+                return Reply::Done;
+            }
+            Event::In(Incoming::Closed(reason)) => return Reply::Closed(reason),
+            Event::In(Incoming::Text(text)) => match probe::classify(&text, &sh.run) {
+                Received::Probe(p) if p.kind == Kind::Echo && p.seq == seq => {
+                    sh.stats
+                        .primary
+                        .record_ns(probe::now_ns().saturating_sub(p.t_ns));
+                    sh.stats.received.fetch_add(1, Ordering::Relaxed);
+                    return Reply::Done;
+                }
+                Received::ErrorEvent => {
+                    sh.stats.error("error_event");
+                    return Reply::Done;
+                }
+                // A late reply to a request that timed out, or someone else's broadcast.
+                _ => {}
+            },
+        }
+    }
+}
+
 async fn echo_loop(
     sh: Arc<Shared>,
     index: usize,
@@ -205,38 +250,10 @@ async fn echo_loop(
         }
         sh.stats.sent.fetch_add(1, Ordering::Relaxed);
 
-        let deadline = Instant::now() + sh.reply_timeout;
-        loop {
-            let event = tokio::select! {
-                _ = stop.cancelled() => Event::Stop,
-                _ = tokio::time::sleep_until(deadline.into()) => Event::Timeout,
-                i = client::recv(&mut ws) => Event::In(i),
-            };
-            match event {
-                Event::Stop => {
-                    return ((), Ended::Open(Box::new(ws)));
-                }
-                Event::Timeout => {
-                    sh.stats.error("reply_timeout");
-                    break;
-                }
-                Event::In(Incoming::Closed(reason)) => return ((), Ended::Dropped(reason)),
-                Event::In(Incoming::Text(text)) => match probe::classify(&text, &sh.run) {
-                    Received::Probe(p) if p.kind == Kind::Echo && p.seq == seq => {
-                        sh.stats
-                            .primary
-                            .record_ns(probe::now_ns().saturating_sub(p.t_ns));
-                        sh.stats.received.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    Received::ErrorEvent => {
-                        sh.stats.error("error_event");
-                        break;
-                    }
-                    // A late reply to a request that timed out, or someone else's broadcast.
-                    _ => {}
-                },
-            }
+        match await_reply(&sh, &mut ws, seq, &stop).await {
+            Reply::Done => {}
+            Reply::Stop => return ((), Ended::Open(Box::new(ws))),
+            Reply::Closed(reason) => return ((), Ended::Dropped(reason)),
         }
         if !sh.think.is_zero() {
             tokio::select! {

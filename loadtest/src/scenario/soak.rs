@@ -355,49 +355,69 @@ async fn hold(
                 return (st, Ended::Finished);
             }
             Event::Tick => {
-                let now = Instant::now();
-                while let Some((_, give_up)) = st.pending.front() {
-                    if *give_up > now {
-                        break;
-                    }
-                    st.pending.pop_front();
-                    sh.stats.error("reply_timeout");
-                }
-                if !sh.done.is_cancelled() {
-                    while let Some(due) = schedule.take_due(now) {
-                        let Some(seq) = sh.seq.take() else { break };
-                        let text =
-                            sh.encoder
-                                .encode(Kind::Echo, seq, probe::ns_at(due), Some(index));
-                        if let Err(ended) = super::send_text(&mut ws, text, &stop).await {
-                            return (lose_pending(&sh, st), ended);
-                        }
-                        sh.stats.sent.fetch_add(1, Ordering::Relaxed);
-                        st.pending.push_back((seq, due + sh.reply_timeout));
-                    }
+                if let Err(ended) = tick(&sh, index, &mut ws, &mut st, &mut schedule, &stop).await {
+                    return (lose_pending(&sh, st), ended);
                 }
             }
             Event::In(Incoming::Closed(reason)) => {
                 return (lose_pending(&sh, st), Ended::Dropped(reason));
             }
-            Event::In(Incoming::Text(text)) => match probe::classify(&text, &sh.run) {
-                Received::Probe(p) if p.kind == Kind::Echo && p.conn == Some(index) => {
-                    if let Some(pos) = st.pending.iter().position(|(s, _)| *s == p.seq) {
-                        st.pending.remove(pos);
-                        sh.stats
-                            .primary
-                            .record_ns(probe::now_ns().saturating_sub(p.t_ns));
-                        sh.stats.received.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Received::Probe(p) if p.kind == Kind::Echo => {}
-                Received::ErrorEvent => sh.stats.error("error_event"),
-                received => {
-                    if let Some(latency) = &sh.stats.secondary {
-                        sh.listen.handle_received(&mut st.tally, received, latency);
-                    }
-                }
-            },
+            Event::In(Incoming::Text(text)) => receive(&sh, index, &mut st, &text),
+        }
+    }
+}
+
+/// Gives up on the echoes whose reply is overdue, and sends those due now (until the measured
+/// phase is over); `Err` when the connection ended.
+async fn tick(
+    sh: &Shared,
+    index: usize,
+    ws: &mut Ws,
+    st: &mut Held,
+    schedule: &mut Schedule,
+    stop: &CancellationToken,
+) -> Result<(), Ended> {
+    let now = Instant::now();
+    while let Some((_, give_up)) = st.pending.front() {
+        if *give_up > now {
+            break;
+        }
+        st.pending.pop_front();
+        sh.stats.error("reply_timeout");
+    }
+    if sh.done.is_cancelled() {
+        return Ok(());
+    }
+    while let Some(due) = schedule.take_due(now) {
+        let Some(seq) = sh.seq.take() else { break };
+        let text = sh
+            .encoder
+            .encode(Kind::Echo, seq, probe::ns_at(due), Some(index));
+        super::send_text(ws, text, stop).await?;
+        sh.stats.sent.fetch_add(1, Ordering::Relaxed);
+        st.pending.push_back((seq, due + sh.reply_timeout));
+    }
+    Ok(())
+}
+
+/// Accounts one frame: the reply to one of this connection's echoes, or a broadcast.
+fn receive(sh: &Shared, index: usize, st: &mut Held, text: &str) {
+    match probe::classify(text, &sh.run) {
+        Received::Probe(p) if p.kind == Kind::Echo && p.conn == Some(index) => {
+            if let Some(pos) = st.pending.iter().position(|(s, _)| *s == p.seq) {
+                st.pending.remove(pos);
+                sh.stats
+                    .primary
+                    .record_ns(probe::now_ns().saturating_sub(p.t_ns));
+                sh.stats.received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Received::Probe(p) if p.kind == Kind::Echo => {}
+        Received::ErrorEvent => sh.stats.error("error_event"),
+        received => {
+            if let Some(latency) = &sh.stats.secondary {
+                sh.listen.handle_received(&mut st.tally, received, latency);
+            }
         }
     }
 }

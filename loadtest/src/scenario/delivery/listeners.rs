@@ -124,6 +124,33 @@ impl Listen {
         }
     }
 
+    /// A listener connected: its receipts count, and a steady one's retire `--in-flight` events.
+    fn register(&self, tally: &mut Tally) {
+        tally.connected = true;
+        self.connected_ix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tally.index);
+        if !tally.paused {
+            self.steady_connected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The listener learnt its connection id.
+    fn learnt_id(&self, tally: &Tally, id: String) {
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((tally.index, id));
+        self.identified.notify_waiters();
+    }
+
+    /// Accounts one received frame, its delivery latency to the listener's measure.
+    fn receive(&self, tally: &mut Tally, text: &str) {
+        let latency = self.latency_for(tally);
+        self.handle(tally, text, latency)
+    }
+
     pub(crate) fn unique(&self) -> u64 {
         self.unique.load(Ordering::Relaxed)
     }
@@ -182,39 +209,21 @@ enum Woke {
     Ask,
 }
 
+/// One listener: counts what arrives until `stop`, asking for its connection id while
+/// [`Listen::asking`] says so, and pausing when it is one of the paused listeners.
 pub(super) async fn listen_loop(
     sh: Arc<Listen>,
     mut ws: Ws,
     mut tally: Tally,
     stop: CancellationToken,
 ) -> (Tally, Ended) {
-    tally.connected = true;
-    sh.connected_ix
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(tally.index);
-    if !tally.paused {
-        sh.steady_connected.fetch_add(1, Ordering::Relaxed);
-    }
+    sh.register(&mut tally);
     let plan = sh.pause.as_ref().filter(|_| tally.paused);
     // One stop future for the whole loop: re-creating it per frame registers and unregisters a
     // waiter each time, which showed up at 5% of the tool's CPU at 500k deliveries/s.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
-    // Paused listeners: the moment the pause starts (once the send phase has started).
-    let pause_begins = async {
-        match plan {
-            Some(p) => match p.gate.wait(&stop).await {
-                Some(start) => {
-                    let at = start + p.at;
-                    tokio::time::sleep_until(at.into()).await;
-                    at
-                }
-                None => std::future::pending().await,
-            },
-            _ => std::future::pending().await,
-        }
-    };
+    let pause_begins = pause_begins(plan, &stop);
     tokio::pin!(pause_begins);
     let mut pause_pending = plan.is_some();
     // `--mix target=connection`: ask for the connection id now, and again until answered.
@@ -243,16 +252,9 @@ pub(super) async fn listen_loop(
                 match id_answer(&text) {
                     Some(id) => {
                         next_ask = None;
-                        sh.ids
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((tally.index, id));
-                        sh.identified.notify_waiters();
+                        sh.learnt_id(&tally, id);
                     }
-                    None => {
-                        let latency = sh.latency_for(&tally);
-                        sh.handle(&mut tally, &text, latency)
-                    }
+                    None => sh.receive(&mut tally, &text),
                 }
             }
             Woke::Stop => {
@@ -267,25 +269,45 @@ pub(super) async fn listen_loop(
                 tally.ended = Some((reason.clone(), Instant::now()));
                 return (tally, Ended::Dropped(reason));
             }
-            Woke::Frame(Incoming::Text(text)) => {
-                let latency = sh.latency_for(&tally);
-                sh.handle(&mut tally, &text, latency)
-            }
+            Woke::Frame(Incoming::Text(text)) => sh.receive(&mut tally, &text),
             Woke::Pause(at) => {
                 pause_pending = false;
                 let Some(p) = plan else { continue };
-                tally.paused_at = Some(at);
-                // The socket is not polled at all until the pause is over: what the server
-                // sends piles up in the kernel buffers, then in the server's queue.
-                let resumed = tokio::select! {
-                    _ = &mut stopped => false,
-                    _ = tokio::time::sleep_until((at + p.length).into()) => true,
-                };
-                if !resumed {
+                if !pause(&mut tally, p, at, &stop).await {
                     return (tally, Ended::Open(Box::new(ws)));
                 }
-                tally.resume(p);
             }
         }
     }
+}
+
+/// Paused listeners: the moment the pause starts (once the send phase has started); never for
+/// the others.
+async fn pause_begins(plan: Option<&PausePlan>, stop: &CancellationToken) -> Instant {
+    let Some(p) = plan else {
+        return std::future::pending().await;
+    };
+    match p.gate.wait(stop).await {
+        Some(start) => {
+            let at = start + p.at;
+            tokio::time::sleep_until(at.into()).await;
+            at
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The pause, from `at`: the socket is not polled at all until it is over, so what the server
+/// sends piles up in the kernel buffers, then in the server's queue. False when `stop` came
+/// first.
+async fn pause(tally: &mut Tally, p: &PausePlan, at: Instant, stop: &CancellationToken) -> bool {
+    tally.paused_at = Some(at);
+    let resumed = tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep_until((at + p.length).into()) => true,
+    };
+    if resumed {
+        tally.resume(p);
+    }
+    resumed
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -198,54 +199,7 @@ pub(crate) async fn publish_ws(
         sh.run.clone(),
         reading.clone(),
     ));
-    let ended = async {
-        let Some(start) = sh.gate.wait(&stop).await else {
-            return Ended::Finished;
-        };
-        let mut schedule = sh.schedule(start, j);
-        let mut batch = Vec::with_capacity(WS_BATCH);
-        loop {
-            if sh.done.is_cancelled() || stop.is_cancelled() {
-                return Ended::Finished;
-            }
-            batch.clear();
-            let Some(admitted) = sh.admitted(WS_BATCH, &stop).await else {
-                return Ended::Finished;
-            };
-            let more = sh.take_due(&mut schedule, admitted, &mut batch);
-            if batch.is_empty() {
-                if !more || !sh.wait_next(&schedule, &stop).await {
-                    return Ended::Finished;
-                }
-                continue;
-            }
-            let write = async {
-                for (seq, t) in &batch {
-                    let text = sh.encode(*seq, *t);
-                    sink.feed(Message::text(text)).await?;
-                }
-                sink.flush().await
-            };
-            let written = tokio::select! {
-                r = write => Some(r),
-                _ = stop.cancelled() => None,
-            };
-            match written {
-                None => return Ended::Finished,
-                Some(Err(e)) => {
-                    sh.stats.errors_n("send_failed", batch.len() as u64);
-                    return Ended::Dropped(client::error_label(&e));
-                }
-                Some(Ok(())) => sh.record_sent(&batch),
-            }
-            if !more {
-                return Ended::Finished;
-            }
-            // At `max` rate there is never a wait: let the other tasks of this worker run.
-            tokio::task::yield_now().await;
-        }
-    }
-    .await;
+    let ended = send_batches(&sh, j, &mut sink, &stop).await;
     if let Ended::Finished = ended {
         // Still open: take the reading half back and hand the whole connection back.
         reading.cancel();
@@ -265,6 +219,62 @@ pub(crate) async fn publish_ws(
         reader.abort();
     }
     ((), ended)
+}
+
+/// Publisher `j`'s sending, from the opening of the gate: batches of the events due (as many as
+/// the `--in-flight` window admits), until the send phase or the total is over
+/// ([`Ended::Finished`]) or a write fails ([`Ended::Dropped`]).
+async fn send_batches(
+    sh: &Publish,
+    j: usize,
+    sink: &mut SplitSink<Ws, Message>,
+    stop: &CancellationToken,
+) -> Ended {
+    let Some(start) = sh.gate.wait(stop).await else {
+        return Ended::Finished;
+    };
+    let mut schedule = sh.schedule(start, j);
+    let mut batch = Vec::with_capacity(WS_BATCH);
+    loop {
+        if sh.done.is_cancelled() || stop.is_cancelled() {
+            return Ended::Finished;
+        }
+        batch.clear();
+        let Some(admitted) = sh.admitted(WS_BATCH, stop).await else {
+            return Ended::Finished;
+        };
+        let more = sh.take_due(&mut schedule, admitted, &mut batch);
+        if batch.is_empty() {
+            if !more || !sh.wait_next(&schedule, stop).await {
+                return Ended::Finished;
+            }
+            continue;
+        }
+        let write = async {
+            for (seq, t) in &batch {
+                let text = sh.encode(*seq, *t);
+                sink.feed(Message::text(text)).await?;
+            }
+            sink.flush().await
+        };
+        let written = tokio::select! {
+            r = write => Some(r),
+            _ = stop.cancelled() => None,
+        };
+        match written {
+            None => return Ended::Finished,
+            Some(Err(e)) => {
+                sh.stats.errors_n("send_failed", batch.len() as u64);
+                return Ended::Dropped(client::error_label(&e));
+            }
+            Some(Ok(())) => sh.record_sent(&batch),
+        }
+        if !more {
+            return Ended::Finished;
+        }
+        // At `max` rate there is never a wait: let the other tasks of this worker run.
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Reads a publisher's incoming side so the server never blocks on it; counts error events
@@ -313,14 +323,7 @@ async fn publish_http(
     stop: CancellationToken,
     ready: mpsc::UnboundedSender<bool>,
 ) {
-    let HttpSpec {
-        target: ctx_target,
-        j,
-        index,
-        path,
-        batch,
-    } = spec;
-    let mut conn = match http::Publisher::connect(&ctx_target, index, &path).await {
+    let mut conn = match http::Publisher::connect(&spec.target, spec.index, &spec.path).await {
         Ok(c) => {
             let _ = ready.send(true);
             c
@@ -334,9 +337,9 @@ async fn publish_http(
     let Some(start) = sh.gate.wait(&stop).await else {
         return;
     };
-    let mut schedule = sh.schedule(start, j);
+    let batch = spec.batch;
+    let mut schedule = sh.schedule(start, spec.j);
     let mut pending: Vec<(u64, u64)> = Vec::with_capacity(batch);
-    let request_latency = sh.stats.secondary.as_ref();
     let mut retried = false;
     loop {
         if stop.is_cancelled() {
@@ -353,63 +356,106 @@ async fn publish_http(
         if pending.is_empty() {
             return;
         }
-        let body = if batch == 1 {
-            sh.encode(pending[0].0, pending[0].1)
-        } else {
-            let events: Vec<String> = pending.iter().map(|(seq, t)| sh.encode(*seq, *t)).collect();
-            format!("[{}]", events.join(","))
-        };
-        // The request is due when its last event is: measured from there, batching delay is
-        // the events' latency, not the request's.
-        let due = pending.last().map_or(0, |(_, t)| *t);
-        let n = pending.len() as u64;
         let answer = tokio::select! {
-            r = conn.post(body) => Some(r),
-            _ = stop.cancelled() => None,
+            r = conn.post(sh.body(&pending, batch)) => r,
+            _ = stop.cancelled() => return,
         };
-        match answer {
-            None => return,
-            Some(Ok(status)) => {
-                if let Some(l) = request_latency {
-                    l.record_ns(probe::now_ns().saturating_sub(due));
-                }
-                if (200..300).contains(&status) {
-                    sh.record_sent(&pending);
-                } else {
-                    sh.stats.errors_n(&format!("http_{status}"), n);
-                }
+        match sh.posted(&spec, &mut conn, answer, &pending, retried).await {
+            Posted::Done => {}
+            Posted::Again => {
+                retried = true;
+                continue;
             }
-            Some(Err(http::PostError::Closed)) if !retried => {
-                // The server closed the idle connection (after a refusal, or a keep-alive
-                // limit) before this request went out: reconnect and send the batch again.
-                match http::Publisher::connect(&ctx_target, index, &path).await {
-                    Ok(c) => {
-                        conn = c;
-                        retried = true;
-                        continue;
-                    }
-                    Err(f) => {
-                        sh.stats.connect_failed(&f.reason());
-                        sh.stats.errors_n("http_closed", n);
-                        return;
-                    }
-                }
-            }
-            Some(Err(e)) => {
-                sh.stats.errors_n(e.label(), n);
-                match http::Publisher::connect(&ctx_target, index, &path).await {
-                    Ok(c) => conn = c,
-                    Err(f) => {
-                        sh.stats.connect_failed(&f.reason());
-                        return;
-                    }
-                }
-            }
+            Posted::Stop => return,
         }
         retried = false;
         pending.clear();
         if finishing {
             return;
+        }
+    }
+}
+
+/// What an HTTP publisher does after a request.
+enum Posted {
+    /// The request was answered (or failed and the connection is new): on to the next batch.
+    Done,
+    /// The server had closed the idle connection before the request went out: send the batch
+    /// again on a new connection.
+    Again,
+    /// No connection any more: this publisher is done.
+    Stop,
+}
+
+impl Publish {
+    /// The body of one request: the event, or the batch as a JSON array.
+    fn body(&self, pending: &[(u64, u64)], batch: usize) -> String {
+        if batch == 1 {
+            self.encode(pending[0].0, pending[0].1)
+        } else {
+            let events: Vec<String> = pending
+                .iter()
+                .map(|(seq, t)| self.encode(*seq, *t))
+                .collect();
+            format!("[{}]", events.join(","))
+        }
+    }
+
+    /// Accounts the answer to a request of the `pending` events (`retried`: this is their
+    /// second try), and reconnects when the connection failed.
+    async fn posted(
+        &self,
+        spec: &HttpSpec,
+        conn: &mut http::Publisher,
+        answer: Result<u16, http::PostError>,
+        pending: &[(u64, u64)],
+        retried: bool,
+    ) -> Posted {
+        let n = pending.len() as u64;
+        let reconnect = || http::Publisher::connect(&spec.target, spec.index, &spec.path);
+        match answer {
+            Ok(status) => {
+                // The request is due when its last event is: measured from there, batching
+                // delay is the events' latency, not the request's.
+                let due = pending.last().map_or(0, |(_, t)| *t);
+                if let Some(l) = self.stats.secondary.as_ref() {
+                    l.record_ns(probe::now_ns().saturating_sub(due));
+                }
+                if (200..300).contains(&status) {
+                    self.record_sent(pending);
+                } else {
+                    self.stats.errors_n(&format!("http_{status}"), n);
+                }
+                Posted::Done
+            }
+            Err(http::PostError::Closed) if !retried => {
+                // The server closed the idle connection (after a refusal, or a keep-alive
+                // limit) before this request went out: reconnect and send the batch again.
+                match reconnect().await {
+                    Ok(c) => {
+                        *conn = c;
+                        Posted::Again
+                    }
+                    Err(f) => {
+                        self.stats.connect_failed(&f.reason());
+                        self.stats.errors_n("http_closed", n);
+                        Posted::Stop
+                    }
+                }
+            }
+            Err(e) => {
+                self.stats.errors_n(e.label(), n);
+                match reconnect().await {
+                    Ok(c) => {
+                        *conn = c;
+                        Posted::Done
+                    }
+                    Err(f) => {
+                        self.stats.connect_failed(&f.reason());
+                        Posted::Stop
+                    }
+                }
+            }
         }
     }
 }

@@ -15,8 +15,9 @@
 //!
 //! Layout: `cli` (options), `client` (connecting and failure labels), `fleet` (paced ramps of
 //! many connections), `probe` (the `lt` field that carries sequence and send time), `stats`
-//! (HDR histograms and windows), `scenario/*` (one file per scenario), `summary` (the result,
-//! for people and for `--json`), `report` (SVG plots and HTML), `progress` (live bars).
+//! (HDR histograms and windows), `scenario/*` (one file or directory per scenario, and
+//! `scenario/skeleton.rs`, the steps they all take), `summary` (the result, for people and for
+//! `--json`), `report` (SVG plots and HTML), `progress` (live bars).
 
 pub mod agent;
 pub mod cli;

@@ -17,7 +17,7 @@
 //!   worker reports the connection ids its listeners learnt; the parent answers with all of
 //!   them, so every worker's publishers pick from the same list of listeners.
 //! - `done`: the worker's summary, with its HDR histograms V2-serialised (base64), which the
-//!   parent merges exactly (`hdrhistogram` addition, not averaged percentiles), see [`merge`].
+//!   parent merges exactly (`hdrhistogram` addition, not averaged percentiles), see [`crate::merge`].
 //!
 //! A worker that dies no longer holds a barrier up; its share is missing from the counts (a note
 //! says so), and the run's deadline bounds everything.

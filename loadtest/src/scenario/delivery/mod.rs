@@ -1,6 +1,6 @@
 //! `broadcast` and `publish`: fan-out delivery measured exactly.
 //!
-//! The run has five steps (the skeleton's, see [`super::skeleton`]):
+//! The run has five steps (those of the skeleton in `scenario/skeleton.rs`):
 //! 1. **ramp**: open the listeners (ordinary clients) at the paced rate;
 //! 2. **warm-up**: send unmeasured warm-up events until every listener has seen one. A listener's
 //!    upgrade completing does not prove the server has registered it for fan-out yet; without this

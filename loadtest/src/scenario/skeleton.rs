@@ -127,13 +127,16 @@ impl Closed {
 /// `Open` is what the ramp opened (fleets, tasks, their ramp figures), handed to every later
 /// step and consumed by the close. Scenario-wide settings live in `Self`.
 pub(crate) trait Steps: Send + Sized {
+    /// What the ramp opened.
     type Open: Send;
+    /// The names of the phases, and whether the ramp comes before the barrier.
     const PHASES: Phases;
 
     /// Opens the connections (and waits for their ramp).
     fn ramp(&mut self, ctx: &RunCtx, notes: &mut Notes) -> impl Future<Output = Self::Open> + Send;
 
-    /// What must be ready before the barrier, after the ramp (none by default).
+    /// What must be ready before the barrier, after the ramp (none by default; not called when
+    /// the ramp comes after the barrier, with `--stage`).
     fn prepare(
         &mut self,
         _ctx: &RunCtx,

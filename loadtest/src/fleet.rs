@@ -22,8 +22,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{self, Role, Ws};
+use crate::client::{self, ConnectFailure, Role, Target, Ws};
 use crate::context::{RunCtx, CLOSE_GRACE};
+use crate::pool::{Parked, Pool};
+use crate::stats::Stats;
 
 /// How a connection's body ended.
 #[derive(Debug)]
@@ -58,6 +60,22 @@ pub struct FleetSpec {
 /// When connection `index` opens, as an offset from the launch.
 pub type SlotFor = Arc<dyn Fn(usize) -> Duration + Send + Sync>;
 
+impl FleetSpec {
+    /// `count` connections of `role` from index `first_index`, paced at the run's rate, not
+    /// reconnected, with the kernel's receive buffer: what most fleets are (the others change a
+    /// field of this).
+    pub fn paced(role: Role, first_index: usize, count: usize) -> Self {
+        FleetSpec {
+            count,
+            role,
+            first_index,
+            reconnect: false,
+            recv_buffer: None,
+            slots: None,
+        }
+    }
+}
+
 /// The connection tasks of one fleet.
 pub struct Fleet<S> {
     tasks: JoinSet<S>,
@@ -66,8 +84,7 @@ pub struct Fleet<S> {
     settled: usize,
     established: usize,
     stop: CancellationToken,
-    /// Closes of connections the bodies handed back ([`Ended::Open`]) outside a mixed run.
-    closing: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    closing: Closing,
 }
 
 /// Result of waiting for the ramp.
@@ -91,7 +108,7 @@ where
     let stop = ctx.cancel.child_token();
     let (tx, attempts) = mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
-    let closing = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let closing = Closing::default();
     let start = Instant::now();
     let buffer_of = |index: usize| {
         spec.recv_buffer
@@ -110,7 +127,7 @@ where
     let mut fresh = 0usize;
     for n in 0..spec.count {
         let index = spec.first_index + n;
-        let mut reuse = parked.remove(&index);
+        let reuse = parked.remove(&index);
         // Only the connections opened afresh are paced (stages keep their own times).
         let slot = match (&spec.slots, &reuse) {
             (Some(slot_of), _) => start + slot_of(index),
@@ -120,96 +137,20 @@ where
                 start + Duration::from_secs_f64((fresh - 1) as f64 / ctx.connect_rate)
             }
         };
-        let (body, stop, tx) = (body.clone(), stop.clone(), tx.clone());
-        let (target, stats) = (ctx.target.clone(), ctx.stats.clone());
-        let (pool, closing) = (ctx.pool.clone(), closing.clone());
-        let mut state = init(index);
-        let (role, reconnect) = (spec.role, spec.reconnect);
-        let recv_buffer = buffer_of(index);
-        tasks.spawn(async move {
-            let mut reported = false;
-            let mut at = slot;
-            loop {
-                let connected = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    r = async {
-                        tokio::time::sleep_until(at.into()).await;
-                        // A parked connection the server closed meanwhile is opened afresh.
-                        match reuse.take() {
-                            Some(p) => match p.resume().await {
-                                Some(ws) => Ok((ws, None)),
-                                None => target.connect_with(index, role, recv_buffer).await
-                                    .map(|(ws, h)| (ws, Some(h))),
-                            },
-                            None => target.connect_with(index, role, recv_buffer).await
-                                .map(|(ws, h)| (ws, Some(h))),
-                        }
-                    } => r,
-                };
-                match connected {
-                    Ok((ws, handshake)) => {
-                        match handshake {
-                            Some(h) => stats.connected(h),
-                            None => stats.reused(),
-                        }
-                        if !reported {
-                            reported = true;
-                            let _ = tx.send(true);
-                        }
-                        let (s, ended) = body(index, ws, state, stop.clone()).await;
-                        state = s;
-                        stats.disconnected();
-                        match ended {
-                            Ended::Finished => break,
-                            Ended::Open(ws) => {
-                                // Parked when the next phase of a mixed run wants it.
-                                let ws = match &pool {
-                                    Some(pool) => pool.park((role, index), *ws),
-                                    None => Some(*ws),
-                                };
-                                if let Some(ws) = ws {
-                                    let close =
-                                        tokio::spawn(client::close(ws, client::CLOSE_TIMEOUT));
-                                    closing
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .push(close);
-                                }
-                                break;
-                            }
-                            Ended::Dropped(reason) => {
-                                if stop.is_cancelled() {
-                                    break;
-                                }
-                                stats.dropped(&reason);
-                            }
-                        }
-                    }
-                    Err(failure) => {
-                        stats.connect_failed(&failure.reason());
-                        if !reported {
-                            reported = true;
-                            let _ = tx.send(false);
-                        }
-                    }
-                }
-                if !reconnect || stop.is_cancelled() {
-                    break;
-                }
-                stats
-                    .reconnects
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                at = Instant::now() + Duration::from_secs(1);
-            }
-            if !reported {
-                let _ = tx.send(false);
-            }
-            // Stopped before its turn came: the parked connection it was to take is closed.
-            if let Some(p) = reuse.take() {
-                p.close().await;
-            }
-            state
-        });
+        let conn = Conn {
+            index,
+            role: spec.role,
+            reconnect: spec.reconnect,
+            recv_buffer: buffer_of(index),
+            target: ctx.target.clone(),
+            stats: ctx.stats.clone(),
+            pool: ctx.pool.clone(),
+            closing: closing.clone(),
+            attempts: tx.clone(),
+            stop: stop.clone(),
+            body: body.clone(),
+        };
+        tasks.spawn(conn.run(init(index), slot, reuse));
     }
     Fleet {
         tasks,
@@ -219,6 +160,131 @@ where
         established: 0,
         stop,
         closing,
+    }
+}
+
+/// The closes of connections the bodies handed back ([`Ended::Open`]) outside a mixed run.
+type Closing = Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+
+/// One connection task: what it needs besides its state.
+struct Conn<F> {
+    index: usize,
+    role: Role,
+    reconnect: bool,
+    recv_buffer: Option<u32>,
+    target: Arc<Target>,
+    stats: Arc<Stats>,
+    pool: Option<Arc<Pool>>,
+    closing: Closing,
+    /// Tells the ramp how the first attempt went.
+    attempts: mpsc::UnboundedSender<bool>,
+    stop: CancellationToken,
+    body: Arc<F>,
+}
+
+impl<F> Conn<F> {
+    /// Sleeps until `slot`, connects (taking `reuse`, the connection a mixed run's phase before
+    /// parked, when there is one), runs the body, and reconnects when asked to; returns the
+    /// state.
+    async fn run<S, Fut>(self, mut state: S, slot: Instant, mut reuse: Option<Parked>) -> S
+    where
+        F: Fn(usize, Ws, S, CancellationToken) -> Fut,
+        Fut: Future<Output = (S, Ended)>,
+    {
+        let mut reported = false;
+        let mut at = slot;
+        loop {
+            let connected = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                r = self.connect(at, &mut reuse) => r,
+            };
+            match connected {
+                Ok((ws, handshake)) => {
+                    match handshake {
+                        Some(h) => self.stats.connected(h),
+                        None => self.stats.reused(),
+                    }
+                    self.report(&mut reported, true);
+                    let (s, ended) = (self.body)(self.index, ws, state, self.stop.clone()).await;
+                    state = s;
+                    self.stats.disconnected();
+                    match ended {
+                        Ended::Finished => break,
+                        Ended::Open(ws) => {
+                            self.hand_back(*ws);
+                            break;
+                        }
+                        Ended::Dropped(reason) => {
+                            if self.stop.is_cancelled() {
+                                break;
+                            }
+                            self.stats.dropped(&reason);
+                        }
+                    }
+                }
+                Err(failure) => {
+                    self.stats.connect_failed(&failure.reason());
+                    self.report(&mut reported, false);
+                }
+            }
+            if !self.reconnect || self.stop.is_cancelled() {
+                break;
+            }
+            self.stats
+                .reconnects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            at = Instant::now() + Duration::from_secs(1);
+        }
+        self.report(&mut reported, false);
+        // Stopped before its turn came: the parked connection it was to take is closed.
+        if let Some(p) = reuse.take() {
+            p.close().await;
+        }
+        state
+    }
+
+    /// At `at`, the parked connection if it is still open (no handshake then), else a new one
+    /// (and its handshake time).
+    async fn connect(
+        &self,
+        at: Instant,
+        reuse: &mut Option<Parked>,
+    ) -> Result<(Ws, Option<Duration>), ConnectFailure> {
+        tokio::time::sleep_until(at.into()).await;
+        // A parked connection the server closed meanwhile is opened afresh.
+        if let Some(p) = reuse.take() {
+            if let Some(ws) = p.resume().await {
+                return Ok((ws, None));
+            }
+        }
+        self.target
+            .connect_with(self.index, self.role, self.recv_buffer)
+            .await
+            .map(|(ws, h)| (ws, Some(h)))
+    }
+
+    /// Reports the first attempt to the ramp (later ones are not reported).
+    fn report(&self, reported: &mut bool, ok: bool) {
+        if !*reported {
+            *reported = true;
+            let _ = self.attempts.send(ok);
+        }
+    }
+
+    /// The body is done with a connection that is still open: parked when the next phase of a
+    /// mixed run wants it, else closed in the background ([`Fleet::finish`] waits for that).
+    fn hand_back(&self, ws: Ws) {
+        let ws = match &self.pool {
+            Some(pool) => pool.park((self.role, self.index), ws),
+            None => Some(ws),
+        };
+        if let Some(ws) = ws {
+            let close = tokio::spawn(client::close(ws, client::CLOSE_TIMEOUT));
+            self.closing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(close);
+        }
     }
 }
 
@@ -245,6 +311,13 @@ impl<S: Send + 'static> Fleet<S> {
             failed: self.settled - self.established,
             took: started.elapsed(),
         }
+    }
+
+    /// Waits for the paced ramp: until every first attempt has settled, the run's
+    /// [`RunCtx::ramp_limit`] for this many connections, or cancellation.
+    pub async fn wait_ramp(&mut self, ctx: &RunCtx) -> Ramp {
+        let limit = ctx.ramp_limit(self.count);
+        self.wait_connected(limit, &ctx.cancel).await
     }
 
     /// The token the bodies watch; cancelling it makes them close and end.

@@ -15,8 +15,9 @@
 //!
 //! Layout: `cli` (options), `client` (connecting and failure labels), `fleet` (paced ramps of
 //! many connections), `probe` (the `lt` field that carries sequence and send time), `stats`
-//! (HDR histograms and windows), `scenario/*` (one file per scenario), `summary` (the result,
-//! for people and for `--json`), `report` (SVG plots and HTML), `progress` (live bars).
+//! (HDR histograms and windows), `scenario/*` (one file or directory per scenario, and
+//! `scenario/skeleton.rs`, the steps they all take), `summary` (the result, for people and for
+//! `--json`), `report` (SVG plots and HTML), `progress` (live bars).
 
 pub mod agent;
 pub mod cli;
@@ -81,20 +82,7 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
         std::io::stderr().is_terminal() && worker.is_none(),
         cli.output.quiet || worker.is_some(),
     );
-    let run_id = match (&worker, &cli.output.run_id) {
-        (Some(w), _) => w.run_id.clone(),
-        (None, Some(id)) => {
-            if id.is_empty()
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
-                bail!("--run-id may hold only letters, digits, '-', '_' and '.'");
-            }
-            id.clone()
-        }
-        (None, None) => new_run_id(),
-    };
+    let run_id = run_id_of(worker.as_ref(), cli.output.run_id.as_deref())?;
     if cli.output.window.is_zero() {
         bail!("--window must be above 0");
     }
@@ -112,65 +100,30 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
         // Fail before connecting anything when the pid cannot be read.
         server::ServerProbe::new(pid)?;
     }
-    let (rate, timeout) = (cli.target.connect_rate, cli.target.connect_timeout);
-    let (peak_connections, planned) = match &phases {
-        Some(phases) => phases.iter().fold((0, Duration::ZERO), |(c, d), p| {
-            (
-                c.max(p.runs.iter().map(scenario::connections).sum()),
-                d + p
-                    .runs
-                    .iter()
-                    .map(|s| scenario::planned(s, rate, timeout))
-                    .max()
-                    .unwrap_or_default(),
-            )
-        }),
-        None => (
-            scenario::connections(&cli.scenario),
-            scenario::planned(&cli.scenario, rate, timeout),
-        ),
-    };
+    let rate = cli.target.connect_rate;
+    let (peak_connections, planned) = peak_and_planned(&cli, phases.as_deref());
     let parent = worker.is_none() && (cli.target.workers > 1 || !cli.target.agents.is_empty());
     if shard.count > 1 || parent {
-        match &phases {
-            Some(phases) => {
-                for s in phases.iter().flat_map(|p| p.runs.iter()) {
-                    scenario::check_workers(s)?;
-                }
-            }
-            None => scenario::check_workers(&cli.scenario)?,
+        let all = match &phases {
+            Some(phases) => phases.iter().flat_map(|p| p.runs.iter()).collect(),
+            None => vec![&cli.scenario],
+        };
+        for s in all {
+            scenario::check_workers(s)?;
         }
     }
     let budget = cli.output.deadline.unwrap_or(planned + DEADLINE_SLACK);
     if parent {
         return run_parent(&cli, &run_id, &thresholds, budget, &progress, interrupt).await;
     }
-    let wanted = peak_connections.div_ceil(shard.count) as u64 + 64;
-    match limits::raise_fd_limit(wanted) {
-        Ok(limit) if limit < wanted => progress.note(&format!(
-            "warning: open-file limit is {limit}, below the {wanted} this run needs; \
-             expect `fd_limit` connection failures"
-        )),
-        Ok(_) => {}
-        Err(e) => progress.note(&format!(
-            "warning: could not read or raise the open-file limit: {e}"
-        )),
-    }
+    raise_fd_limit(
+        &progress,
+        peak_connections.div_ceil(shard.count) as u64 + 64,
+    );
 
     let cancel = CancellationToken::new();
     let deadline_hit = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let (cancel, deadline_hit, interrupt) =
-            (cancel.clone(), deadline_hit.clone(), interrupt.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(budget) => deadline_hit.store(true, Ordering::Relaxed),
-                _ = interrupt.cancelled() => {}
-                _ = cancel.cancelled() => {}
-            }
-            cancel.cancel();
-        })
-    };
+    let watchdog = watchdog(budget, &cancel, &deadline_hit, &interrupt);
     let env = Env {
         target,
         cancel: cancel.clone(),
@@ -185,29 +138,38 @@ pub async fn run_until(cli: Cli, interrupt: CancellationToken) -> anyhow::Result
         // A later phase takes over the connections of the phase before that it asks for.
         pool: phases.as_ref().map(|_| Arc::new(pool::Pool::new())),
     };
-    let work = async {
-        match &phases {
-            Some(phases) => run_phases(&env, phases, &run_id).await,
-            None => run_one(&env, &cli.scenario, &run_id, cli.scenario.name()).await,
-        }
-    };
-    let result = tokio::time::timeout(budget + WRAP_UP, work).await;
+    let result = run_within(&env, &cli, phases.as_deref(), &run_id, budget).await;
     cancel.cancel();
     let _ = watchdog.await;
-    let summary = match result {
-        Ok(summary) => summary?,
+    let summary = result?;
+    let mut summary = summary;
+    summary.verdict = Some(verdict::judge(&summary, &thresholds));
+    write_report(&cli, &progress, &summary)?;
+    Ok(summary)
+}
+
+/// The run in this process (one scenario, or the phases of a mixed run), given up on `WRAP_UP`
+/// after its hard deadline.
+async fn run_within(
+    env: &Env,
+    cli: &Cli,
+    phases: Option<&[Phase]>,
+    run_id: &str,
+    budget: Duration,
+) -> anyhow::Result<Summary> {
+    let work = async {
+        match phases {
+            Some(phases) => run_phases(env, phases, run_id).await,
+            None => run_one(env, &cli.scenario, run_id, cli.scenario.name()).await,
+        }
+    };
+    match tokio::time::timeout(budget + WRAP_UP, work).await {
+        Ok(summary) => summary,
         Err(_) => bail!(
             "the run did not wrap up within {WRAP_UP:?} after its hard deadline ({budget:?}); \
              the server is probably not answering"
         ),
-    };
-    let mut summary = summary;
-    summary.verdict = Some(verdict::judge(&summary, &thresholds));
-    if let Some(dir) = &cli.output.report {
-        let index = report::write(dir, &summary)?;
-        progress.note(&format!("report written to {}", index.display()));
     }
-    Ok(summary)
 }
 
 /// `--workers N`: starts the workers, merges their summaries, judges the whole.
@@ -254,11 +216,93 @@ async fn run_parent(
     ));
     summary.notes.extend(notes);
     summary.verdict = Some(verdict::judge(&summary, thresholds));
+    write_report(cli, progress, &summary)?;
+    Ok(summary)
+}
+
+/// `--report DIR`: writes the report of `summary`.
+fn write_report(cli: &Cli, progress: &Progress, summary: &Summary) -> anyhow::Result<()> {
     if let Some(dir) = &cli.output.report {
-        let index = report::write(dir, &summary)?;
+        let index = report::write(dir, summary)?;
         progress.note(&format!("report written to {}", index.display()));
     }
-    Ok(summary)
+    Ok(())
+}
+
+/// The run id: the parent's for a worker, `--run-id` when given (checked), else a new one.
+fn run_id_of(worker: Option<&workers::WorkerEnv>, asked: Option<&str>) -> anyhow::Result<String> {
+    Ok(match (worker, asked) {
+        (Some(w), _) => w.run_id.clone(),
+        (None, Some(id)) => {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                bail!("--run-id may hold only letters, digits, '-', '_' and '.'");
+            }
+            id.to_owned()
+        }
+        (None, None) => new_run_id(),
+    })
+}
+
+/// The most connections held at once (for the open-file limit) and how long the run should
+/// take (for the default hard deadline): a mixed run's phases one after another, the runs of
+/// one phase side by side.
+fn peak_and_planned(cli: &Cli, phases: Option<&[Phase]>) -> (usize, Duration) {
+    let (rate, timeout) = (cli.target.connect_rate, cli.target.connect_timeout);
+    match phases {
+        Some(phases) => phases.iter().fold((0, Duration::ZERO), |(c, d), p| {
+            (
+                c.max(p.runs.iter().map(scenario::connections).sum()),
+                d + p
+                    .runs
+                    .iter()
+                    .map(|s| scenario::planned(s, rate, timeout))
+                    .max()
+                    .unwrap_or_default(),
+            )
+        }),
+        None => (
+            scenario::connections(&cli.scenario),
+            scenario::planned(&cli.scenario, rate, timeout),
+        ),
+    }
+}
+
+/// Raises the open-file limit to `wanted`, with a warning when that is not possible.
+fn raise_fd_limit(progress: &Progress, wanted: u64) {
+    match limits::raise_fd_limit(wanted) {
+        Ok(limit) if limit < wanted => progress.note(&format!(
+            "warning: open-file limit is {limit}, below the {wanted} this run needs; \
+             expect `fd_limit` connection failures"
+        )),
+        Ok(_) => {}
+        Err(e) => progress.note(&format!(
+            "warning: could not read or raise the open-file limit: {e}"
+        )),
+    }
+}
+
+/// Cancels `cancel` at the hard deadline (`budget`, noting that in `deadline_hit`) or on
+/// `interrupt`, whichever comes first; ends when `cancel` is cancelled otherwise.
+fn watchdog(
+    budget: Duration,
+    cancel: &CancellationToken,
+    deadline_hit: &Arc<AtomicBool>,
+    interrupt: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (cancel, deadline_hit, interrupt) =
+        (cancel.clone(), deadline_hit.clone(), interrupt.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(budget) => deadline_hit.store(true, Ordering::Relaxed),
+            _ = interrupt.cancelled() => {}
+            _ = cancel.cancelled() => {}
+        }
+        cancel.cancel();
+    })
 }
 
 /// What all runs of one invocation share.
@@ -364,7 +408,11 @@ async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result
     if let Some(pool) = &env.pool {
         pool.close_all(CLOSE_ALL).await;
     }
-    let all = || done.iter().flat_map(|p| p.runs.iter());
+    Ok(mixed_summary(env, run_id, started, done))
+}
+
+/// The summary of a mixed run: its phases' summaries, and their figures added up.
+fn mixed_summary(env: &Env, run_id: &str, started: Instant, done: Vec<PhaseSummary>) -> Summary {
     let stopped_by = if !env.cancel.is_cancelled() {
         StopReason::Completed
     } else if env.deadline_hit.load(Ordering::Relaxed) {
@@ -377,35 +425,12 @@ async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result
         .iter()
         .map(|p| p.runs.iter().map(|s| s.measured_s).fold(0.0, f64::max))
         .sum();
-    let mut connections = ConnectionSummary::default();
-    let mut messages = MessageSummary::default();
-    let mut errors = std::collections::BTreeMap::new();
-    for s in all() {
-        connections.target = connections.target.max(s.connections.target);
-        connections.established += s.connections.established;
-        connections.failed += s.connections.failed;
-        connections.dropped += s.connections.dropped;
-        connections.reconnects += s.connections.reconnects;
-        connections.reused += s.connections.reused;
-        connections.peak_open = connections.peak_open.max(s.connections.peak_open);
-        for (k, v) in &s.connections.failures {
-            *connections.failures.entry(k.clone()).or_default() += v;
-        }
-        for (k, v) in &s.connections.drops {
-            *connections.drops.entry(k.clone()).or_default() += v;
-        }
-        messages.sent += s.messages.sent;
-        messages.received += s.messages.received;
-        messages.errors += s.messages.errors;
-        for (k, v) in &s.errors {
-            *errors.entry(k.clone()).or_insert(0) += v;
-        }
-    }
+    let (connections, mut messages, errors) = add_up(done.iter().flat_map(|p| p.runs.iter()));
     if measured > 0.0 {
         messages.sent_per_s = messages.sent as f64 / measured;
         messages.received_per_s = messages.received as f64 / measured;
     }
-    Ok(Summary {
+    Summary {
         scenario: "mixed".into(),
         run_id: run_id.to_owned(),
         url: env.target.url().to_owned(),
@@ -427,7 +452,42 @@ async fn run_phases(env: &Env, phases: &[Phase], run_id: &str) -> anyhow::Result
         verdict: None,
         hdr: Default::default(),
         histograms: Vec::new(),
-    })
+    }
+}
+
+/// The connection and message figures (rates aside) and the errors of `runs`, added up.
+fn add_up<'a>(
+    runs: impl Iterator<Item = &'a Summary>,
+) -> (
+    ConnectionSummary,
+    MessageSummary,
+    std::collections::BTreeMap<String, u64>,
+) {
+    let mut connections = ConnectionSummary::default();
+    let mut messages = MessageSummary::default();
+    let mut errors = std::collections::BTreeMap::new();
+    for s in runs {
+        connections.target = connections.target.max(s.connections.target);
+        connections.established += s.connections.established;
+        connections.failed += s.connections.failed;
+        connections.dropped += s.connections.dropped;
+        connections.reconnects += s.connections.reconnects;
+        connections.reused += s.connections.reused;
+        connections.peak_open = connections.peak_open.max(s.connections.peak_open);
+        for (k, v) in &s.connections.failures {
+            *connections.failures.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &s.connections.drops {
+            *connections.drops.entry(k.clone()).or_default() += v;
+        }
+        messages.sent += s.messages.sent;
+        messages.received += s.messages.received;
+        messages.errors += s.messages.errors;
+        for (k, v) in &s.errors {
+            *errors.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    (connections, messages, errors)
 }
 
 /// A short run identifier from the clock and the process id (no randomness source needed).

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::context::{Outcome, RunCtx, StopReason};
 use crate::progress::si;
-use crate::stats::{Percentiles, Window};
+use crate::stats::{Percentiles, Stats, Window};
 
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -324,27 +324,7 @@ impl Summary {
         // Connections carried over from the phase before were not part of the ramp.
         let reused = stats.reused.load(Ordering::Relaxed);
 
-        let mut latency = BTreeMap::new();
-        let mut histograms = Vec::new();
-        let mut measures = vec![&stats.handshake];
-        if stats.primary.name() != stats.handshake.name() {
-            measures.push(&stats.primary);
-        }
-        measures.extend(stats.secondary.as_ref());
-        measures.extend(stats.extra.as_ref());
-        for m in measures {
-            let total = m.total();
-            if let Some(p) = Percentiles::of(&total) {
-                latency.insert(
-                    m.name().to_owned(),
-                    LatencySummary {
-                        percentiles: p,
-                        corrected: m.corrected(),
-                    },
-                );
-                histograms.push((m.name().to_owned(), total));
-            }
-        }
+        let (latency, histograms) = latencies(stats);
         let ramp_s = outcome.ramp.as_secs_f64();
         let windows = stats.windows();
         let drift = (scenario == "soak").then(|| Drift::of(&windows));
@@ -403,6 +383,36 @@ impl Summary {
             .into_iter()
             .find_map(|k| self.latency.get_key_value(k).map(|(k, v)| (k.as_str(), v)))
     }
+}
+
+/// Histograms by measure name.
+type Histograms = Vec<(String, Histogram<u64>)>;
+
+/// Each latency measure that has samples: its percentiles, and its histogram (for `--json`'s
+/// `hdr` and the workers' merge).
+fn latencies(stats: &Stats) -> (BTreeMap<String, LatencySummary>, Histograms) {
+    let mut latency = BTreeMap::new();
+    let mut histograms = Vec::new();
+    let mut measures = vec![&stats.handshake];
+    if stats.primary.name() != stats.handshake.name() {
+        measures.push(&stats.primary);
+    }
+    measures.extend(stats.secondary.as_ref());
+    measures.extend(stats.extra.as_ref());
+    for m in measures {
+        let total = m.total();
+        if let Some(p) = Percentiles::of(&total) {
+            latency.insert(
+                m.name().to_owned(),
+                LatencySummary {
+                    percentiles: p,
+                    corrected: m.corrected(),
+                },
+            );
+            histograms.push((m.name().to_owned(), total));
+        }
+    }
+    (latency, histograms)
 }
 
 impl Drift {
@@ -619,157 +629,202 @@ impl Summary {
             }
             return Ok(());
         }
-        let c = &self.connections;
-        write!(
-            f,
-            "  connections  {}/{} established, {} failed, {} dropped, peak open {}",
-            c.established.min(c.target as u64),
-            c.target,
-            c.failed,
-            c.dropped,
-            c.peak_open
-        )?;
-        if c.reconnects > 0 {
-            write!(f, ", {} reconnects", c.reconnects)?;
-        }
-        if c.reused > 0 {
-            write!(f, ", {} carried over from the phase before", c.reused)?;
-        }
-        writeln!(f, ", ramp {:.2} s ({}/s)", c.ramp_s, si(c.ramp_per_s))?;
-        if !c.failures.is_empty() {
-            writeln!(f, "    failures   {}", map_line(&c.failures))?;
-        }
-        if !c.drops.is_empty() {
-            writeln!(f, "    drops      {}", map_line(&c.drops))?;
-        }
-        let m = &self.messages;
-        if m.sent > 0 || m.received > 0 {
-            writeln!(
-                f,
-                "  messages     sent {} ({}/s), received {} ({}/s), errors {}",
-                m.sent,
-                si(m.sent_per_s),
-                m.received,
-                si(m.received_per_s),
-                m.errors
-            )?;
-        }
-        if !self.errors.is_empty() {
-            writeln!(f, "    errors     {}", map_line(&self.errors))?;
-        }
+        write_connections(f, &self.connections)?;
+        write_messages(f, &self.messages, &self.errors)?;
         if let Some(fo) = &self.failover {
             write_failover(f, fo)?;
         }
         if let Some(d) = self.delivery.as_ref().filter(|_| self.failover.is_none()) {
-            if d.expected == d.sent * d.listeners as u64 {
-                writeln!(
-                    f,
-                    "  delivery     {} listeners x {} sent = {} expected; received {}, missing {}, duplicates {}",
-                    d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates
-                )?;
-            } else {
-                // A --mix with user or connection events: each listener expects the events to
-                // all, its user's and its connection's.
-                writeln!(
-                    f,
-                    "  delivery     {} listeners, {} sent, {} expected (to all, and to each listener's user or connection); received {}, missing {}, duplicates {}, misdelivered {}",
-                    d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates, d.misdelivered
-                )?;
-            }
-            writeln!(
-                f,
-                "    completeness {:.4}%  ({} of {} listeners got every event)",
-                d.completeness * 100.0,
-                d.complete_listeners,
-                d.listeners
-            )?;
-            if let Some(p) = &d.pause {
-                write!(
-                    f,
-                    "  pause        {} of {} listeners stopped reading {:.2} s into sending for {:.2} s",
-                    p.paused_listeners, d.listeners, p.at_s, p.for_s
-                )?;
-                match p.rcvbuf_bytes {
-                    Some(b) => writeln!(f, " (SO_RCVBUF {b} B)")?,
-                    None => writeln!(f)?,
-                }
-                for (name, g) in [("paused", &p.paused), ("steady", &p.steady)] {
-                    write_group(f, name, g)?;
-                }
-            }
+            write_delivery(f, d)?;
         }
-        if !self.latency.is_empty() {
-            writeln!(
-                f,
-                "  latency      {:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                "", "p50", "p90", "p99", "p99.9", "max", "count"
-            )?;
-            for (name, l) in &self.latency {
-                let p = &l.percentiles;
-                let label = if l.corrected {
-                    format!("{name}*")
-                } else {
-                    name.clone()
-                };
-                writeln!(
-                    f,
-                    "               {:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                    label,
-                    ms(p.p50_ms),
-                    ms(p.p90_ms),
-                    ms(p.p99_ms),
-                    ms(p.p999_ms),
-                    ms(p.max_ms),
-                    p.count
-                )?;
-            }
-            if self.latency.values().any(|l| l.corrected) {
-                writeln!(
-                    f,
-                    "               * measured from the intended send time (coordinated omission corrected)"
-                )?;
-            }
-        }
+        write_latency(f, &self.latency)?;
         if let Some(d) = &self.drift {
-            let show = |v: Option<f64>| v.map_or_else(|| "-".into(), ms);
-            writeln!(
-                f,
-                "  drift        p99 first window {} -> last {}{}; errors first half {}, second half {}",
-                show(d.first_window_p99_ms),
-                show(d.last_window_p99_ms),
-                d.p99_ratio.map(|r| format!(" (x{r:.2})")).unwrap_or_default(),
-                d.errors_first_half,
-                d.errors_second_half
-            )?;
+            write_drift(f, d)?;
         }
-        if self.windows.len() > 1 {
-            writeln!(
-                f,
-                "  windows      {:>7} {:>7} {:>9} {:>9} {:>10} {:>10} {:>7}",
-                "t(s)", "open", "sent/s", "recv/s", "p50", "p99", "errors"
-            )?;
-            let step = self.windows.len().div_ceil(12);
-            for w in self.windows.iter().step_by(step) {
-                let (p50, p99) = w
-                    .latency
-                    .map(|p| (ms(p.p50_ms), ms(p.p99_ms)))
-                    .unwrap_or_else(|| ("-".into(), "-".into()));
-                writeln!(
-                    f,
-                    "               {:>7.1} {:>7} {:>9} {:>9} {:>10} {:>10} {:>7}",
-                    w.t_s,
-                    w.open,
-                    si(w.sent_per_s),
-                    si(w.received_per_s),
-                    p50,
-                    p99,
-                    w.errors
-                )?;
-            }
-        }
+        write_windows(f, &self.windows)?;
         for note in &self.notes {
             writeln!(f, "  note: {note}")?;
         }
         Ok(())
     }
+}
+
+/// The connections line, and the failures and drops by reason.
+fn write_connections(f: &mut fmt::Formatter<'_>, c: &ConnectionSummary) -> fmt::Result {
+    write!(
+        f,
+        "  connections  {}/{} established, {} failed, {} dropped, peak open {}",
+        c.established.min(c.target as u64),
+        c.target,
+        c.failed,
+        c.dropped,
+        c.peak_open
+    )?;
+    if c.reconnects > 0 {
+        write!(f, ", {} reconnects", c.reconnects)?;
+    }
+    if c.reused > 0 {
+        write!(f, ", {} carried over from the phase before", c.reused)?;
+    }
+    writeln!(f, ", ramp {:.2} s ({}/s)", c.ramp_s, si(c.ramp_per_s))?;
+    if !c.failures.is_empty() {
+        writeln!(f, "    failures   {}", map_line(&c.failures))?;
+    }
+    if !c.drops.is_empty() {
+        writeln!(f, "    drops      {}", map_line(&c.drops))?;
+    }
+    Ok(())
+}
+
+/// The messages line, and the errors by kind.
+fn write_messages(
+    f: &mut fmt::Formatter<'_>,
+    m: &MessageSummary,
+    errors: &BTreeMap<String, u64>,
+) -> fmt::Result {
+    if m.sent > 0 || m.received > 0 {
+        writeln!(
+            f,
+            "  messages     sent {} ({}/s), received {} ({}/s), errors {}",
+            m.sent,
+            si(m.sent_per_s),
+            m.received,
+            si(m.received_per_s),
+            m.errors
+        )?;
+    }
+    if !errors.is_empty() {
+        writeln!(f, "    errors     {}", map_line(errors))?;
+    }
+    Ok(())
+}
+
+/// The delivery figures, and the paused and steady listeners apart.
+fn write_delivery(f: &mut fmt::Formatter<'_>, d: &DeliverySummary) -> fmt::Result {
+    if d.expected == d.sent * d.listeners as u64 {
+        writeln!(
+            f,
+            "  delivery     {} listeners x {} sent = {} expected; received {}, missing {}, duplicates {}",
+            d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates
+        )?;
+    } else {
+        // A --mix with user or connection events: each listener expects the events to
+        // all, its user's and its connection's.
+        writeln!(
+            f,
+            "  delivery     {} listeners, {} sent, {} expected (to all, and to each listener's user or connection); received {}, missing {}, duplicates {}, misdelivered {}",
+            d.listeners, d.sent, d.expected, d.received, d.missing, d.duplicates, d.misdelivered
+        )?;
+    }
+    writeln!(
+        f,
+        "    completeness {:.4}%  ({} of {} listeners got every event)",
+        d.completeness * 100.0,
+        d.complete_listeners,
+        d.listeners
+    )?;
+    if let Some(p) = &d.pause {
+        write!(
+            f,
+            "  pause        {} of {} listeners stopped reading {:.2} s into sending for {:.2} s",
+            p.paused_listeners, d.listeners, p.at_s, p.for_s
+        )?;
+        match p.rcvbuf_bytes {
+            Some(b) => writeln!(f, " (SO_RCVBUF {b} B)")?,
+            None => writeln!(f)?,
+        }
+        for (name, g) in [("paused", &p.paused), ("steady", &p.steady)] {
+            write_group(f, name, g)?;
+        }
+    }
+    Ok(())
+}
+
+/// The latency table.
+fn write_latency(
+    f: &mut fmt::Formatter<'_>,
+    latency: &BTreeMap<String, LatencySummary>,
+) -> fmt::Result {
+    if latency.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        f,
+        "  latency      {:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "", "p50", "p90", "p99", "p99.9", "max", "count"
+    )?;
+    for (name, l) in latency {
+        let p = &l.percentiles;
+        let label = if l.corrected {
+            format!("{name}*")
+        } else {
+            name.clone()
+        };
+        writeln!(
+            f,
+            "               {:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            label,
+            ms(p.p50_ms),
+            ms(p.p90_ms),
+            ms(p.p99_ms),
+            ms(p.p999_ms),
+            ms(p.max_ms),
+            p.count
+        )?;
+    }
+    if latency.values().any(|l| l.corrected) {
+        writeln!(
+            f,
+            "               * measured from the intended send time (coordinated omission corrected)"
+        )?;
+    }
+    Ok(())
+}
+
+/// The drift line of a soak.
+fn write_drift(f: &mut fmt::Formatter<'_>, d: &Drift) -> fmt::Result {
+    let show = |v: Option<f64>| v.map_or_else(|| "-".into(), ms);
+    writeln!(
+        f,
+        "  drift        p99 first window {} -> last {}{}; errors first half {}, second half {}",
+        show(d.first_window_p99_ms),
+        show(d.last_window_p99_ms),
+        d.p99_ratio
+            .map(|r| format!(" (x{r:.2})"))
+            .unwrap_or_default(),
+        d.errors_first_half,
+        d.errors_second_half
+    )?;
+    Ok(())
+}
+
+/// Up to a dozen of the windows.
+fn write_windows(f: &mut fmt::Formatter<'_>, windows: &[Window]) -> fmt::Result {
+    if windows.len() <= 1 {
+        return Ok(());
+    }
+    writeln!(
+        f,
+        "  windows      {:>7} {:>7} {:>9} {:>9} {:>10} {:>10} {:>7}",
+        "t(s)", "open", "sent/s", "recv/s", "p50", "p99", "errors"
+    )?;
+    let step = windows.len().div_ceil(12);
+    for w in windows.iter().step_by(step) {
+        let (p50, p99) = w
+            .latency
+            .map(|p| (ms(p.p50_ms), ms(p.p99_ms)))
+            .unwrap_or_else(|| ("-".into(), "-".into()));
+        writeln!(
+            f,
+            "               {:>7.1} {:>7} {:>9} {:>9} {:>10} {:>10} {:>7}",
+            w.t_s,
+            w.open,
+            si(w.sent_per_s),
+            si(w.received_per_s),
+            p50,
+            p99,
+            w.errors
+        )?;
+    }
+    Ok(())
 }

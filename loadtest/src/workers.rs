@@ -17,7 +17,7 @@
 //!   worker reports the connection ids its listeners learnt; the parent answers with all of
 //!   them, so every worker's publishers pick from the same list of listeners.
 //! - `done`: the worker's summary, with its HDR histograms V2-serialised (base64), which the
-//!   parent merges exactly (`hdrhistogram` addition, not averaged percentiles), see [`merge`].
+//!   parent merges exactly (`hdrhistogram` addition, not averaged percentiles), see [`crate::merge`].
 //!
 //! A worker that dies no longer holds a barrier up; its share is missing from the counts (a note
 //! says so), and the run's deadline bounds everything.
@@ -327,10 +327,71 @@ pub async fn run_parent(
     interrupt: CancellationToken,
     agents: &Agents,
 ) -> anyhow::Result<(Vec<Summary>, Vec<String>)> {
+    let (children, inputs, mut rx) = start_workers(argv, run_id, count, agents).await?;
+    let forward = forward_interrupt(&children, &interrupt);
+    let remote = !agents.addrs.is_empty();
+    let mut relay = Relay::new(inputs);
+    let mut notes = Vec::new();
+    if tokio::time::timeout(limit, relay.run(&mut rx, &interrupt, remote))
+        .await
+        .is_err()
+    {
+        notes.push(format!(
+            "the workers did not finish within {limit:?}; the unfinished ones were stopped"
+        ));
+    }
+    let summaries = std::mem::take(&mut relay.summaries);
+    // Dropping the inputs lets the workers' readers end.
+    drop(relay);
+    forward.abort();
+    let statuses = wait_for_exits(children).await;
+    for (i, summary) in summaries.iter().enumerate() {
+        if summary.is_none() {
+            let how = if remote {
+                format!("on agent {}", agents.addrs[i % agents.addrs.len()])
+            } else {
+                format!(
+                    "exit status {}",
+                    statuses
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .map_or_else(|| "none".to_owned(), |c| c.to_string())
+                )
+            };
+            notes.push(format!(
+                "worker {i} gave no summary ({how}); its share is missing from the figures"
+            ));
+        }
+    }
+    let mut out = Vec::with_capacity(count);
+    for (i, s) in summaries.into_iter().enumerate() {
+        if let Some(mut s) = s {
+            decode_histograms(&mut s).with_context(|| format!("worker {i}"))?;
+            out.push(s);
+        }
+    }
+    if out.is_empty() {
+        bail!("no worker finished: {}", notes.join("; "));
+    }
+    Ok((out, notes))
+}
+
+/// Lines from the workers: (worker, a line, or `None` when its output ended).
+type Lines = mpsc::UnboundedReceiver<(usize, Option<String>)>;
+
+/// Starts the `count` workers, as child processes of this program or on the agents: the
+/// children (none with agents), each worker's input, and their output lines.
+async fn start_workers(
+    argv: &[std::ffi::OsString],
+    run_id: &str,
+    count: usize,
+    agents: &Agents,
+) -> anyhow::Result<(Vec<tokio::process::Child>, Vec<Option<Input>>, Lines)> {
     let exe = std::env::current_exe().context("cannot find this program to start workers")?;
     let mut children = Vec::with_capacity(count);
     let mut inputs: Vec<Option<Input>> = Vec::with_capacity(count);
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Option<String>)>();
+    let (tx, rx) = mpsc::unbounded_channel::<(usize, Option<String>)>();
     for i in 0..count {
         let worker = format!("{run_id}/{i}/{count}");
         let output: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if agents.addrs.is_empty() {
@@ -364,33 +425,76 @@ pub async fn run_parent(
             let _ = tx.send((i, None));
         });
     }
-    drop(tx);
-    // Ctrl-C (or SIGINT from a supervisor) reaches the parent: pass it on, so every worker
-    // wraps up and reports what it measured.
+    Ok((children, inputs, rx))
+}
+
+/// Ctrl-C (or SIGINT from a supervisor) reaches the parent: pass it on to the child workers, so
+/// every worker wraps up and reports what it measured.
+fn forward_interrupt(
+    children: &[tokio::process::Child],
+    interrupt: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
-    let forward = tokio::spawn({
-        let interrupt = interrupt.clone();
-        async move {
-            interrupt.cancelled().await;
-            for pid in pids {
-                // SAFETY: kill(2) with a pid this process started; a gone pid is only an error.
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGINT);
-                }
+    let interrupt = interrupt.clone();
+    tokio::spawn(async move {
+        interrupt.cancelled().await;
+        for pid in pids {
+            // SAFETY: kill(2) with a pid this process started; a gone pid is only an error.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGINT);
             }
         }
-    });
+    })
+}
 
-    let mut alive = vec![true; count];
-    let mut summaries: Vec<Option<Summary>> = (0..count).map(|_| None).collect();
-    let mut ready: HashMap<String, HashSet<usize>> = HashMap::new();
-    let mut sent: HashMap<String, (HashSet<usize>, SeqSet)> = HashMap::new();
-    #[allow(clippy::type_complexity)]
-    let mut ids: HashMap<String, (HashSet<usize>, Vec<(usize, String)>)> = HashMap::new();
-    let mut notes = Vec::new();
-    let remote = !agents.addrs.is_empty();
-    let mut interrupted = false;
-    let relay = async {
+/// Waits (5 s each) for the child workers to exit, killing those that do not: their exit codes.
+async fn wait_for_exits(children: Vec<tokio::process::Child>) -> Vec<Option<i32>> {
+    let mut statuses = Vec::with_capacity(children.len());
+    for mut child in children {
+        statuses.push(
+            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(Ok(s)) => s.code(),
+                _ => {
+                    let _ = child.kill().await;
+                    None
+                }
+            },
+        );
+    }
+    statuses
+}
+
+/// Workers that reached a step, and what they brought to it.
+type Waiting<T> = HashMap<String, (HashSet<usize>, T)>;
+
+/// The parent's side of the line protocol while the workers run.
+struct Relay {
+    inputs: Vec<Option<Input>>,
+    alive: Vec<bool>,
+    summaries: Vec<Option<Summary>>,
+    /// Barriers, sent sets and connection ids by key, until every live worker has reached them.
+    ready: HashMap<String, HashSet<usize>>,
+    sent: Waiting<SeqSet>,
+    ids: Waiting<Vec<(usize, String)>>,
+}
+
+impl Relay {
+    fn new(inputs: Vec<Option<Input>>) -> Self {
+        let count = inputs.len();
+        Relay {
+            inputs,
+            alive: vec![true; count],
+            summaries: (0..count).map(|_| None).collect(),
+            ready: HashMap::new(),
+            sent: HashMap::new(),
+            ids: HashMap::new(),
+        }
+    }
+
+    /// Relays until every worker's output has ended; with agents (`remote`), passes an
+    /// interrupt on to them as a line.
+    async fn run(&mut self, rx: &mut Lines, interrupt: &CancellationToken, remote: bool) {
+        let mut interrupted = false;
         loop {
             let next = tokio::select! {
                 next = rx.recv() => next,
@@ -398,7 +502,7 @@ pub async fn run_parent(
                     // Agents pass this on to their worker as SIGINT.
                     interrupted = true;
                     let line = format!("{}\n", crate::agent::INTERRUPT);
-                    for w in inputs.iter_mut().flatten() {
+                    for w in self.inputs.iter_mut().flatten() {
                         let _ = w.write_all(line.as_bytes()).await;
                         let _ = w.flush().await;
                     }
@@ -407,113 +511,90 @@ pub async fn run_parent(
             };
             let Some((i, line)) = next else { break };
             match line {
-                None => alive[i] = false,
-                Some(line) => match serde_json::from_str::<ToParent>(&line) {
-                    Ok(ToParent::Ready { key }) => {
-                        ready.entry(key).or_default().insert(i);
-                    }
-                    Ok(ToParent::Sent { key, set }) => {
-                        let set = B64
-                            .decode(set)
-                            .map(|b| SeqSet::from_bytes(&b))
-                            .unwrap_or_default();
-                        let e = sent.entry(key).or_default();
-                        e.0.insert(i);
-                        e.1.union_with(&set);
-                    }
-                    Ok(ToParent::Ids { key, ids: some }) => {
-                        let e = ids.entry(key).or_default();
-                        e.0.insert(i);
-                        e.1.extend(some);
-                    }
-                    Ok(ToParent::Done { summary }) => {
-                        summaries[i] = Some(*summary);
-                        // Closing its stdin lets the worker's reader end, and the worker exit.
-                        inputs[i] = None;
-                    }
-                    Err(_) => {
-                        // Not a protocol line: pass it on so nothing a worker prints is lost.
-                        eprintln!("worker {i}: {line}");
-                    }
-                },
+                None => self.alive[i] = false,
+                Some(line) => self.take(i, &line),
             }
-            // Release every barrier and exchange that all live workers have reached.
-            let complete = |who: &HashSet<usize>| (0..count).all(|w| !alive[w] || who.contains(&w));
-            let go: Vec<String> = ready
-                .iter()
-                .filter(|(_, who)| complete(who))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in go {
-                ready.remove(&key);
-                broadcast(&mut inputs, &alive, &ToWorker::Go { key }).await;
+            self.release().await;
+        }
+    }
+
+    /// One line from worker `i`.
+    fn take(&mut self, i: usize, line: &str) {
+        match serde_json::from_str::<ToParent>(line) {
+            Ok(ToParent::Ready { key }) => {
+                self.ready.entry(key).or_default().insert(i);
             }
-            let all: Vec<String> = sent
-                .iter()
-                .filter(|(_, (who, _))| complete(who))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in all {
-                if let Some((_, set)) = sent.remove(&key) {
-                    let set = B64.encode(set.to_bytes());
-                    broadcast(&mut inputs, &alive, &ToWorker::SentAll { key, set }).await;
-                }
+            Ok(ToParent::Sent { key, set }) => {
+                let set = B64
+                    .decode(set)
+                    .map(|b| SeqSet::from_bytes(&b))
+                    .unwrap_or_default();
+                let e = self.sent.entry(key).or_default();
+                e.0.insert(i);
+                e.1.union_with(&set);
             }
-            let all: Vec<String> = ids
-                .iter()
-                .filter(|(_, (who, _))| complete(who))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in all {
-                if let Some((_, list)) = ids.remove(&key) {
-                    broadcast(&mut inputs, &alive, &ToWorker::IdsAll { key, ids: list }).await;
-                }
+            Ok(ToParent::Ids { key, ids: some }) => {
+                let e = self.ids.entry(key).or_default();
+                e.0.insert(i);
+                e.1.extend(some);
+            }
+            Ok(ToParent::Done { summary }) => {
+                self.summaries[i] = Some(*summary);
+                // Closing its stdin lets the worker's reader end, and the worker exit.
+                self.inputs[i] = None;
+            }
+            Err(_) => {
+                // Not a protocol line: pass it on so nothing a worker prints is lost.
+                eprintln!("worker {i}: {line}");
             }
         }
-    };
-    if tokio::time::timeout(limit, relay).await.is_err() {
-        notes.push(format!(
-            "the workers did not finish within {limit:?}; the unfinished ones were stopped"
-        ));
     }
-    drop(inputs);
-    forward.abort();
-    let mut statuses = vec![None; count];
-    for (i, mut child) in children.into_iter().enumerate() {
-        statuses[i] = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-            Ok(Ok(s)) => s.code(),
-            _ => {
-                let _ = child.kill().await;
-                None
-            }
-        };
-    }
-    for (i, summary) in summaries.iter().enumerate() {
-        if summary.is_none() {
-            let how = if remote {
-                format!("on agent {}", agents.addrs[i % agents.addrs.len()])
-            } else {
-                format!(
-                    "exit status {}",
-                    statuses[i].map_or_else(|| "none".to_owned(), |c| c.to_string())
+
+    /// Releases every barrier and exchange that all live workers have reached.
+    async fn release(&mut self) {
+        let alive = &self.alive;
+        let complete =
+            |who: &HashSet<usize>| (0..alive.len()).all(|w| !alive[w] || who.contains(&w));
+        let go: Vec<String> = self
+            .ready
+            .iter()
+            .filter(|(_, who)| complete(who))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let sent: Vec<String> = self
+            .sent
+            .iter()
+            .filter(|(_, (who, _))| complete(who))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let ids: Vec<String> = self
+            .ids
+            .iter()
+            .filter(|(_, (who, _))| complete(who))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in go {
+            self.ready.remove(&key);
+            broadcast(&mut self.inputs, &self.alive, &ToWorker::Go { key }).await;
+        }
+        for key in sent {
+            if let Some((_, set)) = self.sent.remove(&key) {
+                let set = B64.encode(set.to_bytes());
+                broadcast(
+                    &mut self.inputs,
+                    &self.alive,
+                    &ToWorker::SentAll { key, set },
                 )
-            };
-            notes.push(format!(
-                "worker {i} gave no summary ({how}); its share is missing from the figures"
-            ));
+                .await;
+            }
+        }
+        for key in ids {
+            if let Some((_, list)) = self.ids.remove(&key) {
+                let msg = ToWorker::IdsAll { key, ids: list };
+                broadcast(&mut self.inputs, &self.alive, &msg).await;
+            }
         }
     }
-    let mut out = Vec::with_capacity(count);
-    for (i, s) in summaries.into_iter().enumerate() {
-        if let Some(mut s) = s {
-            decode_histograms(&mut s).with_context(|| format!("worker {i}"))?;
-            out.push(s);
-        }
-    }
-    if out.is_empty() {
-        bail!("no worker finished: {}", notes.join("; "));
-    }
-    Ok((out, notes))
 }
 
 /// Where the parent writes a worker's messages: a child's stdin, or an agent's socket.

@@ -4,135 +4,138 @@
 //! and server-side closes are seen) for `--hold`, then closes them all. Nothing is sent: this
 //! measures the accept path and per-connection cost alone.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::skeleton::{self, Closed, Measured, Notes, Phases, StagedSlots, Steps};
 use crate::cli::ConnectArgs;
 use crate::client::{self, Incoming, Role, Ws};
-use crate::context::{Outcome, RunCtx, StopReason};
-use crate::fleet::{self, Ended, FleetSpec};
+use crate::context::{Outcome, RunCtx};
+use crate::fleet::{self, Ended, Fleet, FleetSpec, Ramp};
 use crate::stages::Stages;
 
 pub async fn run(ctx: &RunCtx, args: &ConnectArgs) -> anyhow::Result<Outcome> {
     if !args.stage.is_empty() {
-        return staged(ctx, &Stages(args.stage.clone())).await;
+        let stages = Stages(args.stage.clone());
+        let (first, count) = ctx.shard.part(stages.peak().floor() as usize);
+        let slots = StagedSlots::new(&stages, first, count);
+        return Ok(skeleton::drive(
+            ctx,
+            Staged {
+                first,
+                count,
+                slots,
+            },
+        )
+        .await);
     }
-    ctx.phase("ramp");
     // With --workers, this process opens its share (indices first..first+count).
     let (first, count) = ctx.shard.part(args.connections);
-    let spec = FleetSpec {
-        count,
-        role: Role::Client,
-        first_index: first,
-        reconnect: false,
-        recv_buffer: None,
-        slots: None,
-    };
-    let mut fleet = fleet::launch(ctx, spec, |_| (), |_, ws, (), stop| hold(ws, stop));
-    let ramp = fleet
-        .wait_connected(ctx.ramp_limit(count), &ctx.cancel)
-        .await;
+    let hold = args.hold;
+    Ok(skeleton::drive(ctx, Connect { first, count, hold }).await)
+}
+
+/// Opens the connections, holds them for `--hold`, closes them.
+struct Connect {
+    first: usize,
+    count: usize,
+    hold: Duration,
+}
+
+/// The connections and their ramp.
+struct Held<S> {
+    fleet: Fleet<S>,
+    ramp: Ramp,
+}
+
+impl Steps for Connect {
+    type Open = Held<()>;
     // Every worker holds its connections at the same time.
-    ctx.barrier("ramped").await;
+    const PHASES: Phases = Phases::ramped("hold");
 
-    ctx.phase("hold");
-    let held = Instant::now();
-    let natural = if ctx.sleep_until(held + args.hold).await {
-        StopReason::Duration
-    } else {
-        StopReason::Deadline
-    };
-    let measured = held.elapsed();
+    async fn ramp(&mut self, ctx: &RunCtx, _: &mut Notes) -> Held<()> {
+        let spec = FleetSpec::paced(Role::Client, self.first, self.count);
+        let mut fleet = fleet::launch(ctx, spec, |_| (), |_, ws, (), stop| hold(ws, stop));
+        let ramp = fleet.wait_ramp(ctx).await;
+        Held { fleet, ramp }
+    }
 
-    ctx.phase("close");
-    let (_, lost) = fleet.finish(Duration::ZERO).await;
-    let mut notes = Vec::new();
-    if ramp.established + ramp.failed < count {
-        notes.push(format!(
-            "{} connections had not settled when the ramp limit passed",
-            count - ramp.established - ramp.failed
-        ));
+    async fn measure(&mut self, ctx: &RunCtx, _: &mut Held<()>, _: &mut Notes) -> Measured {
+        Measured::until(Instant::now(), self.hold, &ctx.cancel.child_token()).await
     }
-    if lost > 0 {
-        notes.push(format!(
-            "{lost} connections did not close within the grace period"
-        ));
+
+    async fn close(self, _: &RunCtx, held: Held<()>, _: &Measured, notes: &mut Notes) -> Closed {
+        let (_, lost) = held.fleet.finish(Duration::ZERO).await;
+        let ramp = held.ramp;
+        if ramp.established + ramp.failed < self.count {
+            notes.push(format!(
+                "{} connections had not settled when the ramp limit passed",
+                self.count - ramp.established - ramp.failed
+            ));
+        }
+        skeleton::note_lost(
+            notes,
+            lost,
+            "connections did not close within the grace period",
+        );
+        Closed::connections(self.count, ramp.took)
     }
-    Ok(Outcome {
-        target_connections: count,
-        ramp: ramp.took,
-        measured,
-        stopped_by: ctx.stopped_by(natural),
-        delivery: None,
-        notes,
-        failover: None,
-    })
 }
 
 /// `--stage`: connections open and close as the stages say (see `stages`).
-async fn staged(ctx: &RunCtx, stages: &Stages) -> anyhow::Result<Outcome> {
-    let peak = stages.peak().floor() as usize;
-    let (first, count) = ctx.shard.part(peak);
-    let windows: Arc<Vec<(Duration, Duration)>> = Arc::new(
-        (first..first + count)
-            .map(|n| stages.window(n).unwrap_or((stages.total(), stages.total())))
-            .collect(),
-    );
-    ctx.barrier("start").await;
-    ctx.phase("stages");
-    let start = Instant::now();
-    let spec = FleetSpec {
-        count,
-        role: Role::Client,
-        first_index: first,
-        reconnect: false,
-        recv_buffer: None,
-        slots: Some({
-            let w = windows.clone();
-            Arc::new(move |index| w[index - first].0)
-        }),
-    };
-    let w = windows.clone();
-    let end = start + stages.total();
-    let mut fleet = fleet::launch(
-        ctx,
-        spec,
-        // Connections the level never falls below are held to the end of the stages (and in a
-        // mixed run carried over to the next phase).
-        move |index| Some(start + w[index - first].1).filter(|&at| at < end),
-        |_, ws, close_at, stop| hold_until(ws, close_at, stop),
-    );
-    let ramp = fleet
-        .wait_connected(end + ctx.target.connect_timeout(), &ctx.cancel)
-        .await;
-    let natural = if ctx.sleep_until(end).await {
-        StopReason::Duration
-    } else {
-        StopReason::Deadline
-    };
-    let measured = start.elapsed();
-    ctx.phase("close");
-    let (_, lost) = fleet.finish(Duration::ZERO).await;
-    let mut notes = vec![format!(
-        "stages: peak {peak} connections, {:.1} s in all",
-        stages.total().as_secs_f64()
-    )];
-    if lost > 0 {
-        notes.push(format!(
-            "{lost} connections did not close within the grace period"
-        ));
+struct Staged {
+    first: usize,
+    count: usize,
+    slots: StagedSlots,
+}
+
+/// The staged connections, their ramp, and the start of the stages.
+struct StagedHeld {
+    held: Held<Option<Instant>>,
+    start: Instant,
+}
+
+impl Steps for Staged {
+    type Open = StagedHeld;
+    const PHASES: Phases = Phases::staged("stages");
+
+    async fn ramp(&mut self, ctx: &RunCtx, _: &mut Notes) -> StagedHeld {
+        let start = Instant::now();
+        let spec = FleetSpec {
+            slots: Some(self.slots.slots()),
+            ..FleetSpec::paced(Role::Client, self.first, self.count)
+        };
+        let mut fleet = fleet::launch(
+            ctx,
+            spec,
+            self.slots.close_at(start),
+            |_, ws, close_at, stop| hold_until(ws, close_at, stop),
+        );
+        let end = start + self.slots.total();
+        let ramp = fleet
+            .wait_connected(end + ctx.target.connect_timeout(), &ctx.cancel)
+            .await;
+        StagedHeld {
+            held: Held { fleet, ramp },
+            start,
+        }
     }
-    Ok(Outcome {
-        target_connections: count,
-        ramp: ramp.took,
-        measured,
-        stopped_by: ctx.stopped_by(natural),
-        delivery: None,
-        notes,
-        failover: None,
-    })
+
+    async fn measure(&mut self, ctx: &RunCtx, open: &mut StagedHeld, _: &mut Notes) -> Measured {
+        Measured::until(open.start, self.slots.total(), &ctx.cancel.child_token()).await
+    }
+
+    async fn close(self, _: &RunCtx, open: StagedHeld, _: &Measured, notes: &mut Notes) -> Closed {
+        let (_, lost) = open.held.fleet.finish(Duration::ZERO).await;
+        notes.push(self.slots.note());
+        skeleton::note_lost(
+            notes,
+            lost,
+            "connections did not close within the grace period",
+        );
+        Closed::connections(self.count, open.held.ramp.took)
+    }
 }
 
 /// Holds a connection until `close_at` (the level falls below it: closed for good) or `stop`

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::skeleton::{self, Closed, Measured, Notes, Phases, Steps};
 use crate::cli::EchoArgs;
 use crate::client::{self, Incoming, Role, Ws};
 use crate::context::{Gate, Outcome, RunCtx, Schedule, Sequence, StopReason};
-use crate::fleet::{self, Ended, FleetSpec};
+use crate::fleet::{self, Ended, Fleet, FleetSpec, Ramp};
 use crate::probe::{self, Encoder, Kind, Received};
 use crate::stages::Stages;
 use crate::stats::Stats;
@@ -48,6 +49,8 @@ pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
     let requests = args
         .requests
         .map(|r| ctx.shard.part_along(r, first, count, args.connections));
+    // With stages, the measured phase lasts as long as they do.
+    let run_for = stages.as_ref().map_or(args.duration, |s| s.total());
     let done = ctx.cancel.child_token();
     let shared = Arc::new(Shared {
         gate: Gate::new(),
@@ -58,66 +61,89 @@ pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
         run: ctx.run_id.clone(),
         reply_timeout: args.reply_timeout,
         think: args.think,
-        stages: stages.clone(),
+        stages,
         connections: args.connections.max(1),
     });
-
-    ctx.phase("ramp");
-    let spec = FleetSpec {
+    let echo = Echo {
+        shared,
+        first,
         count,
-        role: Role::Client,
-        first_index: first,
-        reconnect: false,
-        recv_buffer: None,
-        slots: None,
+        run_for,
     };
-    let body_shared = shared.clone();
-    let mut fleet = fleet::launch(
-        ctx,
-        spec,
-        |_| (),
-        move |index, ws, (), stop| echo_loop(body_shared.clone(), index, ws, stop),
-    );
-    let ramp = fleet
-        .wait_connected(ctx.ramp_limit(count), &ctx.cancel)
-        .await;
-    ctx.barrier("ramped").await;
+    Ok(skeleton::drive(ctx, echo).await)
+}
 
-    ctx.phase("echo");
-    // With stages, the measured phase lasts as long as they do.
-    let run_for = stages.as_ref().map_or(args.duration, |s| s.total());
-    let start = shared.gate.open();
-    let natural = tokio::select! {
-        _ = tokio::time::sleep_until((start + run_for).into()) => StopReason::Duration,
-        _ = done.cancelled() => StopReason::Count,
+/// This worker's echo connections (`first..first + count`).
+struct Echo {
+    shared: Arc<Shared>,
+    first: usize,
+    count: usize,
+    run_for: Duration,
+}
+
+/// The connections and their ramp.
+struct Open {
+    fleet: Fleet<()>,
+    ramp: Ramp,
+}
+
+impl Steps for Echo {
+    type Open = Open;
+    const PHASES: Phases = Phases {
+        close: "finish",
+        ..Phases::ramped("echo")
     };
-    done.cancel();
-    let measured = start.elapsed();
 
-    ctx.phase("finish");
-    let (_, lost) = fleet
-        .finish(args.reply_timeout + Duration::from_secs(1))
-        .await;
-    let mut notes = Vec::new();
-    if ramp.established == 0 {
-        notes.push("no connection was established: nothing was measured".into());
+    async fn ramp(&mut self, ctx: &RunCtx, _: &mut Notes) -> Open {
+        let spec = FleetSpec::paced(Role::Client, self.first, self.count);
+        let shared = self.shared.clone();
+        let mut fleet = fleet::launch(
+            ctx,
+            spec,
+            |_| (),
+            move |index, ws, (), stop| echo_loop(shared.clone(), index, ws, stop),
+        );
+        let ramp = fleet.wait_ramp(ctx).await;
+        Open { fleet, ramp }
     }
-    if lost > 0 {
-        notes.push(format!(
-            "{lost} connections did not finish within the grace period"
-        ));
+
+    async fn measure(&mut self, _: &RunCtx, _: &mut Open, _: &mut Notes) -> Measured {
+        let start = self.shared.gate.open();
+        Measured::until(start, self.run_for, &self.shared.done).await
     }
-    if let Some(stages) = &stages {
-        notes.push(format!(
+
+    async fn close(self, ctx: &RunCtx, open: Open, m: &Measured, notes: &mut Notes) -> Closed {
+        let patience = self.shared.reply_timeout + Duration::from_secs(1);
+        let (_, lost) = open.fleet.finish(patience).await;
+        if open.ramp.established == 0 {
+            notes.push("no connection was established: nothing was measured".into());
+        }
+        skeleton::note_lost(
+            notes,
+            lost,
+            "connections did not finish within the grace period",
+        );
+        if let Some(stages) = &self.shared.stages {
+            notes.extend(self.stage_notes(ctx, stages, &open.ramp, m));
+        }
+        Closed::connections(self.count, open.ramp.took)
+    }
+}
+
+impl Echo {
+    /// What the stages were, and whether the connections kept up with them.
+    fn stage_notes(&self, ctx: &RunCtx, stages: &Stages, ramp: &Ramp, m: &Measured) -> Notes {
+        let mut notes = vec![format!(
             "stages: peak {} requests/s, {:.1} s in all",
             stages.peak(),
             stages.total().as_secs_f64()
-        ));
+        )];
         // This worker's connections' share of the schedule.
-        let scheduled = stages.events() * count as u64 / args.connections.max(1) as u64;
+        let connections = self.shared.connections as u64;
+        let scheduled = stages.events() * self.count as u64 / connections;
         let sent = ctx.stats.sent.load(Ordering::Relaxed);
-        if natural == StopReason::Duration
-            && ramp.established == count
+        if m.natural == StopReason::Duration
+            && ramp.established == self.count
             && sent + sent / 100 + 1 < scheduled
         {
             notes.push(format!(
@@ -126,22 +152,59 @@ pub async fn run(ctx: &RunCtx, args: &EchoArgs) -> anyhow::Result<Outcome> {
                 sent as f64 * 100.0 / scheduled.max(1) as f64
             ));
         }
+        notes
     }
-    Ok(Outcome {
-        target_connections: count,
-        ramp: ramp.took,
-        measured,
-        stopped_by: ctx.stopped_by(natural),
-        delivery: None,
-        notes,
-        failover: None,
-    })
 }
 
 enum Event {
     Stop,
     Timeout,
     In(Incoming),
+}
+
+/// How the wait for a reply ended.
+enum Reply {
+    /// The reply came (its round trip recorded), or an error event, or `--reply-timeout`.
+    Done,
+    /// The run stops.
+    Stop,
+    /// The connection ended.
+    Closed(String),
+}
+
+/// Waits for the reply to request `seq`.
+async fn await_reply(sh: &Shared, ws: &mut Ws, seq: u64, stop: &CancellationToken) -> Reply {
+    let deadline = Instant::now() + sh.reply_timeout;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => Event::Stop,
+            _ = tokio::time::sleep_until(deadline.into()) => Event::Timeout,
+            i = client::recv(ws) => Event::In(i),
+        };
+        match event {
+            Event::Stop => return Reply::Stop,
+            Event::Timeout => {
+                sh.stats.error("reply_timeout");
+                return Reply::Done;
+            }
+            Event::In(Incoming::Closed(reason)) => return Reply::Closed(reason),
+            Event::In(Incoming::Text(text)) => match probe::classify(&text, &sh.run) {
+                Received::Probe(p) if p.kind == Kind::Echo && p.seq == seq => {
+                    sh.stats
+                        .primary
+                        .record_ns(probe::now_ns().saturating_sub(p.t_ns));
+                    sh.stats.received.fetch_add(1, Ordering::Relaxed);
+                    return Reply::Done;
+                }
+                Received::ErrorEvent => {
+                    sh.stats.error("error_event");
+                    return Reply::Done;
+                }
+                // A late reply to a request that timed out, or someone else's broadcast.
+                _ => {}
+            },
+        }
+    }
 }
 
 async fn echo_loop(
@@ -187,38 +250,10 @@ async fn echo_loop(
         }
         sh.stats.sent.fetch_add(1, Ordering::Relaxed);
 
-        let deadline = Instant::now() + sh.reply_timeout;
-        loop {
-            let event = tokio::select! {
-                _ = stop.cancelled() => Event::Stop,
-                _ = tokio::time::sleep_until(deadline.into()) => Event::Timeout,
-                i = client::recv(&mut ws) => Event::In(i),
-            };
-            match event {
-                Event::Stop => {
-                    return ((), Ended::Open(Box::new(ws)));
-                }
-                Event::Timeout => {
-                    sh.stats.error("reply_timeout");
-                    break;
-                }
-                Event::In(Incoming::Closed(reason)) => return ((), Ended::Dropped(reason)),
-                Event::In(Incoming::Text(text)) => match probe::classify(&text, &sh.run) {
-                    Received::Probe(p) if p.kind == Kind::Echo && p.seq == seq => {
-                        sh.stats
-                            .primary
-                            .record_ns(probe::now_ns().saturating_sub(p.t_ns));
-                        sh.stats.received.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    Received::ErrorEvent => {
-                        sh.stats.error("error_event");
-                        break;
-                    }
-                    // A late reply to a request that timed out, or someone else's broadcast.
-                    _ => {}
-                },
-            }
+        match await_reply(&sh, &mut ws, seq, &stop).await {
+            Reply::Done => {}
+            Reply::Stop => return ((), Ended::Open(Box::new(ws))),
+            Reply::Closed(reason) => return ((), Ended::Dropped(reason)),
         }
         if !sh.think.is_zero() {
             tokio::select! {

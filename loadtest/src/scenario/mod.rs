@@ -1,11 +1,14 @@
-//! The scenarios, one file each, and what the top level needs to know about them before running:
-//! which latencies they measure, how many connections they open, how long they may take.
+//! The scenarios, one file or directory each, all run by the skeleton in `skeleton.rs` (ramp,
+//! prepare, barrier, measured phase, drain, close), and what the top level needs to know about
+//! them before running: which latencies they measure, how many connections they open, how long
+//! they may take.
 
 pub mod connect;
 pub mod delivery;
 pub mod echo;
 pub mod failover;
 pub mod mixed;
+mod skeleton;
 pub mod soak;
 
 use std::time::Duration;

@@ -51,10 +51,19 @@ async fn the_demo_script_runs_bounded_over_two_brokers_and_two_workers() {
                 && l.contains("3002 established (3002 carried over)")),
         "{out}"
     );
+    // The brokers' peak of open connections, sampled once a second: the 3,002 of the run, and
+    // at most a few more when a sample falls where one phase's publisher is closing and the
+    // next one's is open.
+    let peak: u64 = out
+        .lines()
+        .find_map(|l| {
+            let rest = l.trim_start().strip_prefix("all:")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no `all:` line in\n{out}"));
     assert!(
-        out.lines()
-            .any(|l| l.trim_start().starts_with("all:") && l.contains(" 3002 connections")),
-        "{out}"
+        (3002..=3006).contains(&peak),
+        "peak {peak} connections:\n{out}"
     );
     assert!(out.contains("KiB per connection"), "{out}");
 }

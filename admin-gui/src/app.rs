@@ -309,8 +309,16 @@ impl AdminApp {
             }
             ui.add_space(4.0);
             ui.separator();
-            self.charts
-                .show(ui, self.model.answering(), self.model.history.samples());
+            // Several instances: the charts are the fleet's (every instance summed); one: that
+            // instance's, seeded from its history.
+            if self.model.fleet.known && self.model.fleet.rows().len() > 1 {
+                let combined = self.model.fleet.combined(std::time::Instant::now());
+                let title = format!("the fleet ({} instances)", self.model.fleet.rows().len());
+                self.charts.show(ui, &title, &combined);
+            } else {
+                self.charts
+                    .show(ui, self.model.answering(), self.model.history.samples());
+            }
             ui.add_space(6.0);
             ui.separator();
             self.connections.table(ui, &mut self.model, commands);

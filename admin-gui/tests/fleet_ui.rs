@@ -84,6 +84,16 @@ fn the_instances_panel_shows_two_brokers_joined_by_nats() {
         let t = h.state().model().fleet_totals();
         t.connections.clients == 3 && t.connections.publishers == 1
     });
+    // The charts are the fleet's: both instances' connections summed.
+    wait_for_label(&mut harness, "the fleet (2 instances)", DEADLINE);
+    step_until(&mut harness, "the fleet chart sums both", DEADLINE, |h| {
+        let model = h.state().model();
+        model
+            .fleet
+            .combined(std::time::Instant::now())
+            .back()
+            .is_some_and(|s| s.clients == 3.0 && s.publishers == 1.0)
+    });
 
     // The table lists the connections of both instances, each with its instance.
     let everyone: Vec<_> = std::iter::once(&on_a)

@@ -1,4 +1,5 @@
-//! Live charts of the last minutes of the answering instance (seeded from its history): connections, messages in and out per second, refusals,
+//! Live charts of the last minutes, of the fleet (every instance summed) or of the one instance
+//! (seeded from its history): connections, messages in and out per second, refusals,
 //! slow-consumer drops. The x axis is time before now, so the newest value is always at the
 //! right edge; the charts do not pan or zoom (they are a dashboard, not an analysis tool).
 
@@ -31,16 +32,16 @@ struct Series<'s> {
 }
 
 impl Charts {
-    /// The charts of `instance` (the one the app talks to; its history seeds them).
+    /// The charts of `subject` (the fleet, or the one instance the app talks to).
     pub fn show(
         &mut self,
         ui: &mut egui::Ui,
-        instance: &str,
+        subject: &str,
         samples: &std::collections::VecDeque<Sample>,
     ) {
         ui.horizontal(|ui| {
             ui.label(RichText::new("Last minutes").strong());
-            ui.label(RichText::new(instance).monospace().color(palette::MUTED));
+            ui.label(RichText::new(subject).monospace().color(palette::MUTED));
             for (label, secs) in [
                 ("1 min", 60),
                 ("2 min", 120),

@@ -30,6 +30,22 @@ impl Sample {
     pub fn connections(&self) -> f64 {
         self.clients + self.publishers
     }
+
+    /// This sample plus `weight` times `other` (the time stays this sample's).
+    pub fn plus(&self, other: &Sample, weight: f64) -> Sample {
+        Sample {
+            at: self.at,
+            clients: self.clients + weight * other.clients,
+            publishers: self.publishers + weight * other.publishers,
+            messages_in: self.messages_in + weight * other.messages_in,
+            messages_out: self.messages_out + weight * other.messages_out,
+            events: self.events + weight * other.events,
+            accepted: self.accepted + weight * other.accepted,
+            refused: self.refused + weight * other.refused,
+            slow_drops: self.slow_drops + weight * other.slow_drops,
+            decode_errors: self.decode_errors + weight * other.decode_errors,
+        }
+    }
 }
 
 /// Rates computed from successive stats, kept for [`HISTORY`].

@@ -1,7 +1,8 @@
 //! The fleet: one row per instance with its last heartbeat's stats and a short history for
 //! its sparkline, and the fleet's totals (sums over the instances that are up).
 
-use std::time::Instant;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use admin_api::{Health, InstanceInfo, InstanceList, OpenConnections, StatsHistory, Totals};
 
@@ -175,6 +176,36 @@ impl Fleet {
         self.rows.iter().find(|r| r.info.instance == instance)
     }
 
+    /// The fleet's charts: every instance's samples summed in [`FLEET_BUCKET`] buckets back from
+    /// `now`, oldest first. An instance counts once per bucket (the mean of its samples there),
+    /// so one polled every 2 s and one seeded every second weigh alike; an instance that went
+    /// away simply stops adding.
+    pub fn combined(&self, now: Instant) -> VecDeque<Sample> {
+        let bucket = FLEET_BUCKET.as_secs_f64();
+        let mut sums: BTreeMap<u64, Sample> = BTreeMap::new();
+        for row in &self.rows {
+            let mut mine: BTreeMap<u64, (Sample, f64)> = BTreeMap::new();
+            for s in row.history.samples() {
+                let Some(at) = s.at else { continue };
+                let k = (now.saturating_duration_since(at).as_secs_f64() / bucket) as u64;
+                let e = mine.entry(k).or_default();
+                e.0 = e.0.plus(s, 1.0);
+                e.1 += 1.0;
+            }
+            for (k, (sum, n)) in mine {
+                let e = sums.entry(k).or_default();
+                *e = e.plus(&sum, 1.0 / n);
+            }
+        }
+        sums.into_iter()
+            .rev()
+            .map(|(k, s)| Sample {
+                at: now.checked_sub(FLEET_BUCKET * k as u32),
+                ..s
+            })
+            .collect()
+    }
+
     /// Sums over the instances that are up.
     pub fn totals(&self) -> FleetTotals {
         let mut t = FleetTotals {
@@ -192,6 +223,9 @@ impl Fleet {
     }
 }
 
+/// The width of one point of the fleet's charts.
+pub const FLEET_BUCKET: Duration = Duration::from_secs(2);
+
 /// Totals of a single instance (a broker without the fleet routes).
 pub fn single_totals(stats: &admin_api::Stats, history: &History) -> FleetTotals {
     let mut t = FleetTotals {
@@ -206,7 +240,6 @@ pub fn single_totals(stats: &admin_api::Stats, history: &History) -> FleetTotals
 mod tests {
     use super::*;
     use admin_api::Stats;
-    use std::time::Duration;
 
     fn info(name: &str, clients: u64, msgs: u64, health: Health, ready: bool) -> InstanceInfo {
         InstanceInfo {
@@ -294,5 +327,45 @@ mod tests {
             "a silent instance is not summed"
         );
         assert_eq!(t.connections.clients, 1);
+    }
+
+    #[test]
+    fn the_fleet_chart_sums_every_instance_once_per_bucket() {
+        let t0 = Instant::now();
+        let mut f = Fleet::default();
+        // Two instances polled together every 2 s: a at 100 msgs/s with 3 clients, b at 50
+        // with 5.
+        for i in 0..4u64 {
+            f.apply(
+                list(vec![
+                    info("a", 3, 200 * i, Health::Up, true),
+                    info("b", 5, 100 * i, Health::Up, true),
+                ]),
+                t0 + Duration::from_secs(2 * i),
+            );
+        }
+        let now = t0 + Duration::from_secs(6);
+        let c = f.combined(now);
+        assert_eq!(c.len(), 3, "three rate points: {c:?}");
+        for s in &c {
+            assert_eq!(s.messages_in, 150.0);
+            assert_eq!(s.clients, 8.0);
+            assert_eq!(s.publishers, 2.0);
+        }
+        assert!(
+            c.iter().zip(c.iter().skip(1)).all(|(x, y)| x.at < y.at),
+            "oldest first"
+        );
+        // b stops being polled as up: the newest point has a alone.
+        f.apply(
+            list(vec![
+                info("a", 3, 800, Health::Up, true),
+                info("b", 5, 300, Health::Silent, true),
+            ]),
+            t0 + Duration::from_secs(8),
+        );
+        let c = f.combined(t0 + Duration::from_secs(8));
+        assert_eq!(c.back().map(|s| s.messages_in), Some(100.0));
+        assert_eq!(c.back().map(|s| s.clients), Some(3.0));
     }
 }

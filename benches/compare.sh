@@ -327,11 +327,10 @@ target() { # target LABEL VALUE LIMIT: one line of issue #18's targets
     row "server CPU per connection, 2,000 (µs)" connect-2000 cpu_us "%.1f" lower
     row "server CPU per connection, 19,000 (µs)" connect-19000 cpu_us "%.1f" lower
     echo
-    echo "CPU is the server's user+system time (from /proc) in the phases named; per delivery ="
+    echo "CPU is the time the server's threads ran (/proc/PID/task/*/schedstat, nanoseconds) in the phases named; per delivery ="
     echo "CPU of phases send+drain / deliveries received; per echo = CPU of phase echo / replies;"
     echo "RSS per connection = (RSS at the end of hold - RSS at the start of ramp) / connections;"
-    echo "CPU per connection = CPU of phase ramp (accept and upgrade) / connections. /proc counts CPU in"
-    echo "10 ms ticks: 5 µs per connection at 2,000 connections, 0.5 µs at 19,000."
+    echo "CPU per connection = CPU of phase ramp (accept and upgrade) / connections."
     echo "broker / floor and broker / plain are the broker's figure over the other's, as they stand"
     echo "(below 1 on a rate is the broker behind); the last column is the former comparison, turned"
     echo "so that above 1 is the broker ahead."

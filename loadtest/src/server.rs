@@ -1,9 +1,15 @@
 //! `--server-pid`: the server's own cost, read from `/proc` at every phase change.
 //!
 //! Wall throughput on one machine is bounded by the load generator sharing the cores, so the
-//! steady figure is the server's CPU time (user + system, from `/proc/PID/stat`) spent per unit
-//! of work in a phase, and its resident memory (`VmRSS` from `/proc/PID/status`) at the phase's
-//! edges. Only meaningful when the server runs on this machine (a loopback target).
+//! steady figure is the server's CPU time spent per unit of work in a phase, and its resident
+//! memory (`VmRSS` from `/proc/PID/status`) at the phase's edges. Only meaningful when the
+//! server runs on this machine (a loopback target).
+//!
+//! CPU time is the sum over the process's threads of the time they ran, in nanoseconds
+//! (`/proc/PID/task/*/schedstat`), so that a short phase is measured, not rounded to the 10 ms
+//! ticks of `/proc/PID/stat`'s user + system time. A thread that ends takes its time with it
+//! there, so when the ticks (which keep it) say more than the threads do by over two ticks,
+//! the ticks are used.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -86,11 +92,30 @@ impl ServerProbe {
     fn sample(&self) -> anyhow::Result<Sample> {
         let at = Instant::now();
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        let cpu_s = parse_cpu_ticks(&stat).context("unexpected /proc/PID/stat format")? as f64
+        let ticks_s = parse_cpu_ticks(&stat).context("unexpected /proc/PID/stat format")? as f64
             / self.ticks_per_s;
+        let cpu_s = match self.threads_ran_s() {
+            Some(ran) if ticks_s <= ran + 2.0 / self.ticks_per_s => ran,
+            _ => ticks_s,
+        };
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         let rss_kib = parse_rss_kib(&status).context("no VmRSS in /proc/PID/status")?;
         Ok(Sample { at, cpu_s, rss_kib })
+    }
+
+    /// The time every thread of the process has run, in seconds, from their schedstat
+    /// (nanoseconds); `None` where the kernel does not provide it.
+    fn threads_ran_s(&self) -> Option<f64> {
+        let mut ns: u64 = 0;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid)).ok()? {
+            let path = task.ok()?.path().join("schedstat");
+            // A thread may end between the listing and the read: it no longer counts.
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            ns += parse_schedstat_ns(&text)?;
+        }
+        Some(ns as f64 / 1e9)
     }
 
     /// Ends the current phase (if any) and starts `name`.
@@ -132,6 +157,11 @@ fn close(open: Open, end: Sample) -> ServerPhase {
     }
 }
 
+/// The first field of a `schedstat` line: nanoseconds the thread ran.
+fn parse_schedstat_ns(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// utime + stime (fields 14 and 15) of `/proc/PID/stat`. The command name (field 2) may hold
 /// spaces and parentheses, so fields are counted from the last `)`.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
@@ -167,6 +197,45 @@ mod tests {
         let status = "Name:\tbroker\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
         assert_eq!(parse_rss_kib(status), Some(12345));
         assert_eq!(parse_rss_kib("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn schedstat_gives_nanoseconds() {
+        assert_eq!(
+            parse_schedstat_ns("1038503195 1570017862 3283\n"),
+            Some(1_038_503_195)
+        );
+        assert_eq!(parse_schedstat_ns(""), None);
+    }
+
+    /// A phase far shorter than a clock tick still has its CPU time: the threads' nanoseconds.
+    /// (Other tests run in this process too, so only a lower bound is checked.)
+    #[test]
+    fn a_phase_shorter_than_a_tick_is_measured() {
+        let probe = ServerProbe::new(std::process::id()).expect("own /proc entry");
+        assert!(
+            probe.threads_ran_s().is_some(),
+            "Linux gives every thread's schedstat"
+        );
+        let own = || {
+            std::fs::read_to_string("/proc/thread-self/schedstat")
+                .ok()
+                .and_then(|t| parse_schedstat_ns(&t))
+                .expect("own schedstat")
+        };
+        probe.enter("short");
+        // Spin until this thread has run 2 ms more: a fifth of a tick.
+        let start = own();
+        let mut x = 0u64;
+        while own() < start + 2_000_000 {
+            for _ in 0..1000 {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
+        }
+        std::hint::black_box(x);
+        let s = probe.finish();
+        let cpu = s.phases[0].cpu_s;
+        assert!(cpu >= 0.002, "2 ms of running measured as {cpu} s");
     }
 
     #[test]

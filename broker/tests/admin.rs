@@ -460,3 +460,95 @@ async fn call_on(
     let auth = format!("Bearer {token}");
     http_request(addr, method, path, &[("authorization", &auth)], "").await
 }
+
+/// SECURITY.md: every admin call is logged with who made it (a fingerprint of the token:
+/// `admin-token:…` or `read-token:…`) and what it did, refusals too, and never the token.
+#[tokio::test]
+async fn every_admin_call_is_logged_with_who_made_it_and_never_the_token() {
+    const READ: &str = "read-only-token-0123456789";
+    let b = BrokerProcess::spawn(&[
+        ("BROKER_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("BROKER_ADMIN_READ_TOKEN", READ),
+        ("RUST_LOG", "info,broker=debug"),
+    ]);
+    let call = |method: &'static str,
+                path: &'static str,
+                token: &'static str,
+                body: &'static str| async move {
+        let auth = format!("Bearer {token}");
+        http_request(
+            b.ops,
+            method,
+            path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await
+        .0
+    };
+    assert_eq!(call("GET", "/admin/v1/stats", ADMIN_TOKEN, "").await, 200);
+    assert_eq!(
+        call(
+            "POST",
+            "/admin/v1/events",
+            ADMIN_TOKEN,
+            r#"{"event":{"eventType":10,"message":"hi"}}"#
+        )
+        .await,
+        202
+    );
+    assert_eq!(call("POST", "/admin/v1/drain", READ, "").await, 403);
+    assert_eq!(
+        call("GET", "/admin/v1/connections", "wrong-token-0123456789", "").await,
+        401
+    );
+    let has = |lines: &[String], parts: &[&str]| {
+        lines.iter().any(|l| parts.iter().all(|p| l.contains(p)))
+    };
+    eventually("the four calls are in the log", || {
+        let lines = b.log_lines();
+        async move {
+            has(
+                &lines,
+                &[
+                    "admin call",
+                    "who=admin-token:",
+                    "path=\"/admin/v1/stats\"",
+                    "status=200",
+                ],
+            ) && has(
+                &lines,
+                &[
+                    "admin injected an event",
+                    "who=admin-token:",
+                    "action=\"inject\"",
+                ],
+            ) && has(
+                &lines,
+                &[
+                    "admin call refused",
+                    "who=read-token:",
+                    "path=\"/admin/v1/drain\"",
+                ],
+            ) && has(
+                &lines,
+                &[
+                    "missing or wrong bearer token",
+                    "path=\"/admin/v1/connections\"",
+                ],
+            )
+        }
+    })
+    .await;
+    let lines = b.log_lines();
+    for secret in [ADMIN_TOKEN, READ, "wrong-token-0123456789"] {
+        assert!(
+            !lines.iter().any(|l| l.contains(secret)),
+            "a token in the log:\n{}",
+            lines.join("\n")
+        );
+    }
+}

@@ -292,6 +292,8 @@ pub struct BrokerProcess {
     pub child: std::process::Child,
     pub ws: SocketAddr,
     pub ops: SocketAddr,
+    /// Its log lines (stderr) after the `listening` line, as they come.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl BrokerProcess {
@@ -327,9 +329,25 @@ impl BrokerProcess {
                 break (field("ws"), field("ops"));
             }
         };
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        BrokerProcess { child, ws, ops }
+        // Keep draining stderr so the child never blocks on a full pipe, keeping the lines.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                keep.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        BrokerProcess {
+            child,
+            ws,
+            ops,
+            log,
+        }
+    }
+
+    /// The log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The process's resident set size in KiB, from `/proc/<pid>/status`.

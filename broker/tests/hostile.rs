@@ -92,8 +92,16 @@ async fn thousands_of_connect_disconnect_cycles_leave_no_trace() {
     let mut ws = client(b.ws).await;
     let mut publ = publisher(b.ws).await;
     let addr = b.ws;
+    // `n` cycles, 100 at a time: what the broker holds at a peak of concurrent handshakes is
+    // allocator slack, not a leak, and a peak that depends on how loaded the machine is made
+    // this test flaky (1,000 at a time left 8.7 MiB of slack once under CI's load).
     let cycle = |n: usize| async move {
-        let tasks = (0..n).map(|i| {
+        for batch in 0..n.div_ceil(100) {
+            cycle_batch(addr, batch * 100..(batch * 100 + 100).min(n)).await;
+        }
+    };
+    async fn cycle_batch(addr: std::net::SocketAddr, range: std::ops::Range<usize>) {
+        let tasks = range.map(|i| {
             tokio::spawn(async move {
                 match i % 4 {
                     // A full client that says hello and leaves.
@@ -119,7 +127,7 @@ async fn thousands_of_connect_disconnect_cycles_leave_no_trace() {
         for t in futures_util::future::join_all(tasks).await {
             t.expect("cycle task");
         }
-    };
+    }
     cycle(1000).await; // warm-up: allocator pools, runtime workers
     let open = |b: &BrokerProcess| {
         let ops = b.ops;

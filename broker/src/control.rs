@@ -86,7 +86,12 @@ pub fn list(shared: &Shared, q: &ListQuery) -> ConnectionPage {
     let mut connections = Vec::new();
     // The snapshot is in this instance's id order, which is `id_key` order within one node.
     for c in shared.registry().snapshot() {
-        let remote = c.remote.to_string();
+        // The address is formatted only when a filter reads it: a list walks every connection.
+        let remote = if filter.remote.is_empty() {
+            String::new()
+        } else {
+            c.remote.to_string()
+        };
         if !filter.matches_fields(
             &c.wire_id,
             c.origin.as_deref(),

@@ -48,7 +48,7 @@ use crate::config::Limits;
 use crate::event::{self, ErrorReason, EventError, EventType};
 use crate::outbox::WireFrame;
 use crate::registry::{CloseReason, CloseRequest, Conn};
-use crate::router::{Routed, Router};
+use crate::router::{Batch, Routed, Router};
 
 /// At most this many queued frames go into one batch.
 const WRITE_BATCH: usize = 256;
@@ -62,17 +62,31 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Makes the coming close of the socket a reset (RST) instead of an orderly shutdown, for a
     /// peer that could not take even its close frame within the grace.
     fn reset_on_close(&self);
+
+    /// The socket, when frames may be written to it as they are (plain TCP: see
+    /// [`Outbox::offer_direct`]); `None` for TLS, which must encrypt them.
+    ///
+    /// [`Outbox::offer_direct`]: crate::outbox::Outbox::offer_direct
+    fn direct_socket(&self) -> Option<std::os::fd::RawFd>;
 }
 
 impl Transport for TcpStream {
     fn reset_on_close(&self) {
         let _ = self.set_zero_linger();
     }
+
+    fn direct_socket(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
+    }
 }
 
 impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
     fn reset_on_close(&self) {
         let _ = self.get_ref().0.set_zero_linger();
+    }
+
+    fn direct_socket(&self) -> Option<std::os::fd::RawFd> {
+        None
     }
 }
 
@@ -100,7 +114,12 @@ pub fn serve<S: Transport>(
 ) -> impl std::future::Future<Output = ()> + Send {
     let limits = &env.limits;
     let now = Instant::now();
+    if let Some(fd) = ws.get_ref().direct_socket() {
+        conn.outbox.share_socket(fd);
+    }
     let mut session = Session {
+        _socket_guard: SocketGuard(conn.clone()),
+        holds_socket: true,
         ws,
         conn: conn.clone(),
         errors: ErrorBudget::new(limits),
@@ -115,6 +134,7 @@ pub fn serve<S: Transport>(
         blocked_since: None,
         closing: None,
         high_water: limits.send_queue_bytes / 2,
+        batch: Batch::default(),
         env: env.clone(),
     };
     let mut ending = Ending {
@@ -166,7 +186,22 @@ impl Drop for Ending {
     }
 }
 
+/// Ends direct writes to the socket before it is closed (see [`Outbox::retire_socket`]): a
+/// field of [`Session`] declared before its socket, so dropped first, even in a panic.
+///
+/// [`Outbox::retire_socket`]: crate::outbox::Outbox::retire_socket
+struct SocketGuard(Arc<Conn>);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        self.0.outbox.retire_socket();
+    }
+}
+
 struct Session<S> {
+    _socket_guard: SocketGuard,
+    /// The task may use the socket: deliverers do not write to it directly now.
+    holds_socket: bool,
     ws: WebSocketStream<S>,
     conn: Arc<Conn>,
     env: Arc<Env>,
@@ -188,6 +223,9 @@ struct Session<S> {
     closing: Option<Closing>,
     /// Reading pauses while this many bytes or more wait in the queue.
     high_water: usize,
+    /// Broadcasts from what was read so far, handed out when the read is done (see
+    /// [`Batch`]): flushed before the task waits and before any other step is acted on.
+    batch: Batch,
 }
 
 /// A close in progress: the request, and by when it must be on the wire.
@@ -375,14 +413,19 @@ impl Writer {
         self.i >= self.batch.len()
     }
 
+    /// Whether the frame at `i` was begun (here, or by a direct write: a rest).
+    fn started(&self) -> bool {
+        self.off > 0 || self.batch.get(self.i).is_some_and(WireFrame::is_rest)
+    }
+
     /// Between two whole frames (nothing half-written).
     fn at_boundary(&self) -> bool {
-        self.off == 0
+        !self.started()
     }
 
     /// Drops the frames not yet started; returns how many.
     fn drop_unstarted(&mut self) -> usize {
-        let keep = self.i + usize::from(self.off > 0);
+        let keep = self.i + usize::from(self.started());
         let dropped = self.batch.len().saturating_sub(keep);
         self.batch.truncate(keep);
         dropped
@@ -437,6 +480,11 @@ impl Writer {
     fn payload_bytes(&self) -> u64 {
         self.batch.iter().map(|f| f.payload_len() as u64).sum()
     }
+
+    /// WebSocket frames in the whole batch, for the counters.
+    fn frames(&self) -> usize {
+        self.batch.iter().map(WireFrame::frames).sum()
+    }
 }
 
 /// What woke the connection's task, for [`Session::run`] to act on.
@@ -482,7 +530,14 @@ impl<S: Transport> Session<S> {
                 .request_close(CloseRequest::shutdown().by(Instant::now() + self.grace()));
         }
         loop {
-            match std::future::poll_fn(|cx| self.poll_step(cx)).await {
+            let step = std::future::poll_fn(|cx| self.poll_step(cx)).await;
+            if !matches!(
+                step,
+                Step::Read(Some(Ok(Message::Text(_) | Message::Binary(_))))
+            ) {
+                self.flush();
+            }
+            match step {
                 Step::Close(req) => self.begin_close(req),
                 Step::Wrote { frames, bytes } => {
                     use std::sync::atomic::Ordering::Relaxed;
@@ -507,6 +562,7 @@ impl<S: Transport> Session<S> {
                         }
                         Some(Ok(msg)) => {
                             if let Some(req) = self.on_message(msg) {
+                                self.flush();
                                 self.conn.request_close(req);
                             }
                         }
@@ -534,6 +590,11 @@ impl<S: Transport> Session<S> {
         self.env.limits.close_grace()
     }
 
+    /// Hands out the broadcasts read so far (see [`Batch`]).
+    fn flush(&mut self) {
+        self.env.router.flush(&mut self.batch);
+    }
+
     /// Everything the task waits for, polled in one place (see the module docs for the order).
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         if self.closing.is_none() {
@@ -541,6 +602,14 @@ impl<S: Transport> Session<S> {
             if let Some(req) = self.conn.close_request() {
                 return Poll::Ready(Step::Close(req.clone()));
             }
+        }
+        // Reading may write too (tungstenite answers pings): take the socket back from the
+        // deliverers first. A direct write under way wakes the task when it ends.
+        if !self.holds_socket {
+            if self.conn.outbox.poll_acquire(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.holds_socket = true;
         }
         // Writing: tungstenite's own bytes first, then the queued frames.
         if self.ws_dirty {
@@ -574,7 +643,7 @@ impl<S: Transport> Session<S> {
                 match polled {
                     Poll::Ready(Ok(())) => {
                         let step = Step::Wrote {
-                            frames: self.writer.batch.len(),
+                            frames: self.writer.frames(),
                             bytes: self.writer.payload_bytes(),
                         };
                         self.writer.clear();
@@ -603,6 +672,16 @@ impl<S: Transport> Session<S> {
         }
         if self.timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Step::Timer);
+        }
+        // Nothing more to read now: what it brought goes out before the task waits.
+        self.flush();
+        // Nothing to write either: deliverers may write to the socket while the task waits.
+        if self.closing.is_none()
+            && !self.ws_dirty
+            && self.writer.is_empty()
+            && self.conn.outbox.release()
+        {
+            self.holds_socket = false;
         }
         Poll::Pending
     }
@@ -700,6 +779,7 @@ impl<S: Transport> Session<S> {
                             Message::Close(_) => break,
                             msg @ (Message::Text(_) | Message::Binary(_)) if route => {
                                 let _ = self.on_message(msg);
+                                self.flush();
                             }
                             _ => {}
                         }
@@ -756,16 +836,22 @@ impl<S: Transport> Session<S> {
             Err(err) => return self.reject(err),
         };
         let routed = if self.conn.publisher {
-            Ok(self
-                .env
-                .router
-                .route_from_publisher(Some(&self.conn), &info, &frame))
+            Ok(self.env.router.route_from_publisher(
+                Some(&self.conn),
+                &info,
+                &frame,
+                Some(&mut self.batch),
+            ))
         } else {
-            self.check_fanout(&info, frame.len())
-                .and_then(|()| self.env.router.route_from_client(&self.conn, &info, &frame))
+            self.check_fanout(&info, frame.len()).and_then(|()| {
+                self.env
+                    .router
+                    .route_from_client(&self.conn, &info, &frame, Some(&mut self.batch))
+            })
         };
         match routed {
             Ok(Routed::Reply(reply)) => {
+                self.flush();
                 self.conn.offer(&WireFrame::text(&reply));
                 None
             }
@@ -819,6 +905,8 @@ impl<S: Transport> Session<S> {
             .with_label_values(&[err.reason.label()])
             .inc();
         tracing::debug!(id = %self.conn.wire_id, reason = err.reason.label(), error = %err.message, "bad message");
+        // After what this connection sent before, to everyone and to itself.
+        self.flush();
         self.conn.offer(&WireFrame::text(&err.to_frame()));
         if self.errors.spend() {
             None

@@ -12,6 +12,9 @@
 //! a burst of events costs one wake-up per connection, not one per event.
 
 use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
@@ -21,24 +24,28 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// A complete server-to-client text frame (unmasked, so the same bytes suit every recipient).
+/// Complete server-to-client text frames (unmasked, so the same bytes suit every recipient):
+/// usually one, or several back to back (a [`FrameBatch`]), which travel and are written as one
+/// piece.
 #[derive(Debug, Clone)]
 pub struct WireFrame {
     bytes: Bytes,
-    payload_len: usize,
+    /// The payloads' (the JSON texts') total length.
+    payload_len: u32,
+    frames: u32,
 }
 
 impl WireFrame {
     /// Frames `text` once, with tungstenite's own encoder.
     pub fn text(text: &Utf8Bytes) -> WireFrame {
-        let payload_len = text.len();
         let frame = Frame::message(Bytes::from(text.clone()), OpCode::Data(Data::Text), true);
         let mut buf = Vec::with_capacity(frame.len());
         // Writing into a Vec cannot fail.
         let _ = frame.format(&mut buf);
         WireFrame {
             bytes: Bytes::from(buf),
-            payload_len,
+            payload_len: saturating_u32(text.len()),
+            frames: 1,
         }
     }
 
@@ -47,9 +54,29 @@ impl WireFrame {
         &self.bytes
     }
 
-    /// The payload (the JSON text) length, for the byte counters.
+    /// The payloads' (the JSON texts') length, for the byte counters.
     pub fn payload_len(&self) -> usize {
-        self.payload_len
+        self.payload_len as usize
+    }
+
+    /// How many WebSocket frames these bytes are.
+    pub fn frames(&self) -> usize {
+        self.frames as usize
+    }
+
+    /// The rest of frames a direct write began (see [`Outbox::offer_direct`]): it must be
+    /// written before anything else and is never dropped, or the peer would see a cut frame.
+    /// Its frames and payload were counted when the write began.
+    pub fn is_rest(&self) -> bool {
+        self.frames == 0
+    }
+
+    fn rest_from(&self, written: usize) -> WireFrame {
+        WireFrame {
+            bytes: self.bytes.slice(written..),
+            payload_len: 0,
+            frames: 0,
+        }
     }
 
     /// What a queued frame is charged against the queue's bound: its bytes on the wire plus the
@@ -57,6 +84,62 @@ impl WireFrame {
     #[inline]
     pub fn cost(&self) -> usize {
         self.bytes.len() + 48
+    }
+}
+
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Text frames framed back to back into one buffer, for the same recipients: what one read
+/// of a sender's socket brought to everyone becomes one [`WireFrame`], one queue entry and one
+/// write per recipient instead of one per event.
+#[derive(Debug, Default)]
+pub struct FrameBatch {
+    buf: Vec<u8>,
+    payload_len: usize,
+    frames: u32,
+}
+
+impl FrameBatch {
+    /// Appends `text` as one frame, with tungstenite's own encoder.
+    pub fn push_text(&mut self, text: &Utf8Bytes) {
+        let frame = Frame::message(Bytes::from(text.clone()), OpCode::Data(Data::Text), true);
+        // Writing into a Vec cannot fail.
+        let _ = frame.format(&mut self.buf);
+        self.payload_len += text.len();
+        self.frames += 1;
+    }
+
+    /// Bytes framed so far.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Frames so far.
+    pub fn frames(&self) -> usize {
+        self.frames as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
+    /// The frames so far as one [`WireFrame`]; the batch starts again empty (keeping its buffer
+    /// unless a burst grew it past 64 KiB).
+    pub fn take(&mut self) -> WireFrame {
+        let frame = WireFrame {
+            bytes: Bytes::copy_from_slice(&self.buf),
+            payload_len: saturating_u32(self.payload_len),
+            frames: self.frames,
+        };
+        self.buf.clear();
+        if self.buf.capacity() > 64 * 1024 {
+            self.buf = Vec::new();
+        }
+        self.payload_len = 0;
+        self.frames = 0;
+        frame
     }
 }
 
@@ -86,18 +169,49 @@ struct Queue {
     frames: VecDeque<WireFrame>,
     /// What the waiting frames cost (see [`WireFrame::cost`]).
     bytes: usize,
+    /// WebSocket frames waiting (an entry may hold several, see [`WireFrame::frames`]).
+    count: usize,
     state: State,
+    /// What a direct write left unwritten: goes out first, whatever happens to the queue.
+    rest: Option<WireFrame>,
+    /// The connection's task waits for a direct write to end.
+    task_waits: bool,
+}
+
+/// Who writes to the connection's socket (see [`Outbox::offer_direct`]).
+const TASK: u8 = 0;
+const IDLE: u8 = 1;
+const DIRECT: u8 = 2;
+
+/// What became of a frame offered with [`Outbox::offer_direct`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Written to the socket (at least begun: the rest waits for the connection's task).
+    Written,
+    /// Queued for the connection's task.
+    Queued,
 }
 
 /// A multi-producer, single-consumer queue of frames with one waker, bounded in bytes.
 ///
 /// The bound is in bytes rather than frames, so that it bounds memory whatever the frame size:
 /// a thousand 64 KiB broadcasts and a thousand 20-byte events are not the same load.
+///
+/// While the connection's task has nothing to write and waits, a deliverer may write a batch
+/// straight to the socket ([`Outbox::offer_direct`]), as a raw server would, instead of
+/// queuing it and waking the task: most listeners take a broadcast without their task running
+/// at all. Who writes is one atomic: the task (from the start, and whenever it has anything to
+/// write or reads: tungstenite may answer a ping while it reads), nobody (the task released
+/// the socket: its queue was empty and it waits), or one deliverer, for one system call.
 #[derive(Debug)]
 pub struct Outbox {
     queue: Mutex<Queue>,
     bound: usize,
     waker: AtomicWaker,
+    /// `TASK`, `IDLE` or `DIRECT`.
+    writer: AtomicU8,
+    /// The socket a deliverer may write to while the task is idle: plain TCP only; -1 for none.
+    fd: AtomicI32,
 }
 
 impl Outbox {
@@ -108,7 +222,123 @@ impl Outbox {
             queue: Mutex::new(Queue::default()),
             bound,
             waker: AtomicWaker::new(),
+            writer: AtomicU8::new(TASK),
+            fd: AtomicI32::new(-1),
         }
+    }
+
+    /// Lets deliverers write to `fd` while the task is idle. The task must call
+    /// [`Outbox::retire_socket`] before the socket is closed.
+    pub fn share_socket(&self, fd: RawFd) {
+        self.fd.store(fd, Ordering::Release);
+    }
+
+    /// No more direct writes: waits for one under way to end (a single non-blocking system
+    /// call), and keeps the socket for the task from now on.
+    pub fn retire_socket(&self) {
+        loop {
+            {
+                let _q = self.lock();
+                self.fd.store(-1, Ordering::Release);
+                if self.writer.load(Ordering::Acquire) != DIRECT {
+                    self.writer.store(TASK, Ordering::Release);
+                    return;
+                }
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// The connection's task takes the socket: `Pending` while a deliverer writes to it (the
+    /// task is woken when the write ends).
+    pub fn poll_acquire(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self
+            .writer
+            .compare_exchange(IDLE, TASK, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            || self.writer.load(Ordering::Acquire) == TASK
+        {
+            return Poll::Ready(());
+        }
+        let mut q = self.lock();
+        // Look again under the lock: the deliverer takes it to hand the socket back.
+        if self
+            .writer
+            .compare_exchange(IDLE, TASK, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return Poll::Ready(());
+        }
+        q.task_waits = true;
+        self.waker.register(cx.waker());
+        Poll::Pending
+    }
+
+    /// The task has nothing to write and will wait: deliverers may write to the socket until it
+    /// acquires it again. False (the task keeps it) when something waits in the queue.
+    pub fn release(&self) -> bool {
+        let q = self.lock();
+        if !q.frames.is_empty() || q.rest.is_some() || self.fd.load(Ordering::Acquire) < 0 {
+            return false;
+        }
+        self.writer.store(IDLE, Ordering::Release);
+        true
+    }
+
+    /// Writes `frame` straight to the socket when the task is idle with nothing queued (one
+    /// non-blocking system call; what the socket does not take waits for the task, which is
+    /// woken), else queues it as [`Outbox::push`] does.
+    pub fn offer_direct(&self, frame: &WireFrame) -> Result<Offered, PushError> {
+        if self.fd.load(Ordering::Relaxed) < 0 || self.writer.load(Ordering::Relaxed) != IDLE {
+            return self.push(frame).map(|()| Offered::Queued);
+        }
+        let fd = {
+            let q = self.lock();
+            if q.state != State::Open {
+                return Err(PushError::Closed);
+            }
+            let fd = self.fd.load(Ordering::Acquire);
+            if fd < 0
+                || !q.frames.is_empty()
+                || q.rest.is_some()
+                || self
+                    .writer
+                    .compare_exchange(IDLE, DIRECT, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                drop(q);
+                return self.push(frame).map(|()| Offered::Queued);
+            }
+            fd
+        };
+        // SAFETY: `fd` is the connection's open socket: the task closes it only after
+        // `retire_socket`, which waits while the writer is DIRECT, as it is until below. The
+        // `ManuallyDrop` keeps this borrowed handle from closing it.
+        let socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        let bytes = frame.as_bytes();
+        // Non-blocking (the runtime set O_NONBLOCK); std sends with MSG_NOSIGNAL. An error or
+        // a full socket leaves the frame to the task, which meets the same on its own write.
+        let written = (&*socket).write(bytes).unwrap_or(0);
+        let mut q = self.lock();
+        let offered = if written == bytes.len() {
+            Offered::Written
+        } else if written > 0 {
+            q.rest = Some(frame.rest_from(written));
+            Offered::Written
+        } else {
+            // First in line: it came before anything queued while it was being written.
+            q.frames.push_front(frame.clone());
+            q.bytes += frame.cost();
+            q.count += frame.frames();
+            Offered::Queued
+        };
+        self.writer.store(IDLE, Ordering::Release);
+        let wake = std::mem::take(&mut q.task_waits) || !q.frames.is_empty() || q.rest.is_some();
+        drop(q);
+        if wake {
+            self.waker.wake();
+        }
+        Ok(offered)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -130,6 +360,7 @@ impl Outbox {
             }
             q.frames.push_back(frame.clone());
             q.bytes += cost;
+            q.count += frame.frames();
             q.frames.len() == 1
         };
         if was_empty {
@@ -148,8 +379,8 @@ impl Outbox {
         self.waker.register(cx.waker());
     }
 
-    /// Moves up to `max` frames into `out`; `Pending` (with the waker registered) when there
-    /// are none. Ready with (frames taken, frames still waiting).
+    /// Moves up to `max` entries into `out`; `Pending` (with the waker registered) when there
+    /// are none. Ready with (WebSocket frames taken, frames still waiting).
     pub fn poll_take(
         &self,
         cx: &mut Context<'_>,
@@ -158,30 +389,39 @@ impl Outbox {
     ) -> Poll<(usize, usize)> {
         // Register before looking, so that a push between the look and the return still wakes.
         self.waker.register(cx.waker());
-        match self.take(out, max) {
-            (0, _) => Poll::Pending,
-            taken => Poll::Ready(taken),
+        let before = out.len();
+        let taken = self.take(out, max);
+        if out.len() == before {
+            Poll::Pending
+        } else {
+            Poll::Ready(taken)
         }
     }
 
-    /// Moves up to `max` frames into `out` without waiting; returns how many, and how many
-    /// are still waiting.
+    /// Moves up to `max` entries into `out` without waiting; returns how many WebSocket frames
+    /// they hold, and how many frames are still waiting.
     pub fn take(&self, out: &mut Vec<WireFrame>, max: usize) -> (usize, usize) {
         let mut q = self.lock();
+        // A rest counts no frame: they were counted when its write began.
+        out.extend(q.rest.take());
         let n = q.frames.len().min(max);
-        let mut cost = 0;
-        out.extend(q.frames.drain(..n).inspect(|f| cost += f.cost()));
+        let (mut cost, mut frames) = (0, 0);
+        out.extend(q.frames.drain(..n).inspect(|f| {
+            cost += f.cost();
+            frames += f.frames();
+        }));
         q.bytes -= cost;
+        q.count -= frames;
         if q.frames.is_empty() && q.frames.capacity() > 64 {
             // A burst grew the queue: give the memory back once it has drained.
             q.frames = VecDeque::new();
         }
-        (n, q.frames.len())
+        (frames, q.count)
     }
 
-    /// Frames waiting now.
+    /// WebSocket frames waiting now.
     pub fn len(&self) -> usize {
-        self.lock().frames.len()
+        self.lock().count
     }
 
     /// Bytes waiting now (see [`WireFrame::cost`]).
@@ -189,8 +429,10 @@ impl Outbox {
         self.lock().bytes
     }
 
+    /// Nothing waits: no frame, and no rest of a direct write.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        let q = self.lock();
+        q.frames.is_empty() && q.rest.is_none()
     }
 
     /// Refuses further frames but keeps the waiting ones for the consumer (a drain).
@@ -206,7 +448,8 @@ impl Outbox {
         let mut q = self.lock();
         q.state = State::Closed;
         q.bytes = 0;
-        std::mem::take(&mut q.frames).len()
+        drop(std::mem::take(&mut q.frames));
+        std::mem::take(&mut q.count)
     }
 }
 

@@ -151,7 +151,7 @@ async fn answer(req: Request<Incoming>, env: &Env, track: &Track) -> Answer {
                 let mut delivered = 0;
                 for (info, frame) in &events {
                     if let crate::router::Routed::Delivered(n) =
-                        env.router.route_from_publisher(None, info, frame)
+                        env.router.route_from_publisher(None, info, frame, None)
                     {
                         delivered += n;
                     }

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 
 use dashmap::DashMap;
 
-use crate::outbox::{Outbox, PushError, WireFrame};
+use crate::outbox::{Offered, Outbox, PushError, WireFrame};
 
 /// Why a connection ends, with the close code the client sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +252,29 @@ impl Conn {
         }
     }
 
+    /// [`Conn::offer`], but written straight to the socket when the connection's task is idle
+    /// (see [`Outbox::offer_direct`]); `Some(true)` when written so, and then counted here.
+    #[inline]
+    pub fn offer_direct(&self, frame: &WireFrame) -> Option<bool> {
+        match self.outbox.offer_direct(frame) {
+            Ok(Offered::Written) => {
+                self.counters
+                    .messages_out
+                    .fetch_add(frame.frames() as u64, Relaxed);
+                self.counters
+                    .bytes_out
+                    .fetch_add(frame.payload_len() as u64, Relaxed);
+                Some(true)
+            }
+            Ok(Offered::Queued) => Some(false),
+            Err(PushError::Full) => {
+                self.request_close(CloseRequest::slow_consumer());
+                None
+            }
+            Err(PushError::Closed) => None,
+        }
+    }
+
     /// Asks the connection's task to close with `req`; the first request wins. The queue takes
     /// no new frame from now on; a request that discards the queue empties it at once.
     /// Returns `None` when an earlier request won, else the frames discarded.
@@ -480,6 +503,27 @@ impl Registry {
             .iter()
             .filter(|e| except != Some(e.value().id) && e.value().take(&d))
             .count()
+    }
+
+    /// Offers a batch of events to all (see `router::Batch`) to every connection except
+    /// `except` and those that asked for positions (they take each event with its position,
+    /// never from a batch); returns how many took it.
+    ///
+    /// Connections whose task is idle get it written straight to their socket; returns how
+    /// many connections took it, and how many of them that way (for the sent counters).
+    pub fn deliver_batch(&self, frame: &WireFrame, except: Option<u64>) -> (usize, usize) {
+        let (mut took, mut written) = (0, 0);
+        for e in self.conns.iter() {
+            let c = e.value();
+            if except == Some(c.id) || c.positions {
+                continue;
+            }
+            if let Some(direct) = c.offer_direct(frame) {
+                took += 1;
+                written += usize::from(direct);
+            }
+        }
+        (took, written)
     }
 
     /// Offers `frame` to `user`'s connections and to every publisher except `except`.

@@ -21,7 +21,7 @@ use crate::event::{self, ErrorReason, EventError, EventInfo, EventType};
 use crate::handshake::Resume;
 use crate::history::{self, MemoryHistory, Replay, Scope};
 use crate::metrics::Metrics;
-use crate::outbox::WireFrame;
+use crate::outbox::{FrameBatch, WireFrame};
 use crate::registry::{Conn, Delivery, Registry};
 pub use crate::target::Target;
 
@@ -118,6 +118,26 @@ fn from_head(ask: &Resume, head: u64) -> Replay {
     }
 }
 
+/// Events to all from one read of a connection's socket, waiting to be handed out together
+/// by [`Router::flush`]: framed back to back, they reach each recipient's queue as one entry
+/// and its socket in one write, as a raw server writes what one read brought. Nothing is
+/// allocated for a connection that sends no such event.
+///
+/// The connection's task flushes before it waits for anything and before anything else it
+/// sends or routes, so the batch never delays an event past the end of the read that brought
+/// it, and what one sender sends keeps its order.
+#[derive(Default)]
+pub struct Batch(Option<Box<Waiting>>);
+
+#[derive(Default)]
+struct Waiting {
+    frames: FrameBatch,
+    except: Option<u64>,
+}
+
+/// A batch is handed out once it holds this many bytes, whatever is still to be read.
+const BATCH_BYTES: usize = 64 * 1024;
+
 /// What became of an event from a connection.
 #[derive(Debug)]
 pub enum Routed {
@@ -159,6 +179,12 @@ impl Router {
             }
         }
         let n = self.deliver_local(target, frame);
+        self.share(target, frame, label);
+        n
+    }
+
+    /// Sends an event delivered here to the other instances that want it (no JetStream).
+    fn share(&self, target: &Target<'_>, frame: &Utf8Bytes, label: &str) {
         if let Some(cluster) = &self.cluster {
             if cluster.wants(target, &self.registry) && !cluster.forward(target, frame, label) {
                 self.metrics
@@ -166,6 +192,77 @@ impl Router {
                     .with_label_values(&["dropped"])
                     .inc();
             }
+        }
+    }
+
+    /// Whether events to all may wait in a [`Batch`]: not while a client that asked for
+    /// positions is connected (it takes each event with its position, in the history's order),
+    /// nor when the cluster's JetStream history positions every event.
+    fn batches(&self) -> bool {
+        !self.registry.any_positioned()
+            && self.cluster.as_ref().is_none_or(|c| c.history().is_none())
+    }
+
+    /// [`Router::deliver`], except that an event to all may wait in `batch` for
+    /// [`Router::flush`] (it is counted, kept in the history and sent to the other instances
+    /// now). Anything else flushes the batch first. Returns the recipients reached now.
+    pub fn deliver_batched(
+        &self,
+        target: &Target<'_>,
+        frame: &Utf8Bytes,
+        t: EventType,
+        batch: Option<&mut Batch>,
+    ) -> usize {
+        let Some(batch) = batch else {
+            return self.deliver(target, frame, t);
+        };
+        let except = match target {
+            Target::All { except } if self.batches() => *except,
+            _ => {
+                self.flush(batch);
+                return self.deliver(target, frame, t);
+            }
+        };
+        if batch.0.as_ref().is_some_and(|w| w.except != except) {
+            self.flush(batch);
+        }
+        self.metrics.event(t);
+        if let Some(history) = &self.history {
+            // Kept with its position; no client that reads positions is connected (or it
+            // connected after this, and its resume starts from or replays this position).
+            history.deliver(Scope::All, frame, |_| ());
+        }
+        let waiting = batch.0.get_or_insert_with(Default::default);
+        waiting.except = except;
+        waiting.frames.push_text(frame);
+        let full = waiting.frames.bytes() >= BATCH_BYTES;
+        self.share(target, frame, t.label());
+        if full {
+            self.flush(batch);
+        }
+        0
+    }
+
+    /// Hands the events waiting in `batch` to their recipients here, as one frame; returns how
+    /// many connections took it.
+    pub fn flush(&self, batch: &mut Batch) -> usize {
+        let Some(waiting) = batch.0.as_mut().filter(|w| !w.frames.is_empty()) else {
+            return 0;
+        };
+        let started = Instant::now();
+        let events = waiting.frames.frames();
+        let frame = waiting.frames.take();
+        let (n, written) = self.registry.deliver_batch(&frame, waiting.except);
+        if written > 0 {
+            let m = &self.metrics;
+            m.messages_sent.inc_by((written * events) as u64);
+            m.bytes_sent.inc_by((written * frame.payload_len()) as u64);
+        }
+        // Per event, as for events handed out one by one: its share of the walk.
+        let each = started.elapsed().as_secs_f64() / events as f64;
+        for _ in 0..events {
+            self.metrics.fanout_duration.observe(each);
+            self.metrics.fanout_recipients.observe(n as f64);
         }
         n
     }
@@ -327,18 +424,25 @@ impl Router {
         }
     }
 
-    /// Routes an event from an ordinary client (PROTOCOL.md part 1).
+    /// Routes an event from an ordinary client (PROTOCOL.md part 1). A broadcast may wait in
+    /// `batch` (see [`Batch`]); anything else flushes it first.
     pub fn route_from_client(
         &self,
         conn: &Conn,
         info: &EventInfo,
         frame: &Utf8Bytes,
+        mut batch: Option<&mut Batch>,
     ) -> Result<Routed, EventError> {
+        let broadcast = info.event_type == EventType::ECHO && info.broadcast;
+        if let (false, Some(batch)) = (broadcast, batch.as_deref_mut()) {
+            self.flush(batch);
+        }
         match info.event_type {
-            EventType::ECHO if info.broadcast => Ok(Routed::Delivered(self.deliver(
+            EventType::ECHO if info.broadcast => Ok(Routed::Delivered(self.deliver_batched(
                 &Target::All { except: None },
                 frame,
                 EventType::ECHO,
+                batch,
             ))),
             EventType::ECHO => {
                 self.metrics.event(EventType::ECHO);
@@ -405,19 +509,27 @@ impl Router {
     }
 
     /// Routes an event from a publisher: a publisher WebSocket (`sender`), or the HTTP
-    /// publish API (`None`). Any numeric type is delivered (PROTOCOL.md part 2).
+    /// publish API (`None`). Any numeric type is delivered (PROTOCOL.md part 2). An event to
+    /// all may wait in `batch` (see [`Batch`]); anything else flushes it first.
     pub fn route_from_publisher(
         &self,
         sender: Option<&Conn>,
         info: &EventInfo,
         frame: &Utf8Bytes,
+        batch: Option<&mut Batch>,
     ) -> Routed {
         let t = info.event_type;
         let except = sender.map(|c| c.id);
         if let Some(to) = &info.to {
+            if let Some(batch) = batch {
+                self.flush(batch);
+            }
             return Routed::Delivered(self.deliver(&Target::Connection(to), frame, t));
         }
         if info.event_type == EventType::ECHO && !info.broadcast && sender.is_some() {
+            if let Some(batch) = batch {
+                self.flush(batch);
+            }
             self.metrics.event(t);
             return Routed::Reply(frame.clone());
         }
@@ -428,6 +540,6 @@ impl Router {
             Some(user) => Target::User { user, except },
             None => Target::All { except },
         };
-        Routed::Delivered(self.deliver(&target, frame, t))
+        Routed::Delivered(self.deliver_batched(&target, frame, t, batch))
     }
 }

@@ -544,4 +544,100 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(outbox.take(&mut out, 10), (2, 0));
     }
+
+    /// A connected loopback pair: the server side non-blocking (as the runtime leaves it),
+    /// with a small send buffer when `sndbuf` is given.
+    fn socket_pair(sndbuf: Option<usize>) -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        server.set_nonblocking(true).expect("non-blocking");
+        if let Some(size) = sndbuf {
+            socket2::SockRef::from(&server)
+                .set_send_buffer_size(size)
+                .expect("sndbuf");
+            socket2::SockRef::from(&client)
+                .set_recv_buffer_size(size)
+                .expect("rcvbuf");
+        }
+        (client, server)
+    }
+
+    fn read_exactly(client: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
+        use std::io::Read;
+        let mut buf = vec![0; n];
+        client.read_exact(&mut buf).expect("read");
+        buf
+    }
+
+    #[test]
+    fn an_idle_task_s_socket_takes_a_batch_directly_and_a_busy_one_queues_it() {
+        let (mut client, server) = socket_pair(None);
+        let outbox = Outbox::new(1 << 20);
+        let mut batch = FrameBatch::default();
+        batch.push_text(&Utf8Bytes::from_static("{\"a\":1}"));
+        batch.push_text(&Utf8Bytes::from_static("{\"b\":2}"));
+        let frame = batch.take();
+        assert_eq!((frame.frames(), frame.payload_len()), (2, 14));
+        // No socket shared yet, then shared but held by the task: queued.
+        assert_eq!(outbox.offer_direct(&frame), Ok(Offered::Queued));
+        outbox.share_socket(std::os::fd::AsRawFd::as_raw_fd(&server));
+        assert!(
+            !outbox.release(),
+            "the task keeps the socket while frames wait"
+        );
+        outbox.take(&mut Vec::new(), 10);
+        assert_eq!(outbox.offer_direct(&frame), Ok(Offered::Queued));
+        outbox.take(&mut Vec::new(), 10);
+        // Released: written to the socket, both frames back to back, nothing queued.
+        assert!(outbox.release());
+        assert_eq!(outbox.offer_direct(&frame), Ok(Offered::Written));
+        assert!(outbox.is_empty());
+        assert_eq!(
+            read_exactly(&mut client, frame.as_bytes().len()),
+            b"\x81\x07{\"a\":1}\x81\x07{\"b\":2}"
+        );
+        // The task takes the socket back: queued again; once retired, never written again.
+        let waker = std::task::Waker::noop();
+        assert!(outbox
+            .poll_acquire(&mut Context::from_waker(waker))
+            .is_ready());
+        assert_eq!(outbox.offer_direct(&frame), Ok(Offered::Queued));
+        outbox.take(&mut Vec::new(), 10);
+        assert!(outbox.release());
+        outbox.retire_socket();
+        assert_eq!(outbox.offer_direct(&frame), Ok(Offered::Queued));
+        assert!(!outbox.release(), "a retired socket is the task's alone");
+    }
+
+    #[test]
+    fn what_a_full_socket_does_not_take_goes_first_and_is_never_dropped() {
+        let (mut client, server) = socket_pair(Some(4096));
+        let outbox = Outbox::new(1 << 20);
+        outbox.share_socket(std::os::fd::AsRawFd::as_raw_fd(&server));
+        assert!(outbox.release());
+        let big = WireFrame::text(&Utf8Bytes::from("x".repeat(1 << 20)));
+        let small = WireFrame::text(&Utf8Bytes::from_static("{}"));
+        // The socket takes a part; the rest waits for the task, which is woken.
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        outbox.register(&mut Context::from_waker(&waker));
+        assert_eq!(outbox.offer_direct(&big), Ok(Offered::Written));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the task is woken");
+        assert!(!outbox.is_empty());
+        // Not written directly while a rest waits; a slow consumer's close keeps the rest.
+        assert_eq!(outbox.offer_direct(&small), Ok(Offered::Queued));
+        assert_eq!(outbox.close(), 1, "the queued frame is dropped");
+        let mut out = Vec::new();
+        outbox.take(&mut out, 10);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].is_rest() && out[0].frames() == 0);
+        let rest = out[0].as_bytes().len();
+        assert!(rest > 0 && rest < big.as_bytes().len());
+        // What the socket took and the rest are the frame, byte for byte.
+        let head = read_exactly(&mut client, big.as_bytes().len() - rest);
+        assert_eq!(head[..], big.as_bytes()[..head.len()]);
+        assert_eq!(out[0].as_bytes(), &big.as_bytes()[head.len()..]);
+    }
 }

@@ -586,3 +586,81 @@ async fn the_idle_timeout_holds_while_writes_to_the_client_are_blocked() {
     );
     b.shutdown().await;
 }
+
+/// Two publishers broadcast at once, events of 10 bytes to 40 KiB, to listeners that read at
+/// full speed and to listeners behind 4 KiB socket buffers that read slowly. Whichever way each
+/// event reaches a listener (written straight to its socket by the delivering thread, begun
+/// there and finished by its task, or queued), every listener gets every event of each
+/// publisher, whole and in that publisher's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_broadcasts_reach_fast_and_slow_readers_whole_and_in_order() {
+    let b = start_with(json!({"broker": {"limits": {"sendQueueBytes": 64 * 1024 * 1024}}})).await;
+    const N: u64 = 300;
+    let mut readers = Vec::new();
+    for i in 0..8 {
+        let slow = i % 2 == 0;
+        let mut ws = if slow {
+            paused_client(b.ws_addr(), &[("origin", "http://localhost:4010")]).await
+        } else {
+            client(b.ws_addr()).await
+        };
+        readers.push(tokio::spawn(async move {
+            let mut seen = [Vec::new(), Vec::new()];
+            let deadline = tokio::time::Instant::now() + 3 * DEADLINE;
+            while (seen[0].len() + seen[1].len()) < 2 * N as usize {
+                let Ok(msg) = tokio::time::timeout_at(deadline, ws.next()).await else {
+                    panic!(
+                        "reader {i} (slow: {slow}) got {} and {} events, not {N} of each, in time",
+                        seen[0].len(),
+                        seen[1].len()
+                    );
+                };
+                let msg = msg.expect("open").expect("every frame whole");
+                let Message::Text(t) = msg else { continue };
+                let v: Value = serde_json::from_str(t.as_str()).expect("whole JSON");
+                let p = v["p"].as_u64().expect("p") as usize;
+                let seq = v["seq"].as_u64().expect("seq");
+                let blob = v["blob"].as_str().expect("blob");
+                assert_eq!(blob.len() as u64, size(seq), "the event's body is whole");
+                seen[p].push(seq);
+                if slow && seq.is_multiple_of(10) {
+                    // Pacing a slow reader, not waiting for anything.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            seen
+        }));
+    }
+    fn size(seq: u64) -> u64 {
+        [10, 300, 5_000, 40_000][(seq % 4) as usize]
+    }
+    let mut publishers = Vec::new();
+    for p in 0..2u64 {
+        // A publisher gets the other's events: it reads them (one that does not is slowed by
+        // TCP, see a_client_that_sends_faster_than_it_reads_is_slowed_not_buffered).
+        let (mut tx, mut rx) = publisher(b.ws_addr()).await.split();
+        tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+        publishers.push(tokio::spawn(async move {
+            for seq in 0..N {
+                let blob = "x".repeat(size(seq) as usize);
+                let ev = json!({"eventType": 6, "files": [], "p": p, "seq": seq, "blob": blob});
+                tx.send(Message::text(ev.to_string())).await.expect("send");
+            }
+            tx
+        }));
+    }
+    for p in publishers {
+        let _publ = p.await.expect("publisher");
+    }
+    for r in readers {
+        let seen = r.await.expect("reader");
+        for s in seen {
+            assert_eq!(
+                s,
+                (0..N).collect::<Vec<_>>(),
+                "each publisher's events, in order"
+            );
+        }
+    }
+    b.shutdown().await;
+}

@@ -174,14 +174,22 @@ struct Queue {
     state: State,
     /// What a direct write left unwritten: goes out first, whatever happens to the queue.
     rest: Option<WireFrame>,
-    /// The connection's task waits for a direct write to end.
-    task_waits: bool,
 }
 
-/// Who writes to the connection's socket (see [`Outbox::offer_direct`]).
+/// Who writes to the connection's socket (see [`Outbox::offer_direct`]). `IDLE` means more:
+/// nothing is queued, no rest waits and the queue is open; whoever changes one of these moves
+/// the writer off `IDLE` first (under the queue's lock), so a deliverer needs one
+/// compare-and-swap, not the lock, to know it may write.
+///
+/// The connection's task owns the socket.
 const TASK: u8 = 0;
+/// Nobody writes: the task released the socket and waits.
 const IDLE: u8 = 1;
+/// A deliverer writes, for one system call.
 const DIRECT: u8 = 2;
+/// A deliverer writes, and the task takes over when it is done: frames were queued meanwhile,
+/// the queue was sealed or closed, or the task wants the socket.
+const HANDOFF: u8 = 3;
 
 /// What became of a frame offered with [`Outbox::offer_direct`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,15 +211,20 @@ pub enum Offered {
 /// at all. Who writes is one atomic: the task (from the start, and whenever it has anything to
 /// write or reads: tungstenite may answer a ping while it reads), nobody (the task released
 /// the socket: its queue was empty and it waits), or one deliverer, for one system call.
+///
+/// `repr(C)`: the writer and the socket first, next to the queue's lock (see [`Conn`]).
+///
+/// [`Conn`]: crate::registry::Conn
 #[derive(Debug)]
+#[repr(C)]
 pub struct Outbox {
-    queue: Mutex<Queue>,
-    bound: usize,
-    waker: AtomicWaker,
     /// `TASK`, `IDLE` or `DIRECT`.
     writer: AtomicU8,
     /// The socket a deliverer may write to while the task is idle: plain TCP only; -1 for none.
     fd: AtomicI32,
+    queue: Mutex<Queue>,
+    bound: usize,
+    waker: AtomicWaker,
 }
 
 impl Outbox {
@@ -236,49 +249,76 @@ impl Outbox {
     /// No more direct writes: waits for one under way to end (a single non-blocking system
     /// call), and keeps the socket for the task from now on.
     pub fn retire_socket(&self) {
+        self.fd.store(-1, Ordering::Release);
         loop {
+            match self
+                .writer
+                .compare_exchange(IDLE, TASK, Ordering::AcqRel, Ordering::Acquire)
             {
-                let _q = self.lock();
-                self.fd.store(-1, Ordering::Release);
-                if self.writer.load(Ordering::Acquire) != DIRECT {
-                    self.writer.store(TASK, Ordering::Release);
-                    return;
-                }
+                Ok(_) | Err(TASK) => return,
+                Err(_) => std::thread::yield_now(),
             }
-            std::thread::yield_now();
         }
     }
 
     /// The connection's task takes the socket: `Pending` while a deliverer writes to it (the
     /// task is woken when the write ends).
     pub fn poll_acquire(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self
-            .writer
-            .compare_exchange(IDLE, TASK, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-            || self.writer.load(Ordering::Acquire) == TASK
-        {
-            return Poll::Ready(());
+        loop {
+            match self
+                .writer
+                .compare_exchange(IDLE, TASK, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) | Err(TASK) => return Poll::Ready(()),
+                Err(_) => {
+                    // Register before asking for the hand-off: the deliverer wakes after it.
+                    self.waker.register(cx.waker());
+                    match self.writer.compare_exchange(
+                        DIRECT,
+                        HANDOFF,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) | Err(HANDOFF) => return Poll::Pending,
+                        // It changed meanwhile: look again.
+                        Err(_) => {}
+                    }
+                }
+            }
         }
-        let mut q = self.lock();
-        // Look again under the lock: the deliverer takes it to hand the socket back.
-        if self
-            .writer
-            .compare_exchange(IDLE, TASK, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            return Poll::Ready(());
+    }
+
+    /// Moves the writer off `IDLE` (to the task, or to a hand-off after a direct write under
+    /// way), before anything that `IDLE` rules out: a queued frame, a seal, a close. Called
+    /// with the queue's lock held.
+    fn hand_to_task(&self) {
+        loop {
+            let from = match self.writer.load(Ordering::Acquire) {
+                IDLE => IDLE,
+                DIRECT => DIRECT,
+                _ => return,
+            };
+            let to = if from == IDLE { TASK } else { HANDOFF };
+            if self
+                .writer
+                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return;
+            }
         }
-        q.task_waits = true;
-        self.waker.register(cx.waker());
-        Poll::Pending
     }
 
     /// The task has nothing to write and will wait: deliverers may write to the socket until it
-    /// acquires it again. False (the task keeps it) when something waits in the queue.
+    /// acquires it again. False (the task keeps it) when something waits in the queue, the
+    /// queue is sealed or closed, or there is no socket to share.
     pub fn release(&self) -> bool {
         let q = self.lock();
-        if !q.frames.is_empty() || q.rest.is_some() || self.fd.load(Ordering::Acquire) < 0 {
+        if !q.frames.is_empty()
+            || q.rest.is_some()
+            || q.state != State::Open
+            || self.fd.load(Ordering::Acquire) < 0
+        {
             return false;
         }
         self.writer.store(IDLE, Ordering::Release);
@@ -289,56 +329,60 @@ impl Outbox {
     /// non-blocking system call; what the socket does not take waits for the task, which is
     /// woken), else queues it as [`Outbox::push`] does.
     pub fn offer_direct(&self, frame: &WireFrame) -> Result<Offered, PushError> {
-        if self.fd.load(Ordering::Relaxed) < 0 || self.writer.load(Ordering::Relaxed) != IDLE {
+        if self
+            .writer
+            .compare_exchange(IDLE, DIRECT, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             return self.push(frame).map(|()| Offered::Queued);
         }
-        let fd = {
-            let q = self.lock();
-            if q.state != State::Open {
-                return Err(PushError::Closed);
-            }
-            let fd = self.fd.load(Ordering::Acquire);
-            if fd < 0
-                || !q.frames.is_empty()
-                || q.rest.is_some()
-                || self
-                    .writer
-                    .compare_exchange(IDLE, DIRECT, Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-            {
-                drop(q);
-                return self.push(frame).map(|()| Offered::Queued);
-            }
-            fd
-        };
-        // SAFETY: `fd` is the connection's open socket: the task closes it only after
-        // `retire_socket`, which waits while the writer is DIRECT, as it is until below. The
-        // `ManuallyDrop` keeps this borrowed handle from closing it.
-        let socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
         let bytes = frame.as_bytes();
-        // Non-blocking (the runtime set O_NONBLOCK); std sends with MSG_NOSIGNAL. An error or
-        // a full socket leaves the frame to the task, which meets the same on its own write.
-        let written = (&*socket).write(bytes).unwrap_or(0);
-        let mut q = self.lock();
-        let offered = if written == bytes.len() {
-            Offered::Written
-        } else if written > 0 {
-            q.rest = Some(frame.rest_from(written));
-            Offered::Written
+        let fd = self.fd.load(Ordering::Acquire);
+        let written = if fd < 0 {
+            // Retired just now: the task has it.
+            0
         } else {
-            // First in line: it came before anything queued while it was being written.
-            q.frames.push_front(frame.clone());
-            q.bytes += frame.cost();
-            q.count += frame.frames();
-            Offered::Queued
+            // SAFETY: `fd` is the connection's open socket: the task closes it only after
+            // `retire_socket`, which waits while the writer is DIRECT or HANDOFF, as it is
+            // until below. The `ManuallyDrop` keeps this borrowed handle from closing it.
+            let socket =
+                std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+            // Non-blocking (the runtime set O_NONBLOCK); std sends with MSG_NOSIGNAL. An error
+            // or a full socket leaves the frame to the task, which meets the same on its own
+            // write.
+            (&*socket).write(bytes).unwrap_or(0)
         };
-        self.writer.store(IDLE, Ordering::Release);
-        let wake = std::mem::take(&mut q.task_waits) || !q.frames.is_empty() || q.rest.is_some();
-        drop(q);
-        if wake {
-            self.waker.wake();
+        if written == bytes.len() {
+            if self
+                .writer
+                .compare_exchange(DIRECT, IDLE, Ordering::Release, Ordering::Relaxed)
+                .is_err()
+            {
+                // A hand-off was asked for meanwhile.
+                self.writer.store(TASK, Ordering::Release);
+                self.waker.wake();
+            }
+            return Ok(Offered::Written);
         }
-        Ok(offered)
+        let offered = {
+            let mut q = self.lock();
+            let offered = if written > 0 {
+                q.rest = Some(frame.rest_from(written));
+                Ok(Offered::Written)
+            } else if q.state == State::Open {
+                // First in line: it came before anything queued while it was being written.
+                q.frames.push_front(frame.clone());
+                q.bytes += frame.cost();
+                q.count += frame.frames();
+                Ok(Offered::Queued)
+            } else {
+                Err(PushError::Closed)
+            };
+            self.writer.store(TASK, Ordering::Release);
+            offered
+        };
+        self.waker.wake();
+        offered
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -361,7 +405,11 @@ impl Outbox {
             q.frames.push_back(frame.clone());
             q.bytes += cost;
             q.count += frame.frames();
-            q.frames.len() == 1
+            let was_empty = q.frames.len() == 1;
+            if was_empty {
+                self.hand_to_task();
+            }
+            was_empty
         };
         if was_empty {
             self.waker.wake();
@@ -441,12 +489,14 @@ impl Outbox {
         if q.state == State::Open {
             q.state = State::Sealed;
         }
+        self.hand_to_task();
     }
 
     /// Refuses further frames and drops the waiting ones; returns how many were dropped.
     pub fn close(&self) -> usize {
         let mut q = self.lock();
         q.state = State::Closed;
+        self.hand_to_task();
         q.bytes = 0;
         drop(std::mem::take(&mut q.frames));
         std::mem::take(&mut q.count)
@@ -606,9 +656,44 @@ mod tests {
         assert_eq!(outbox.offer_direct(&frame), Ok(Offered::Queued));
         outbox.take(&mut Vec::new(), 10);
         assert!(outbox.release());
+        // A frame queued while the task is idle hands the socket back to the task (it is
+        // woken to write it): nothing may be written before it.
+        assert_eq!(outbox.push(&frame), Ok(()));
+        assert_eq!(outbox.offer_direct(&frame), Ok(Offered::Queued));
+        assert!(outbox
+            .poll_acquire(&mut Context::from_waker(waker))
+            .is_ready());
+        outbox.take(&mut Vec::new(), 10);
+        // A sealed queue is not written to directly either.
+        assert!(outbox.release());
+        outbox.seal();
+        assert_eq!(outbox.offer_direct(&frame), Err(PushError::Closed));
+        assert!(
+            !outbox.release(),
+            "a sealed queue keeps the socket with the task"
+        );
+        outbox.retire_socket();
+        assert_eq!(outbox.offer_direct(&frame), Err(PushError::Closed));
+        let mut client_bytes = [0u8; 1];
+        client.set_nonblocking(true).expect("non-blocking");
+        assert!(
+            std::io::Read::read(&mut client, &mut client_bytes).is_err(),
+            "nothing was written after the first batch"
+        );
+    }
+
+    #[test]
+    fn a_retired_socket_is_the_task_s_alone() {
+        let (_client, server) = socket_pair(None);
+        let outbox = Outbox::new(1 << 20);
+        let frame = WireFrame::text(&Utf8Bytes::from_static("{}"));
+        outbox.share_socket(std::os::fd::AsRawFd::as_raw_fd(&server));
+        assert!(outbox.release());
         outbox.retire_socket();
         assert_eq!(outbox.offer_direct(&frame), Ok(Offered::Queued));
-        assert!(!outbox.release(), "a retired socket is the task's alone");
+        outbox.take(&mut Vec::new(), 10);
+        assert!(!outbox.release());
+        assert_eq!(outbox.offer_direct(&frame), Ok(Offered::Queued));
     }
 
     #[test]

@@ -22,7 +22,9 @@ const MAX_HEADERS: usize = 64;
 pub struct Request {
     pub method: String,
     pub target: String,
-    headers: Vec<(String, Vec<u8>)>,
+    /// Each header's name and value, as places in `raw` (not copied: a connection's handshake
+    /// allocates nothing per header).
+    headers: Vec<(Span, Span)>,
     /// Every byte read: the head, then the start of a body or of the first WebSocket frame.
     raw: Vec<u8>,
     head_len: usize,
@@ -58,14 +60,16 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, 
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(len)) => {
+                let span = |part: &[u8]| Span::within(&buf, part);
+                let headers = req
+                    .headers
+                    .iter()
+                    .map(|h| (span(h.name.as_bytes()), span(h.value)))
+                    .collect();
                 let request = Request {
                     method: req.method.unwrap_or_default().to_string(),
                     target: req.path.unwrap_or_default().to_string(),
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-                        .collect(),
+                    headers,
                     raw: buf,
                     head_len: len,
                 };
@@ -81,7 +85,44 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, 
     }
 }
 
+/// Where a part of the request head is in the bytes read.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// `part`, a slice of `buf` (as httparse hands them out), as a place in it.
+    fn within(buf: &[u8], part: &[u8]) -> Span {
+        let start = (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
+        // The head is at most MAX_HEAD bytes.
+        let start = u32::try_from(start.min(buf.len())).unwrap_or(0);
+        let end = u32::try_from((start as usize + part.len()).min(buf.len())).unwrap_or(start);
+        Span { start, end }
+    }
+
+    fn of<'a>(&self, raw: &'a [u8]) -> &'a [u8] {
+        raw.get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
+}
+
 impl Request {
+    /// The headers in order, as (name, value); names as sent (compare without case).
+    fn fields(&self) -> impl DoubleEndedIterator<Item = (&[u8], &[u8])> + '_ {
+        self.headers
+            .iter()
+            .map(|(n, v)| (n.of(&self.raw), v.of(&self.raw)))
+    }
+
+    /// The values of header `name` (lower case), in order.
+    fn named<'a>(&'a self, name: &'a str) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
+        self.fields()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
     /// Bytes read past the head: the start of a body or of the first WebSocket frame.
     pub fn rest(&self) -> &[u8] {
         &self.raw[self.head_len..]
@@ -94,18 +135,15 @@ impl Request {
 
     /// The first value of header `name` (lower case).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        self.fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
     }
 
     /// Every value of header `name` (lower case), comma-separated lists split.
     fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .flat_map(|(_, v)| v.split(|&b| b == b','))
+        self.named(name)
+            .flat_map(|v| v.split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
     }
 
@@ -143,13 +181,10 @@ impl Request {
 
     /// Whether a comma-separated header holds `token` (case-insensitive).
     fn header_has(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .any(|(_, v)| {
-                v.split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-            })
+        self.named(name).any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
     }
 
     pub fn is_websocket_upgrade(&self) -> bool {
@@ -191,11 +226,9 @@ impl Request {
         }
         // The proxy appends its own line (or extends the last one): only the last address
         // of the last line is the proxy's word; anything before it came from the client.
-        self.headers
-            .iter()
-            .rev()
-            .find(|(n, _)| n == "x-forwarded-for")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.named("x-forwarded-for")
+            .next_back()
+            .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.rsplit(',').next())
             .and_then(|last| last.trim().parse::<IpAddr>().ok())
             .map_or(peer_ip, |ip| ip.to_canonical())
@@ -362,6 +395,26 @@ mod tests {
         assert_eq!(
             req.websocket_accept().as_deref(),
             Ok("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+    }
+
+    /// Header names match whatever their case; values are the bytes sent, first or last as
+    /// asked, with a head read in several pieces.
+    #[tokio::test]
+    async fn headers_are_found_without_copies_whatever_their_case() {
+        let head = b"GET / HTTP/1.1\r\nHOST: h\r\nX-Forwarded-For: 10.0.0.1\r\nx-forwarded-for: 10.0.0.2, 10.0.0.3\r\nOrigin: http://a.example\r\nAuthorization: Bearer  tok \r\n\r\n";
+        let mut r = tokio::io::AsyncReadExt::chain(&head[..20], &head[20..]);
+        let req = read_head(&mut r).await.expect("parses");
+        assert_eq!(req.header("host"), Some(&b"h"[..]));
+        assert_eq!(req.header_str("origin"), Some("http://a.example"));
+        assert_eq!(req.header("x-forwarded-for"), Some(&b"10.0.0.1"[..]));
+        assert_eq!(req.bearer(), Some("tok"));
+        assert_eq!(req.header("cookie"), None);
+        let proxy: IpAddr = "127.0.0.1".parse().expect("ip");
+        assert_eq!(
+            req.client_ip("127.0.0.1:1".parse().expect("addr"), &[proxy]),
+            "10.0.0.3".parse::<IpAddr>().expect("ip"),
+            "the last address of the last line"
         );
     }
 

@@ -173,7 +173,8 @@ struct Queue {
     count: usize,
     state: State,
     /// What a direct write left unwritten: goes out first, whatever happens to the queue.
-    rest: Option<WireFrame>,
+    /// (Boxed: it is rare, and every connection carries the field.)
+    rest: Option<Box<WireFrame>>,
 }
 
 /// Who writes to the connection's socket (see [`Outbox::offer_direct`]). `IDLE` means more:
@@ -367,7 +368,7 @@ impl Outbox {
         let offered = {
             let mut q = self.lock();
             let offered = if written > 0 {
-                q.rest = Some(frame.rest_from(written));
+                q.rest = Some(Box::new(frame.rest_from(written)));
                 Ok(Offered::Written)
             } else if q.state == State::Open {
                 // First in line: it came before anything queued while it was being written.
@@ -451,7 +452,7 @@ impl Outbox {
     pub fn take(&self, out: &mut Vec<WireFrame>, max: usize) -> (usize, usize) {
         let mut q = self.lock();
         // A rest counts no frame: they were counted when its write began.
-        out.extend(q.rest.take());
+        out.extend(q.rest.take().map(|rest| *rest));
         let n = q.frames.len().min(max);
         let (mut cost, mut frames) = (0, 0);
         out.extend(q.frames.drain(..n).inspect(|f| {

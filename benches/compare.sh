@@ -5,9 +5,12 @@
 # time and resident memory read per phase (`loadtest --server-pid`). Prints one markdown table
 # and keeps every run's raw JSON.
 #
-#   benches/compare.sh [--quick] [--out DIR]
+#   benches/compare.sh [--quick] [--rounds N] [--out DIR]
 #
 #   --quick     skip the 19,000-connection run
+#   --rounds N  run every case N times (default 3), the three servers one after another in each
+#               round, and report for each server and case the run with the median server CPU
+#               per unit of work (one run on a shared VM moves by 10 to 30 %)
 #   --out DIR   where to write the results (default benches/results/<date>/)
 #
 # Environment: COMPARE_PORT (default 18480; the WebSocket port of every server in turn),
@@ -25,16 +28,21 @@ root=$PWD
 
 quick=
 out=
+rounds=3
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) quick=1 ;;
+        --rounds) [ $# -ge 2 ] || { echo "--rounds needs a number" >&2; exit 2; }; rounds=$2; shift ;;
+        --rounds=*) rounds=${1#--rounds=} ;;
         --out) [ $# -ge 2 ] || { echo "--out needs a directory" >&2; exit 2; }; out=$2; shift ;;
         --out=*) out=${1#--out=} ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+
+case $rounds in ''|*[!0-9]*|0) echo "--rounds takes a number from 1 up" >&2; exit 2 ;; esac
 
 port=${COMPARE_PORT:-18480}
 ops_port=${COMPARE_OPS_PORT:-19480}
@@ -186,14 +194,26 @@ run_case() {
 cat "$out/machine.md"
 
 servers=(broker plain floor)
-for s in "${servers[@]}"; do
-    run_case "$s" connect-2000 connect -c 2000 --hold 5s --source-addrs 4 --connect-rate 100000 --max-inflight 64
+# Round by round, case by case, the three servers one after the other: whatever else loads the
+# machine at some moment weighs on all three alike. Runs are named SERVER-CASE.rN.
+for r in $(seq "$rounds"); do
+    for s in "${servers[@]}"; do
+        run_case "$s" "connect-2000.r$r" connect -c 2000 --hold 5s --source-addrs 4 --connect-rate 100000 --max-inflight 64
+    done
     if [ -z "$quick" ]; then
-        run_case "$s" connect-19000 connect -c 19000 --hold 5s --source-addrs 8 --connect-rate 100000 --max-inflight 64
+        for s in "${servers[@]}"; do
+            run_case "$s" "connect-19000.r$r" connect -c 19000 --hold 5s --source-addrs 8 --connect-rate 100000 --max-inflight 64
+        done
     fi
-    run_case "$s" echo echo -c 200 -d 10s
-    run_case "$s" broadcast-1000 broadcast -l 1000 -p 1 --rate max --in-flight 16 -d 10s
-    run_case "$s" broadcast-10000 broadcast -l 10000 -p 1 --rate max --in-flight 16 -d 10s
+    for s in "${servers[@]}"; do
+        run_case "$s" "echo.r$r" echo -c 200 -d 10s
+    done
+    for s in "${servers[@]}"; do
+        run_case "$s" "broadcast-1000.r$r" broadcast -l 1000 -p 1 --rate max --in-flight 16 -d 10s
+    done
+    for s in "${servers[@]}"; do
+        run_case "$s" "broadcast-10000.r$r" broadcast -l 10000 -p 1 --rate max --in-flight 16 -d 10s
+    done
 done
 
 # ---- figures from the JSON -------------------------------------------------------------------
@@ -255,15 +275,33 @@ figures() { # figures SERVER RUN JQ-PROGRAM
     fi
 }
 
+# median SERVER RUN JQ-PROGRAM: of the rounds of RUN that have a figure, the one with the median
+# server CPU per unit of work becomes SERVER-RUN.json (and .rc); its figures are the table's.
+median() {
+    local s=$1 run=$2 prog=$3 r cpu picked
+    picked=$(for r in $(seq "$rounds"); do
+        cpu=$(jq -r "$prog | .cpu_us // empty" "$out/$s-$run.r$r.json" 2>/dev/null || true)
+        [ -n "$cpu" ] && echo "$cpu $r"
+    done | sort -g | awk '{ a[NR] = $2 } END { if (NR) print a[int((NR + 1) / 2)] }')
+    picked=${picked:-1}
+    for ext in json rc stderr server.log; do
+        [ -e "$out/$s-$run.r$picked.$ext" ] && cp "$out/$s-$run.r$picked.$ext" "$out/$s-$run.$ext"
+    done
+    MEDIAN[$s.$run]=$picked
+}
+
+declare -A MEDIAN
 runs=(connect-2000 echo broadcast-1000 broadcast-10000)
 [ -n "$quick" ] || runs+=(connect-19000)
 for s in "${servers[@]}"; do
     for run in "${runs[@]}"; do
         case $run in
-            connect-*) figures "$s" "$run" "$JQ_CONNECT" ;;
-            echo) figures "$s" "$run" "$JQ_ECHO" ;;
-            broadcast-*) figures "$s" "$run" "$JQ_BROADCAST" ;;
+            connect-*) prog=$JQ_CONNECT ;;
+            echo) prog=$JQ_ECHO ;;
+            broadcast-*) prog=$JQ_BROADCAST ;;
         esac
+        median "$s" "$run" "$prog"
+        figures "$s" "$run" "$prog"
     done
 done
 
@@ -336,6 +374,20 @@ target() { # target LABEL VALUE LIMIT: one line of issue #18's targets
     echo "so that above 1 is the broker ahead."
     echo "Deliveries/s = deliveries / wall time of send+drain. Broadcasts: 1 publisher (a client"
     echo "sending broadcast echoes), --rate max --in-flight 16, 10 s."
+    echo "Each cell is from one run: of $rounds rounds (the three servers one after the other in each),"
+    echo "the one with the median server CPU per unit. That CPU in every round, broker / plain / floor:"
+    for run in "${runs[@]}"; do
+        line="- $run:"
+        for s in "${servers[@]}"; do
+            case $run in connect-*) prog=$JQ_CONNECT ;; echo) prog=$JQ_ECHO ;; *) prog=$JQ_BROADCAST ;; esac
+            each=$(for r in $(seq "$rounds"); do
+                jq -r "$prog | .cpu_us // \"-\"" "$out/$s-$run.r$r.json" 2>/dev/null \
+                    | LC_ALL=C awk '{ if ($1 == "-") print "-"; else printf "%.3g\n", $1 }' || echo -
+            done | paste -sd ' ')
+            line="$line $s ${each:--}${MEDIAN[$s.$run]:+ (median: round ${MEDIAN[$s.$run]})};"
+        done
+        echo "${line%;}"
+    done
     echo
     echo "Issue #18's targets (broker / floor, and the broker's own RSS per idle connection):"
     target "CPU per delivery, 1,000 listeners" "$(over floor broadcast-1000 cpu_us)" 1.2

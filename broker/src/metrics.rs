@@ -264,7 +264,7 @@ impl Metrics {
             fanout_duration: histogram(
                 &r,
                 "broker_fanout_duration_seconds",
-                "Time to hand one event to every recipient queue.",
+                "Time to hand one event to every recipient (its queue, or a non-blocking write to an idle listener's socket; a batch's time shared among its events).",
                 latency.clone(),
             ),
             fanout_recipients: histogram(

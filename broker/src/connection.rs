@@ -7,6 +7,11 @@
 //! one system call and no copy. The control frames tungstenite writes itself (the pong to a
 //! ping, the close frame) are written only between two whole frames.
 //!
+//! The one exception keeps that order: while the task has nothing to write and waits, it
+//! releases the socket, and a batch of events to all may be written to it directly by the
+//! thread that delivers it (see [`Outbox::offer_direct`]); the task takes the socket back
+//! before it reads or writes, and finishes first whatever such a write left.
+//!
 //! The task is one hand-written poll ([`Session::poll_step`]) rather than a `select!`, because
 //! reading and writing share the socket and their order matters:
 //! - a frame, once started, is always finished: a close request never cancels a write; it stops
@@ -22,6 +27,7 @@
 //! One timer serves the pings, the idle check, the stall check and the close deadline.
 //!
 //! [`Outbox`]: crate::outbox::Outbox
+//! [`Outbox::offer_direct`]: crate::outbox::Outbox::offer_direct
 
 use std::future::Future;
 use std::io::IoSlice;

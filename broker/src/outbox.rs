@@ -7,9 +7,10 @@
 //!
 //! The queue is a short critical section around a `VecDeque` (no allocation while it has
 //! room, none at all for a connection that never receives anything), bounded in bytes, and the
-//! connection's
-//! task is woken only when the queue goes from empty to non-empty or a close is requested, so
-//! a burst of events costs one wake-up per connection, not one per event.
+//! connection's task is woken only when the queue goes from empty to non-empty or a close is
+//! requested, so a burst of events costs one wake-up per connection, not one per event. A
+//! batch for a connection whose task is idle skips the queue and the wake-up altogether: it is
+//! written to the socket directly ([`Outbox::offer_direct`]).
 
 use std::collections::VecDeque;
 use std::io::Write;

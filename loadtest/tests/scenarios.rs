@@ -122,13 +122,17 @@ async fn in_flight_window_bounds_the_queues_and_server_cost_is_sampled() {
     assert_eq!((d.sent, d.listeners), (300, 10), "{s}");
     assert_eq!(d.completeness, 1.0, "{s}");
     // With one event in flight, no connection ever finds more than one frame waiting; a window
-    // that let events pile up would show larger queue depths in the broker's histogram.
-    let depth = &b.shared().metrics.send_queue_depth;
+    // that let events pile up would show larger queue depths in the broker's histogram. (Most
+    // deliveries skip the queue: the broker writes a broadcast straight to an idle listener's
+    // socket. Every one of the 3,000 is counted sent either way, with the publisher's own
+    // answers on top.)
+    let m = &b.shared().metrics;
     assert!(
-        depth.get_sample_count() >= 300 * 10,
+        m.messages_sent.get() >= 300 * 10,
         "{}",
-        depth.get_sample_count()
+        m.messages_sent.get()
     );
+    let depth = &m.send_queue_depth;
     assert_eq!(
         depth.get_sample_sum(),
         depth.get_sample_count() as f64,

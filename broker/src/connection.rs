@@ -124,7 +124,6 @@ pub fn serve<S: Transport>(
         conn.outbox.share_socket(fd);
     }
     let mut session = Session {
-        _socket_guard: SocketGuard(conn.clone()),
         holds_socket: true,
         ws,
         conn: conn.clone(),
@@ -192,20 +191,7 @@ impl Drop for Ending {
     }
 }
 
-/// Ends direct writes to the socket before it is closed (see [`Outbox::retire_socket`]): a
-/// field of [`Session`] declared before its socket, so dropped first, even in a panic.
-///
-/// [`Outbox::retire_socket`]: crate::outbox::Outbox::retire_socket
-struct SocketGuard(Arc<Conn>);
-
-impl Drop for SocketGuard {
-    fn drop(&mut self) {
-        self.0.outbox.retire_socket();
-    }
-}
-
 struct Session<S> {
-    _socket_guard: SocketGuard,
     /// The task may use the socket: deliverers do not write to it directly now.
     holds_socket: bool,
     ws: WebSocketStream<S>,
@@ -232,6 +218,16 @@ struct Session<S> {
     /// Broadcasts from what was read so far, handed out when the read is done (see
     /// [`Batch`]): flushed before the task waits and before any other step is acted on.
     batch: Batch,
+}
+
+/// Ends direct writes to the socket before it is closed (see [`Outbox::retire_socket`]): a
+/// `Drop` runs before the fields it owns are dropped, the socket among them, even in a panic.
+///
+/// [`Outbox::retire_socket`]: crate::outbox::Outbox::retire_socket
+impl<S> Drop for Session<S> {
+    fn drop(&mut self) {
+        self.conn.outbox.retire_socket();
+    }
 }
 
 /// A close in progress: the request, and by when it must be on the wire.

@@ -259,9 +259,9 @@ impl Conn {
     }
 
     /// [`Conn::offer`], but written straight to the socket when the connection's task is idle
-    /// (see [`Outbox::offer_direct`]); `Some(true)` when written so, and then counted here.
+    /// (see [`Outbox::offer_direct`]), and then counted here; `None` when it was refused.
     #[inline]
-    pub fn offer_direct(&self, frame: &WireFrame) -> Option<bool> {
+    pub fn offer_direct(&self, frame: &WireFrame) -> Option<Offered> {
         match self.outbox.offer_direct(frame) {
             Ok(Offered::Written) => {
                 self.counters
@@ -270,9 +270,9 @@ impl Conn {
                 self.counters
                     .bytes_out
                     .fetch_add(frame.payload_len() as u64, Relaxed);
-                Some(true)
+                Some(Offered::Written)
             }
-            Ok(Offered::Queued) => Some(false),
+            Ok(Offered::Queued) => Some(Offered::Queued),
             Err(PushError::Full) => {
                 self.request_close(CloseRequest::slow_consumer());
                 None
@@ -551,9 +551,9 @@ impl Registry {
             if except == Some(c.id) || c.positions {
                 continue;
             }
-            if let Some(direct) = c.offer_direct(frame) {
+            if let Some(offered) = c.offer_direct(frame) {
                 took += 1;
-                written += usize::from(direct);
+                written += usize::from(offered == Offered::Written);
             }
         }
         (took, written)
